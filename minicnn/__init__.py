@@ -1,0 +1,32 @@
+"""minicnn: a convolutional-network library written from scratch with NumPy and Numba.
+
+Every forward and backward pass is code you can read (``minicnn.ops.reference``),
+run fast (``numba`` backend, the default) and check (``minicnn.gradcheck``).
+
+    from minicnn import layers, models, datasets
+    from minicnn.utils import to_categorical
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+from . import config, ops  # noqa: E402
+from .config import (get_backend, get_num_threads, set_backend, set_num_threads,  # noqa: E402
+                     use_backend)
+from .utils import set_random_seed  # noqa: E402
+
+_LAZY = ("layers", "models", "datasets", "utils", "gradcheck", "losses", "optimizers",
+         "callbacks", "initializers", "activations", "plot", "cli")
+
+
+def __getattr__(name):
+    # submodules load on first use, so `import minicnn` stays fast
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'minicnn' has no attribute {name!r}")
+
+
+__all__ = ["config", "ops", "get_backend", "set_backend", "use_backend", "set_num_threads",
+           "get_num_threads", "set_random_seed", "__version__", *_LAZY]

@@ -1,0 +1,170 @@
+"""Callbacks for :meth:`minicnn.models.Sequential.fit`, with Keras's names and hooks."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+
+class Callback:
+    """Base class. ``fit`` sets ``self.model`` and ``self.params`` then calls the hooks."""
+
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        self.params = params
+
+    def on_train_begin(self, logs=None): pass
+    def on_train_end(self, logs=None): pass
+    def on_epoch_begin(self, epoch, logs=None): pass
+    def on_epoch_end(self, epoch, logs=None): pass
+    def on_train_batch_begin(self, batch, logs=None): pass
+    def on_train_batch_end(self, batch, logs=None): pass
+
+
+class History(Callback):
+    """Records the epoch logs: ``history`` maps 'loss', 'accuracy', 'val_loss', ... to lists;
+    ``epoch`` lists the (0-based) epoch indices, as in Keras."""
+
+    def __init__(self):
+        super().__init__()
+        self.history: dict[str, list] = {}
+        self.epoch: list[int] = []
+
+    def on_train_begin(self, logs=None):
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(v)
+
+
+class NonFiniteLossError(ValueError, FloatingPointError):
+    """Training met a NaN or infinite loss (or input)."""
+
+
+class TerminateOnNonFinite(Callback):
+    """Stop training with an error naming the epoch and batch where the loss became NaN or inf.
+
+    ``fit`` adds one by default; set ``model.stop_on_nonfinite = False`` to train on regardless.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("batch_loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"fit: the loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}; "
+                f"check the inputs for NaN/inf and try a smaller learning rate")
+
+
+def _mode_for(monitor, mode):
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', received {mode!r}")
+    if mode == "auto":
+        mode = "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+    return mode
+
+
+def _improved(mode, current, best, min_delta=0.0):
+    if best is None:
+        return True
+    return current < best - min_delta if mode == "min" else current > best + min_delta
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs.
+
+    With ``restore_best_weights=True`` the weights of the best epoch are put back
+    when training stops (also when it runs out of epochs, like Keras 3).
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
+                 restore_best_weights=False, verbose=0):
+        super().__init__()
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be a non-negative int, "
+                             f"received {patience!r}")
+        self.monitor, self.patience = monitor, patience
+        self.min_delta = abs(float(min_delta))
+        self.mode = _mode_for(monitor, mode)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.verbose = verbose
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.best, self.best_weights, self.best_epoch = 0, None, None, 0
+        self.stopped_epoch = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            raise ValueError(f"EarlyStopping: monitor {self.monitor!r} is not among the logged "
+                             f"metrics {sorted(logs or {})}")
+        if _improved(self.mode, current, self.best, self.min_delta):
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = [w.copy() for w in self.model.get_weights()]
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+        if self.verbose and self.stopped_epoch:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping "
+                  f"(best {self.monitor} {self.best:.4f} at epoch {self.best_epoch + 1})")
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (or only its weights) after each epoch.
+
+    ``filepath`` may hold format fields: ``'ckpt-{epoch:02d}-{val_accuracy:.3f}.npz'``
+    (epoch counts from 1). With ``save_best_only`` the file is written only when
+    ``monitor`` improves.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto",
+                 save_weights_only=False, verbose=0):
+        super().__init__()
+        self.filepath = os.fspath(filepath)
+        self.monitor, self.save_best_only = monitor, bool(save_best_only)
+        self.mode = _mode_for(monitor, mode)
+        self.save_weights_only, self.verbose = bool(save_weights_only), verbose
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                raise ValueError(f"ModelCheckpoint: monitor {self.monitor!r} is not among the "
+                                 f"logged metrics {sorted(logs)}")
+            if not _improved(self.mode, current, self.best):
+                return
+            self.best = current
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: saved model to {path}")

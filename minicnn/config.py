@@ -1,0 +1,172 @@
+"""Global settings: the active backend, thread counts and the random generator.
+
+The backend decides which implementation of every op runs:
+
+- ``'reference'``: plain loops, the readable text of backprop (slow on purpose);
+- ``'numpy'``: vectorised im2col / col2im with NumPy;
+- ``'numba'``: parallel JIT kernels (the default).
+
+It is chosen, in order of precedence, by :func:`use_backend` (a context
+manager), :func:`set_backend`, the environment variable ``MINICNN_BACKEND``,
+and finally the default ``'numba'``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+BACKENDS = ("reference", "numpy", "numba")
+DEFAULT_BACKEND = "numba"
+
+
+def _check_backend(name) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(
+            f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, received {name!r}")
+    return name.lower()
+
+
+def _initial_backend() -> str:
+    env = os.environ.get("MINICNN_BACKEND")
+    if env is None or env == "":
+        return DEFAULT_BACKEND
+    try:
+        return _check_backend(env)
+    except ValueError as exc:
+        raise ValueError(f"MINICNN_BACKEND: {exc}") from None
+
+
+_backend = _initial_backend()
+
+
+def get_backend() -> str:
+    """Return the name of the active backend."""
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Select the backend for every op: 'reference', 'numpy' or 'numba'."""
+    global _backend
+    _backend = _check_backend(name)
+    if _backend == "numba":
+        _limit_blas_for_numba()
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Context manager that switches the backend and restores the previous one."""
+    global _backend
+    previous = _backend
+    set_backend(name)
+    try:
+        yield _backend
+    finally:
+        _backend = previous
+
+
+# ----------------------------------------------------------------------------- threads
+_blas_limited = False
+_threadpool_controller = None
+
+
+def _controller():
+    global _threadpool_controller
+    if _threadpool_controller is None:
+        from threadpoolctl import ThreadpoolController
+        _threadpool_controller = ThreadpoolController()
+    return _threadpool_controller
+
+
+def _limit_blas_for_numba() -> None:
+    """Limit every BLAS in the process to one thread, once.
+
+    Numba's thread pool owns the parallelism on the numba backend: each thread
+    calls single-threaded BLAS on one image at a time. Leaving OpenBLAS with its
+    own threads next to Numba's made a training step 3x slower on 2 cores, and
+    BLAS threads inside ``prange`` 40x slower (see benchmarks/RESULTS.md).
+    """
+    global _blas_limited, _threadpool_controller
+    if _blas_limited:
+        return
+    _blas_limited = True
+    try:
+        # Numba's np.dot calls SciPy's BLAS: load it now so that the limit reaches it
+        import scipy.linalg.cython_blas  # noqa: F401
+        _threadpool_controller = None
+        _controller().limit(limits=1, user_api="blas")
+    except Exception:  # pragma: no cover - threadpoolctl missing a library is harmless
+        pass
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads minicnn uses.
+
+    Numba's pool gets ``n`` threads. BLAS stays at one thread while the numba
+    backend is active (Numba owns the parallelism); on the numpy and reference
+    backends BLAS gets the ``n`` threads instead.
+    """
+    import numba
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive integer, received {n!r}")
+    n = int(n)
+    n_max = numba.config.NUMBA_NUM_THREADS
+    if n > n_max:
+        raise ValueError(
+            f"set_num_threads: n must be at most {n_max} (NUMBA_NUM_THREADS), received {n}")
+    numba.set_num_threads(n)
+    global _blas_limited
+    _blas_limited = True
+    try:
+        _controller().limit(limits=1 if _backend == "numba" else n, user_api="blas")
+    except Exception:  # pragma: no cover
+        pass
+
+
+def get_num_threads() -> int:
+    import numba
+    return numba.get_num_threads()
+
+
+def threading_layer() -> str:
+    """Name of Numba's threading layer (runs a tiny parallel kernel if none was chosen yet)."""
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        from .ops import _kernels
+        _kernels.warm_threading()
+        return numba.threading_layer()
+
+
+# ----------------------------------------------------------------------------- randomness
+_rng = np.random.default_rng()
+
+
+def get_rng() -> np.random.Generator:
+    """The generator behind every random choice minicnn makes (init, shuffling, dropout)."""
+    return _rng
+
+
+def set_random_seed(seed: int) -> None:
+    """Reseed minicnn's generator so that init, shuffling and dropout repeat exactly."""
+    global _rng
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"set_random_seed: seed must be a non-negative integer, received {seed!r}")
+    _rng = np.random.default_rng(int(seed))
+
+
+# ----------------------------------------------------------------------------- dtypes
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def check_dtype(dtype, owner: str = "dtype") -> np.dtype:
+    """Normalise a dtype argument to np.float32 or np.float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in DTYPES:
+        raise ValueError(f"{owner}: dtype must be 'float32' or 'float64', received {dtype!r}")
+    return dt

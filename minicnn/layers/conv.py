@@ -1,0 +1,97 @@
+"""Conv2D: 2-D convolution (cross-correlation) over NHWC images."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import activations, initializers, ops
+from .base import Layer, as_pair, check_padding
+
+
+class Conv2D(Layer):
+    """2-D convolution layer, Keras signature and semantics.
+
+    Forward: ``z = conv(x, kernel) + bias`` then ``y = activation(z)``.
+
+    Shapes: ``x (n, h, w, c)``, ``kernel (kh, kw, c, filters)``, ``bias (filters,)``,
+    ``y (n, oh, ow, filters)`` with ``oh = ceil(h / sh)`` for ``'same'`` and
+    ``oh = floor((h - kh) / sh) + 1`` for ``'valid'`` (same for ``ow``).
+
+    Backward: ``dz = activation'(dy)``; ``dkernel = sum over positions of
+    patch x dz``; ``dbias = sum dz``; ``dx`` spreads ``kernel @ dz`` back over
+    each patch (col2im). See :func:`minicnn.ops.reference.conv2d_backward`.
+    """
+
+    has_weights = True
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 input_shape=None, dtype="float32", name=None, **kwargs):
+        owner = "Conv2D"
+        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
+            raise ValueError(f"{owner}: filters must be a positive integer, received {filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = as_pair(kernel_size, "kernel_size", owner)
+        self.strides = as_pair(strides, "strides", owner)
+        self.padding = check_padding(padding, owner)
+        self.activation = activations.get(activation, owner)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer, owner)
+        self.bias_initializer = initializers.get(bias_initializer, owner)
+        _reject_kwargs(owner, kwargs)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: Conv2D expects images (h, w, c), "
+                             f"received input_shape {tuple(input_shape)}")
+        h, w, _ = input_shape
+        kh, kw = self.kernel_size
+        if self.padding == "valid" and (h < kh or w < kw):
+            raise ValueError(f"{self.name}: kernel_size {self.kernel_size} is larger than the "
+                             f"input ({h}, {w}) with padding='valid'")
+        oh, ow, self.pads = ops.conv_geometry(h, w, kh, kw, *self.strides, self.padding)
+        return (oh, ow, self.filters)
+
+    def _build(self, input_shape):
+        kh, kw = self.kernel_size
+        c = input_shape[2]
+        self.params["kernel"] = initializers.initialize(
+            self.kernel_initializer, (kh, kw, c, self.filters), self.dtype)
+        if self.use_bias:
+            self.params["bias"] = initializers.initialize(self.bias_initializer, (self.filters,),
+                                                          self.dtype)
+
+    def _forward(self, x, training):
+        z = ops.conv2d_forward(x, self.params["kernel"], self.params.get("bias"),
+                               self.strides, self.pads)
+        y = z if self.activation == "linear" else activations.forward(self.activation, z)
+        self._cache, self._cache_batch = (x, z, y), x.shape[0]
+        return y
+
+    def _backward(self, dy):
+        x, z, y = self._cache
+        dz = dy if self.activation == "linear" else activations.backward(self.activation, z, y, dy)
+        return self.backward_preactivation(dz)
+
+    def backward_preactivation(self, dz):
+        """Backward from dL/dz, the gradient before the activation (used for fused softmax-CE)."""
+        x = self._cache[0]
+        dx, dkernel, dbias = ops.conv2d_backward(x, self.params["kernel"], dz, self.strides,
+                                                 self.pads, self.compute_input_gradient)
+        self.grads["kernel"] = dkernel
+        if self.use_bias:
+            self.grads["bias"] = dbias
+        return dx
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(filters=self.filters, kernel_size=list(self.kernel_size),
+                   strides=list(self.strides), padding=self.padding, activation=self.activation,
+                   use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
+                   bias_initializer=self.bias_initializer)
+        return cfg
+
+
+def _reject_kwargs(owner, kwargs):
+    if kwargs:
+        raise ValueError(f"{owner}: unexpected argument(s) {', '.join(sorted(kwargs))}")

@@ -1,0 +1,168 @@
+"""Dense, Flatten, Activation, ReLU and Dropout."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import activations, config, initializers, ops
+from .base import Layer
+from .conv import _reject_kwargs
+
+
+class Dense(Layer):
+    """Fully connected layer: ``y = activation(x @ kernel + bias)``.
+
+    Shapes: ``x (n, k)``, ``kernel (k, units)``, ``bias (units,)``, ``y (n, units)``.
+    Backward: ``dz = activation'(dy)``, ``dkernel = x.T @ dz``, ``dbias = sum_n dz``,
+    ``dx = dz @ kernel.T``.
+    """
+
+    has_weights = True
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", input_shape=None, dtype="float32", name=None, **kwargs):
+        owner = "Dense"
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError(f"{owner}: units must be a positive integer, received {units!r}")
+        self.units = int(units)
+        self.activation = activations.get(activation, owner)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer, owner)
+        self.bias_initializer = initializers.get(bias_initializer, owner)
+        _reject_kwargs(owner, kwargs)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(f"{self.name}: Dense expects flat inputs (features,), received "
+                             f"input_shape {tuple(input_shape)}; add a Flatten layer before it")
+        return (self.units,)
+
+    def _build(self, input_shape):
+        self.params["kernel"] = initializers.initialize(
+            self.kernel_initializer, (input_shape[0], self.units), self.dtype)
+        if self.use_bias:
+            self.params["bias"] = initializers.initialize(self.bias_initializer, (self.units,),
+                                                          self.dtype)
+
+    def _forward(self, x, training):
+        z = ops.dense_forward(x, self.params["kernel"], self.params.get("bias"))
+        y = z if self.activation == "linear" else activations.forward(self.activation, z)
+        self._cache, self._cache_batch = (x, z, y), x.shape[0]
+        return y
+
+    def _backward(self, dy):
+        x, z, y = self._cache
+        dz = dy if self.activation == "linear" else activations.backward(self.activation, z, y, dy)
+        return self.backward_preactivation(dz)
+
+    def backward_preactivation(self, dz):
+        """Backward from dL/dz, the gradient before the activation (used for fused softmax-CE)."""
+        x = self._cache[0]
+        dx, dkernel, dbias = ops.dense_backward(x, self.params["kernel"], dz,
+                                                self.compute_input_gradient)
+        self.grads["kernel"] = dkernel
+        if self.use_bias:
+            self.grads["bias"] = dbias
+        return dx
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(units=self.units, activation=self.activation, use_bias=self.use_bias,
+                   kernel_initializer=self.kernel_initializer,
+                   bias_initializer=self.bias_initializer)
+        return cfg
+
+
+class Flatten(Layer):
+    """Flatten each example to a vector: ``(n, h, w, c) -> (n, h * w * c)`` in NHWC order."""
+
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def _forward(self, x, training):
+        self._cache, self._cache_batch = x.shape, x.shape[0]
+        return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+
+    def _backward(self, dy):
+        return dy.reshape(self._cache)
+
+
+class Activation(Layer):
+    """Apply an activation by name: relu, softmax, sigmoid, tanh or linear."""
+
+    def __init__(self, activation, input_shape=None, dtype="float32", name=None):
+        self.activation = activations.get(activation, "Activation")
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+
+    def _forward(self, x, training):
+        y = activations.forward(self.activation, x)
+        self._cache, self._cache_batch = (x, y), x.shape[0]
+        return y
+
+    def _backward(self, dy):
+        x, y = self._cache
+        return activations.backward(self.activation, x, y, dy)
+
+    def backward_preactivation(self, dz):
+        return dz
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["activation"] = self.activation
+        return cfg
+
+
+class ReLU(Activation):
+    """``max(x, 0)`` as a layer (``Activation('relu')``)."""
+
+    def __init__(self, input_shape=None, dtype="float32", name=None):
+        super().__init__("relu", input_shape=input_shape, dtype=dtype, name=name)
+
+    def get_config(self):
+        cfg = super().get_config()
+        del cfg["activation"]
+        return cfg
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each unit with probability ``rate`` and
+    scale the kept ones by ``1 / (1 - rate)``; at inference, the identity.
+
+    The mask comes from minicnn's generator (:func:`minicnn.utils.set_random_seed`)
+    or, when ``seed`` is given, from the layer's own generator.
+    """
+
+    def __init__(self, rate, seed=None, input_shape=None, dtype="float32", name=None):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) \
+                or not 0 <= rate < 1:
+            raise ValueError(f"Dropout: rate must be a float in [0, 1), received {rate!r}")
+        self.rate = float(rate)
+        self.seed = seed
+        self._rng = None if seed is None else np.random.default_rng(seed)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+
+    def _forward(self, x, training):
+        if not training or self.rate == 0:
+            self._cache, self._cache_batch = None, x.shape[0]
+            self._identity = True
+            return x.copy()
+        rng = self._rng if self._rng is not None else config.get_rng()
+        mask = rng.random(x.shape, dtype=np.float32) >= self.rate
+        self._identity = False
+        self._cache, self._cache_batch = mask, x.shape[0]
+        return ops.dropout_forward(x, mask, 1.0 / (1.0 - self.rate))
+
+    def backward(self, dy):
+        if getattr(self, "_identity", None) is None:
+            raise RuntimeError(f"{self.name}: backward called before forward")
+        if self._identity:
+            return np.array(dy, dtype=self.dtype, copy=True)
+        return super().backward(dy)
+
+    def _backward(self, dy):
+        return ops.dropout_forward(dy, self._cache, 1.0 / (1.0 - self.rate))
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(rate=self.rate, seed=self.seed)
+        return cfg

@@ -1,0 +1,52 @@
+"""MaxPooling2D over NHWC images."""
+from __future__ import annotations
+
+from .. import ops
+from .base import Layer, as_pair, check_padding
+
+
+class MaxPooling2D(Layer):
+    """Max pooling, Keras signature: ``MaxPooling2D(pool_size=(2, 2), strides=None, padding='valid')``.
+
+    ``strides`` defaults to ``pool_size``. With ``'same'`` padding the padded
+    positions never win (TensorFlow's rule). Forward records the argmax (the
+    first maximum in row-major window order); backward routes each gradient to
+    that one position only, never to every tied maximum.
+    Shapes: ``x (n, h, w, c) -> y (n, oh, ow, c)``.
+    """
+
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", input_shape=None,
+                 dtype="float32", name=None):
+        owner = "MaxPooling2D"
+        self.pool_size = as_pair(pool_size, "pool_size", owner)
+        self.strides = self.pool_size if strides is None else as_pair(strides, "strides", owner)
+        self.padding = check_padding(padding, owner)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: MaxPooling2D expects images (h, w, c), "
+                             f"received input_shape {tuple(input_shape)}")
+        h, w, c = input_shape
+        ph, pw = self.pool_size
+        if self.padding == "valid" and (h < ph or w < pw):
+            raise ValueError(f"{self.name}: pool_size {self.pool_size} is larger than the "
+                             f"input ({h}, {w}) with padding='valid'")
+        oh, ow, self.pads = ops.conv_geometry(h, w, ph, pw, *self.strides, self.padding)
+        return (oh, ow, c)
+
+    def _forward(self, x, training):
+        y, argmax = ops.maxpool2d_forward(x, self.pool_size, self.strides, self.pads)
+        self._cache, self._cache_batch = (x.shape, argmax), x.shape[0]
+        return y
+
+    def _backward(self, dy):
+        if not self.compute_input_gradient:
+            return None
+        x_shape, argmax = self._cache
+        return ops.maxpool2d_backward(dy, argmax, x_shape, self.pool_size, self.strides, self.pads)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(pool_size=list(self.pool_size), strides=list(self.strides), padding=self.padding)
+        return cfg

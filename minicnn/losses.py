@@ -1,0 +1,119 @@
+"""Cross-entropy losses, stable and with the fused softmax gradient.
+
+``loss.forward(y_pred, y_true) -> (loss, dL/dy_pred)`` where ``loss`` is the
+batch mean. When the model's last layer ends in softmax and the loss is a
+cross-entropy, :class:`minicnn.models.Sequential` calls
+``loss.from_logits_forward(z, y_true)`` on the pre-softmax ``z`` instead: the
+loss comes from a log-sum-exp and the gradient is the fused ``(p - y) / n``,
+never the softmax Jacobian times the cross-entropy gradient.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+
+#: probabilities are clipped to [EPSILON, 1 - EPSILON] when the loss is given
+#: probabilities rather than logits (Keras's backend epsilon)
+EPSILON = 1e-7
+
+
+class Loss:
+    name = "loss"
+    sparse = False
+
+    def __init__(self, from_logits=False):
+        self.from_logits = bool(from_logits)
+
+    def __call__(self, y_true, y_pred):
+        """The mean loss (a float), Keras's argument order."""
+        return float(self.forward(np.asarray(y_pred), np.asarray(y_true))[0])
+
+    def get_config(self):
+        return {"class_name": type(self).__name__, "from_logits": self.from_logits}
+
+
+class _CrossEntropy(Loss):
+    def check_targets(self, y_true, n_classes, arg="y"):
+        raise NotImplementedError
+
+    def from_logits_forward(self, logits, y_true):
+        """Loss and fused gradient ``(softmax(z) - y) / n`` from logits ``z (n, k)``."""
+        return ops.softmax_cross_entropy(logits, self._target(y_true, logits), self.sparse)
+
+    def forward(self, y_pred, y_true):
+        if self.from_logits:
+            return self.from_logits_forward(y_pred, y_true)
+        # probabilities: -mean sum y log p, as Keras: p renormalised then clipped
+        dt = y_pred.dtype.type
+        n = y_pred.shape[0]
+        total = y_pred.sum(axis=-1, keepdims=True)
+        p = y_pred / total
+        clipped = np.clip(p, dt(EPSILON), dt(1 - EPSILON))
+        t = self._target(y_true, y_pred)
+        if self.sparse:
+            t = np.eye(y_pred.shape[-1], dtype=y_pred.dtype)[t]
+        loss = -np.sum(t * np.log(clipped)) / n
+        # d/dp of -sum t log p, zero where the clip is active; then through p = y / sum(y)
+        dp = np.where(clipped == p, -t / clipped, dt(0)) / dt(n)
+        dy = (dp - np.sum(dp * p, axis=-1, keepdims=True)) / total
+        return dt(loss), dy.astype(y_pred.dtype, copy=False)
+
+    def _target(self, y_true, ref):
+        if self.sparse:
+            return np.asarray(y_true).reshape(-1).astype(np.int64)
+        return np.asarray(y_true, dtype=ref.dtype)
+
+
+class CategoricalCrossentropy(_CrossEntropy):
+    """``-mean_b sum_k y[b, k] log p[b, k]`` with one-hot (or soft) labels ``y (n, k)``."""
+
+    name = "categorical_crossentropy"
+
+    def check_targets(self, y, n_classes, arg="y"):
+        y = np.asarray(y)
+        if y.ndim != 2 or y.shape[1] != n_classes:
+            raise ValueError(f"categorical_crossentropy: {arg} must be one-hot of shape "
+                             f"(n, {n_classes}) to match the model's {n_classes} output units, "
+                             f"received shape {y.shape}; use to_categorical(y, {n_classes}) or "
+                             f"loss='sparse_categorical_crossentropy' for integer labels")
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"categorical_crossentropy: {arg} holds NaN or inf")
+
+
+class SparseCategoricalCrossentropy(_CrossEntropy):
+    """Cross-entropy with integer labels ``y (n,)`` or ``(n, 1)`` in ``[0, k)``."""
+
+    name = "sparse_categorical_crossentropy"
+    sparse = True
+
+    def check_targets(self, y, n_classes, arg="y"):
+        y = np.asarray(y)
+        if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
+            raise ValueError(f"sparse_categorical_crossentropy: {arg} must hold integer labels "
+                             f"of shape (n,) or (n, 1), received shape {y.shape}")
+        if y.size and (not np.all(np.isfinite(y)) or np.any(y != np.round(y))):
+            raise ValueError(f"sparse_categorical_crossentropy: {arg} must hold integer labels")
+        if y.size and (y.min() < 0 or y.max() >= n_classes):
+            bad = y.min() if y.min() < 0 else y.max()
+            raise ValueError(f"sparse_categorical_crossentropy: {arg} labels must lie in "
+                             f"[0, {n_classes}), received {bad!r}")
+
+
+LOSSES = {"categorical_crossentropy": CategoricalCrossentropy,
+          "sparse_categorical_crossentropy": SparseCategoricalCrossentropy}
+
+
+def get(loss) -> Loss:
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str) and loss.lower() in LOSSES:
+        return LOSSES[loss.lower()]()
+    raise ValueError(f"compile: unknown loss {loss!r}; known losses: {', '.join(LOSSES)}")
+
+
+def from_config(cfg) -> Loss:
+    classes = {cls.__name__: cls for cls in LOSSES.values()}
+    if cfg.get("class_name") not in classes:
+        raise ValueError(f"unknown loss class {cfg.get('class_name')!r}")
+    return classes[cfg["class_name"]](from_logits=cfg.get("from_logits", False))

@@ -1,0 +1,700 @@
+"""Sequential: a Keras-style model over minicnn layers, with save/load and no pickle.
+
+The seed program of the project (the Keras CIFAR-10 tutorial) runs on it with
+only its imports changed::
+
+    from minicnn import layers, models, datasets
+    from minicnn.utils import to_categorical
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import sys
+import time
+import zipfile
+
+import numpy as np
+
+from . import config, losses, optimizers
+from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNonFinite
+from .layers import LAYER_CLASSES, Layer
+
+FORMAT = "minicnn-model"
+FORMAT_VERSION = 1
+METRICS = ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy")
+
+
+class ModelNotCompiledError(ValueError, RuntimeError):
+    """``fit``/``evaluate``/``train_on_batch`` before ``compile``."""
+
+
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+class Sequential:
+    """A linear stack of layers.
+
+    Parameters
+    ----------
+    layers : list of :class:`minicnn.layers.Layer`, optional
+    name : str, optional
+    """
+
+    def __init__(self, layers=None, name=None):
+        self.name = name or "sequential"
+        self._layers: list[Layer] = []
+        self.built = False
+        self.input_shape = None
+        self.optimizer = None
+        self.loss = None
+        self.metrics: list[str] = []
+        self.compiled = False
+        self.stop_training = False
+        #: stop ``fit`` with an error naming the epoch and batch when the loss is NaN/inf
+        self.stop_on_nonfinite = True
+        self.history = None
+        for layer in layers or []:
+            self.add(layer)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def layers(self):
+        return list(self._layers)
+
+    def add(self, layer):
+        if not isinstance(layer, Layer):
+            raise ValueError(f"Sequential.add: expected a minicnn layer, received {layer!r}")
+        if any(layer.name == other.name for other in self._layers):
+            raise ValueError(f"Sequential.add: a layer named {layer.name!r} is already in the model")
+        self._layers.append(layer)
+        self.built = False
+        if len(self._layers) == 1 and layer.input_shape is not None:
+            self.build(layer.input_shape)
+        elif self.input_shape is not None:
+            self.build(self.input_shape)
+
+    def build(self, input_shape=None):
+        """Build every layer for inputs of ``input_shape``.
+
+        ``input_shape`` excludes the batch dimension; Keras's ``(None, 32, 32, 3)``
+        is accepted too. Without it the first layer's ``input_shape`` is used.
+        """
+        if input_shape is None:
+            if not self._layers or self._layers[0].input_shape is None:
+                raise ValueError("Sequential.build: no input_shape given and the first layer "
+                                 "has none")
+            input_shape = self._layers[0].input_shape
+        input_shape = tuple(input_shape)
+        if input_shape and input_shape[0] is None:
+            input_shape = input_shape[1:]
+        shape = tuple(int(s) for s in input_shape)
+        self.input_shape = shape
+        for i, layer in enumerate(self._layers):
+            if not layer.built or layer.input_shape != shape:
+                if layer.built:
+                    raise ValueError(f"Sequential.build: layer {layer.name!r} was built for "
+                                     f"input shape {layer.input_shape}, received {shape}")
+                layer.build(shape)
+            layer.compute_input_gradient = i > 0
+            shape = layer.output_shape
+        self.built = bool(self._layers)
+        return self
+
+    @property
+    def output_shape(self):
+        return self._layers[-1].output_shape if self.built else None
+
+    def count_params(self) -> int:
+        return int(sum(layer.count_params() for layer in self._layers))
+
+    def _weighted(self):
+        return [layer for layer in self._layers if layer.params]
+
+    def get_weights(self):
+        """Copies of every parameter array, layer by layer (kernel, then bias), as Keras."""
+        return [p.copy() for layer in self._weighted() for p in layer.params.values()]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        slots = [(layer, key) for layer in self._weighted() for key in layer.params]
+        if len(weights) != len(slots):
+            raise ValueError(f"set_weights: the model has {len(slots)} weight arrays, "
+                             f"received {len(weights)}")
+        for (layer, key), w in zip(slots, weights):
+            w = np.asarray(w)
+            if w.shape != layer.params[key].shape:
+                raise ValueError(f"set_weights: layer {layer.name!r} {key} has shape "
+                                 f"{layer.params[key].shape}, received shape {w.shape}")
+            layer.params[key][...] = w
+
+    def summary(self, print_fn=print):
+        """Print a Keras-like table: layer (type), output shape, parameters; then the totals."""
+        self._require_built("summary")
+        rows = [(f"{layer.name} ({type(layer).__name__})",
+                 str((None,) + tuple(layer.output_shape)),
+                 f"{layer.count_params():,}") for layer in self._layers]
+        head = ("Layer (type)", "Output Shape", "Param #")
+        widths = [max(len(r[i]) for r in rows + [head]) + 3 for i in range(3)]
+        line = lambda r: "".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip()  # noqa: E731
+        total = self.count_params()
+        trainable = sum(l.count_params() for l in self._layers if l.trainable)
+        width = sum(widths)
+        print_fn(f'Model: "{self.name}"')
+        print_fn("_" * width)
+        print_fn(line(head))
+        print_fn("=" * width)
+        for i, r in enumerate(rows):
+            print_fn(line(r))
+            print_fn(("_" if i < len(rows) - 1 else "=") * width)
+        print_fn(f"Total params: {total:,}")
+        print_fn(f"Trainable params: {trainable:,}")
+        print_fn(f"Non-trainable params: {total - trainable:,}")
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, optimizer="adam", loss=None, metrics=None):
+        """Choose the optimizer, the loss and the metrics (names or objects)."""
+        if loss is None:
+            raise ValueError("compile: loss is required, e.g. loss='categorical_crossentropy'")
+        self.optimizer = optimizers.get(optimizer)
+        self.loss = losses.get(loss)
+        names = []
+        for m in metrics or []:
+            if not isinstance(m, str) or m.lower() not in METRICS:
+                raise ValueError(f"compile: unknown metric {m!r}; known metrics: "
+                                 f"{', '.join(METRICS)}")
+            names.append(m.lower())
+        self.metrics = names
+        self.compiled = True
+
+    def _require_compiled(self, what):
+        if not self.compiled:
+            raise ModelNotCompiledError(f"{what}: the model must be compiled first: call "
+                                        f"model.compile(optimizer, loss, metrics)")
+
+    def _require_built(self, what):
+        if not self.built:
+            raise ValueError(f"{what}: the model is not built yet; give the first layer an "
+                             f"input_shape or call build(input_shape)")
+
+    # ------------------------------------------------------------------ passes
+    @property
+    def dtype(self):
+        return self._layers[0].dtype
+
+    def _fused_softmax_ce(self):
+        """True when the last layer ends in softmax and the loss is a cross-entropy on
+        probabilities: then the loss is computed from the logits with the fused gradient."""
+        last = self._layers[-1]
+        return (isinstance(self.loss, losses._CrossEntropy) and not self.loss.from_logits
+                and getattr(last, "activation", None) == "softmax"
+                and hasattr(last, "backward_preactivation"))
+
+    def forward(self, x, training=False):
+        """Run every layer's forward pass on a batch; returns the model output."""
+        self._ensure_built(x)
+        for layer in self._layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def _ensure_built(self, x):
+        if not self.built:
+            self.build(np.shape(x)[1:])
+
+    def _loss_and_grad(self, y_pred, y_true):
+        if self._fused_softmax_ce():
+            last = self._layers[-1]
+            z = last._cache[1] if len(last._cache) == 3 else last._cache[0]
+            return self.loss.from_logits_forward(z, y_true), True
+        return self.loss.forward(y_pred, y_true), False
+
+    def backprop(self, x, y):
+        """Forward (training=True), loss, and every layer's backward pass; no update.
+
+        Leaves each layer's ``grads`` filled and returns the loss (a float).
+        """
+        self._require_compiled("backprop")
+        x, y = self._check_batch(x, y, "backprop")
+        loss, _ = self._backprop(x, y)
+        return float(loss)
+
+    def _backprop(self, x, y):
+        y_pred = self.forward(x, training=True)
+        (loss, dy), fused = self._loss_and_grad(y_pred, y)
+        layers = self._layers
+        if fused:
+            dy = layers[-1].backward_preactivation(dy)
+            layers = layers[:-1]
+        for layer in reversed(layers):
+            if dy is None:
+                break
+            dy = layer.backward(dy)
+        return loss, y_pred
+
+    def _apply_gradients(self):
+        self.optimizer.apply_gradients(
+            (f"{layer.name}/{key}", layer.params[key], layer.grads[key])
+            for layer in self._layers if layer.trainable for key in layer.params)
+
+    def train_on_batch(self, x, y):
+        """One optimizer step on one batch: :meth:`backprop` plus the update.
+
+        Returns ``[loss, metric...]`` (a float when no metrics were compiled).
+        """
+        self._require_compiled("train_on_batch")
+        x, y = self._check_batch(x, y, "train_on_batch")
+        loss, y_pred = self._backprop(x, y)
+        self._apply_gradients()
+        return self._results(float(loss), y_pred, y)
+
+    def test_on_batch(self, x, y):
+        """Loss and metrics on one batch, inference mode. Returns like :meth:`train_on_batch`."""
+        self._require_compiled("test_on_batch")
+        x, y = self._check_batch(x, y, "test_on_batch")
+        y_pred = self.forward(x, training=False)
+        (loss, _), _ = self._loss_and_grad(y_pred, y)
+        return self._results(float(loss), y_pred, y)
+
+    def _results(self, loss, y_pred, y):
+        if not self.metrics:
+            return loss
+        return [loss] + [self._correct(y_pred, y) / len(y) for _ in self.metrics]
+
+    def _correct(self, y_pred, y):
+        pred = np.argmax(y_pred, axis=-1)
+        true = np.asarray(y).reshape(-1) if self.loss.sparse else np.argmax(y, axis=-1)
+        return int(np.sum(pred == true))
+
+    # ------------------------------------------------------------------ validation
+    def _check_x(self, x, what, arg="x"):
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise ValueError(f"{what}: {arg} must be a real numeric array, received dtype {x.dtype}")
+        self._ensure_built(x)
+        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"{what}: {arg} must have shape (n, "
+                             f"{', '.join(map(str, self.input_shape))}) to match the model input, "
+                             f"received {x.shape}")
+        return x
+
+    def _check_y(self, x, y, what, arg="y"):
+        y = np.asarray(y)
+        if len(y) != len(x):
+            raise ValueError(f"{what}: x and {arg} must have the same length, received "
+                             f"{len(x)} images and {len(y)} labels")
+        self.loss.check_targets(y, self.output_shape[-1], arg)
+        return y
+
+    def _check_batch(self, x, y, what):
+        x = self._check_x(x, what)
+        y = self._check_y(x, y, what)
+        xb = self._cast(x)
+        if not np.all(np.isfinite(xb)):
+            raise NonFiniteLossError(f"{what}: x holds NaN or inf")
+        return xb, y
+
+    def _cast(self, x):
+        return x if x.dtype == self.dtype else x.astype(self.dtype)
+
+    @staticmethod
+    def _check_batch_size(batch_size, what):
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"{what}: batch_size must be an integer >= 1, received {batch_size!r}")
+        return int(batch_size)
+
+    # ------------------------------------------------------------------ training loop
+    def fit(self, x, y, batch_size=32, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
+        """Train for ``epochs`` epochs (counting from ``initial_epoch``), as Keras does.
+
+        - ``validation_split``: the *last* fraction of ``x`` and ``y`` is held out for
+          validation, taken before any shuffling (Keras's rule), so the split is the same
+          every epoch and every run. ``validation_data=(x_val, y_val)`` overrides it.
+        - The training 'loss' and 'accuracy' of an epoch are running averages over the
+          batches of that epoch, weighted by batch size, computed while the weights change
+          (as Keras reports them); 'val_loss' / 'val_accuracy' are computed after the epoch.
+        - Batches are cast to the model's dtype one at a time: a float64 ``x`` (the seed
+          divides by 255.0) is never copied whole.
+        - ``verbose``: 0 silent; 1 (or 'auto') a progress bar per epoch, redrawn in place
+          on a terminal (only the final line per epoch otherwise); 2 one line per epoch.
+
+        Returns a :class:`minicnn.callbacks.History`.
+        """
+        what = "fit"
+        self._require_compiled(what)
+        batch_size = self._check_batch_size(batch_size, what)
+        if not _is_int(epochs) or epochs < 0:
+            raise ValueError(f"{what}: epochs must be an integer >= 0, received {epochs!r}")
+        if not _is_int(initial_epoch) or initial_epoch < 0:
+            raise ValueError(f"{what}: initial_epoch must be an integer >= 0, "
+                             f"received {initial_epoch!r}")
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) \
+                or not 0 <= validation_split < 1:
+            raise ValueError(f"{what}: validation_split must be a float in [0, 1), "
+                             f"received {validation_split!r}")
+        verbose = _check_verbose(verbose, what)
+        x = self._check_x(x, what)
+        y = self._check_y(x, y, what)
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError(f"{what}: validation_data must be a tuple (x_val, y_val), "
+                                 f"received {type(validation_data).__name__}")
+            x_val = self._check_x(validation_data[0], what, "validation_data x")
+            y_val = self._check_y(x_val, validation_data[1], what, "validation_data y")
+        elif validation_split > 0:
+            split = int(math.floor(len(x) * (1.0 - validation_split)))
+            if split == 0 or split == len(x):
+                raise ValueError(f"{what}: validation_split={validation_split} leaves "
+                                 f"{split} training and {len(x) - split} validation samples "
+                                 f"out of {len(x)}")
+            x, x_val, y, y_val = x[:split], x[split:], y[:split], y[split:]
+        else:
+            x_val = y_val = None
+
+        history = History()
+        cbs = [history] + list(callbacks or [])
+        for cb in cbs:
+            if not isinstance(cb, Callback):
+                raise ValueError(f"{what}: callbacks must be minicnn Callback objects, "
+                                 f"received {cb!r}")
+        if self.stop_on_nonfinite and not any(isinstance(c, TerminateOnNonFinite) for c in cbs):
+            cbs.append(TerminateOnNonFinite())
+        n = len(x)
+        steps = max(1, -(-n // batch_size)) if n else 0
+        params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n,
+                  "verbose": verbose}
+        for cb in cbs:
+            cb.set_model(self)
+            cb.set_params(params)
+        self.stop_training = False
+        self.history = history
+        metric_name = "accuracy" if self.metrics else None
+        for cb in cbs:
+            cb.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            for cb in cbs:
+                cb.on_epoch_begin(epoch)
+            if verbose:
+                _print_line(f"Epoch {epoch + 1}/{epochs}")
+            bar = Progbar(steps, verbose=verbose)
+            order = config.get_rng().permutation(n) if shuffle else np.arange(n)
+            t0 = time.perf_counter()
+            seen = correct = 0
+            loss_sum = 0.0
+            for step in range(steps):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                if shuffle:
+                    xb, yb = x[idx], y[idx]
+                else:
+                    xb, yb = x[idx[0]:idx[-1] + 1], y[idx[0]:idx[-1] + 1]
+                xb = self._cast(xb)
+                for cb in cbs:
+                    cb.on_train_batch_begin(step)
+                if not np.all(np.isfinite(xb)):
+                    raise NonFiniteLossError(f"{what}: x holds NaN or inf in epoch {epoch + 1}, "
+                                             f"batch {step + 1}")
+                loss, y_pred = self._backprop(xb, yb)
+                loss = float(loss)
+                if math.isfinite(loss):
+                    self._apply_gradients()
+                nb = len(xb)
+                seen += nb
+                loss_sum += loss * nb
+                logs = {"loss": loss_sum / seen, "batch_loss": loss}
+                if metric_name:
+                    correct += self._correct(y_pred, yb)
+                    logs[metric_name] = correct / seen
+                for cb in cbs:
+                    cb.on_train_batch_end(step, logs)
+                bar.update(step + 1, logs)
+            logs = {"loss": loss_sum / max(seen, 1)}
+            if metric_name:
+                logs[metric_name] = correct / max(seen, 1)
+            if x_val is not None:
+                val = self._evaluate(x_val, y_val, batch_size)
+                logs["val_loss"] = val[0]
+                if metric_name:
+                    logs["val_" + metric_name] = val[1]
+            elapsed = time.perf_counter() - t0
+            logs_out = dict(logs)
+            bar.finish(logs_out, elapsed)
+            for cb in cbs:
+                cb.on_epoch_end(epoch, logs_out)
+            if self.stop_training:
+                break
+        for cb in cbs:
+            cb.on_train_end()
+        return history
+
+    def _evaluate(self, x, y, batch_size):
+        """Weighted mean loss and accuracy over all of ``x``, batch by batch."""
+        n = len(x)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, n, batch_size):
+            xb = self._cast(x[start:start + batch_size])
+            yb = y[start:start + batch_size]
+            y_pred = self.forward(xb, training=False)
+            (loss, _), _ = self._loss_and_grad(y_pred, yb)
+            loss_sum += float(loss) * len(xb)
+            correct += self._correct(y_pred, yb)
+        return loss_sum / max(n, 1), correct / max(n, 1)
+
+    def evaluate(self, x, y, batch_size=32, verbose=1):
+        """Loss (and metrics) over ``x``, in batches. Returns ``[loss, accuracy]``, or the
+        loss alone (a float) when no metrics were compiled."""
+        what = "evaluate"
+        self._require_compiled(what)
+        batch_size = self._check_batch_size(batch_size, what)
+        verbose = _check_verbose(verbose, what)
+        x = self._check_x(x, what)
+        y = self._check_y(x, y, what)
+        t0 = time.perf_counter()
+        loss, acc = self._evaluate(x, y, batch_size)
+        if verbose:
+            steps = -(-len(x) // batch_size)
+            text = f"loss: {loss:.4f}" + (f" - accuracy: {acc:.4f}" if self.metrics else "")
+            _print_line(f"{steps}/{steps} - {time.perf_counter() - t0:.0f}s - {text}")
+        return [loss] + [acc for _ in self.metrics] if self.metrics else loss
+
+    def predict(self, x, batch_size=32, verbose=0):
+        """Model outputs (probabilities for a softmax model) for ``x``, computed in batches."""
+        what = "predict"
+        batch_size = self._check_batch_size(batch_size, what)
+        x = self._check_x(x, what)
+        out = np.empty((len(x),) + tuple(self.output_shape), dtype=self.dtype)
+        for start in range(0, len(x), batch_size):
+            out[start:start + batch_size] = self.forward(self._cast(x[start:start + batch_size]))
+        return out
+
+    __call__ = forward
+
+    # ------------------------------------------------------------------ saving
+    def get_config(self):
+        return {"name": self.name,
+                "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()}
+                           for layer in self._layers]}
+
+    def _weight_arrays(self):
+        return {f"weights/{layer.name}/{key}": p for layer in self._layers
+                for key, p in layer.params.items()}
+
+    def save(self, path):
+        """Save architecture (JSON), weights and optimizer state in one ``.npz``-format file.
+
+        Nothing is pickled: the file holds plain arrays and one JSON document, and
+        :func:`load_model` reads it with ``allow_pickle=False``. The optimizer state
+        includes its moments and iteration count, so a resumed run takes exactly the
+        same next steps. Layer random generators (seeded Dropout/augmentation) and
+        minicnn's global generator state are stored too.
+        """
+        self._require_built("save")
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": self.get_config(),
+                "input_shape": list(self.input_shape),
+                "rng_state": _jsonable_rng(config.get_rng()),
+                "layer_rng_states": {l.name: _jsonable_rng(l._rng) for l in self._layers
+                                     if getattr(l, "_rng", None) is not None}}
+        arrays = dict(self._weight_arrays())
+        if self.compiled:
+            meta["compile"] = {"optimizer": self.optimizer.get_config(),
+                               "loss": self.loss.get_config(), "metrics": self.metrics}
+            iterations, state = self.optimizer.get_state()
+            meta["optimizer_iterations"] = iterations
+            arrays.update({f"optimizer/{k}": v for k, v in state.items()})
+        _write_npz(path, meta, arrays)
+
+    def save_weights(self, path):
+        """Save only the weights (and the layer names and shapes) to ``path``."""
+        self._require_built("save_weights")
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "weights_only": True,
+                "model": self.get_config(), "input_shape": list(self.input_shape)}
+        _write_npz(path, meta, self._weight_arrays())
+
+    def load_weights(self, path):
+        """Load weights saved by :meth:`save` or :meth:`save_weights`.
+
+        Weights are matched layer by layer in order; a missing array or a shape that
+        differs raises ValueError naming the layer and both shapes.
+        """
+        self._require_built("load_weights")
+        meta, arrays = _read_npz(path, "load_weights")
+        saved = [(k.split("/", 2)[1], k.split("/", 2)[2], v) for k, v in arrays.items()
+                 if k.startswith("weights/")]
+        saved_layers = []
+        for lname, key, v in saved:
+            if not saved_layers or saved_layers[-1][0] != lname:
+                saved_layers.append((lname, {}))
+            saved_layers[-1][1][key] = v
+        mine = self._weighted()
+        if len(saved_layers) != len(mine):
+            raise ValueError(f"load_weights: {path} holds weights for {len(saved_layers)} layers, "
+                             f"the model has {len(mine)} layers with weights")
+        for layer, (lname, params) in zip(mine, saved_layers):
+            for key, p in layer.params.items():
+                if key not in params:
+                    raise ValueError(f"load_weights: layer {layer.name!r} needs {key!r}, "
+                                     f"missing in {path} (saved layer {lname!r})")
+                if params[key].shape != p.shape:
+                    raise ValueError(f"load_weights: layer {layer.name!r} {key} has shape "
+                                     f"{p.shape}, the file's layer {lname!r} has shape "
+                                     f"{params[key].shape}")
+        for layer, (_, params) in zip(mine, saved_layers):
+            for key, p in layer.params.items():
+                p[...] = params[key]
+
+
+def load_model(path, restore_rng=False):
+    """Load a model written by :meth:`Sequential.save` (never unpickles anything).
+
+    With ``restore_rng=True`` minicnn's global generator is put back in the state
+    it had at saving time, so shuffling and dropout continue exactly (used by
+    ``minicnn train --resume``).
+    """
+    meta, arrays = _read_npz(path, "load_model")
+    try:
+        cfg = meta["model"]
+        model = Sequential(name=cfg.get("name"))
+        for entry in cfg["layers"]:
+            cls = LAYER_CLASSES.get(entry["class_name"])
+            if cls is None:
+                raise ValueError(f"unknown layer class {entry['class_name']!r}")
+            model.add(_layer_from_config(cls, entry["config"]))
+        model.build(tuple(meta["input_shape"]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"load_model: {path} has an invalid model description ({exc!r})") from None
+    for layer in model.layers:
+        for key, p in layer.params.items():
+            name = f"weights/{layer.name}/{key}"
+            if name not in arrays or arrays[name].shape != p.shape:
+                got = arrays[name].shape if name in arrays else "missing"
+                raise ValueError(f"load_model: {path}: layer {layer.name!r} {key} should have "
+                                 f"shape {p.shape}, the file has {got}")
+            p[...] = arrays[name]
+    for layer in model.layers:
+        state = meta.get("layer_rng_states", {}).get(layer.name)
+        if state is not None:
+            layer._rng = _rng_from_json(state)
+    if "compile" in meta:
+        comp = meta["compile"]
+        model.compile(optimizers.from_config(comp["optimizer"]), losses.from_config(comp["loss"]),
+                      comp.get("metrics") or None)
+        state = {k[len("optimizer/"):]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+        model.optimizer.set_state(meta.get("optimizer_iterations", 0), state)
+    if restore_rng and meta.get("rng_state") is not None:
+        config._rng = _rng_from_json(meta["rng_state"])
+    return model
+
+
+def _layer_from_config(cls, cfg):
+    cfg = dict(cfg)
+    for key in ("kernel_size", "strides", "pool_size", "input_shape", "height_factor",
+                "width_factor"):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = tuple(cfg[key])
+    return cls(**cfg)
+
+
+def _jsonable_rng(rng):
+    if rng is None:
+        return None
+    state = rng.bit_generator.state
+    return json.loads(json.dumps(state, default=int))
+
+
+def _rng_from_json(state):
+    bitgen = getattr(np.random, state["bit_generator"])()
+    bitgen.state = state
+    return np.random.Generator(bitgen)
+
+
+def _write_npz(path, meta, arrays):
+    path = os.fspath(path)
+    buf = io.BytesIO()
+    payload = {"__minicnn__.json": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+    payload.update({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    np.savez(buf, **payload)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def _read_npz(path, what):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: no such file {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "__minicnn__.json" not in data.files:
+                raise ValueError("no minicnn header")
+            meta = json.loads(data["__minicnn__.json"].tobytes().decode("utf-8"))
+            arrays = {k: data[k] for k in data.files if k != "__minicnn__.json"}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what}: {path!r} is not a minicnn model file "
+                         f"(written by Sequential.save or save_weights): {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{what}: {path!r} is not a minicnn model file (wrong header)")
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{what}: {path!r} was written by a newer minicnn "
+                         f"(format version {meta.get('version')})")
+    return meta, arrays
+
+
+# ---------------------------------------------------------------------- progress output
+def _check_verbose(verbose, what):
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, (int, np.integer)) and verbose in (0, 1, 2):
+        return int(verbose)
+    raise ValueError(f"{what}: verbose must be 0, 1, 2 or 'auto', received {verbose!r}")
+
+
+def _print_line(text):
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _fmt_logs(logs):
+    order = ["accuracy", "loss", "val_accuracy", "val_loss"]
+    keys = [k for k in order if k in logs] + sorted(k for k in logs if k not in order
+                                                     and k != "batch_loss")
+    return " - ".join(f"{k}: {logs[k]:.4f}" for k in keys)
+
+
+class Progbar:
+    """Keras-like epoch progress: verbose 1 redraws a bar in place on a terminal and prints
+    only the final line otherwise; verbose 2 prints one line per epoch."""
+
+    def __init__(self, steps, verbose=1, width=30, stream=None):
+        self.steps, self.verbose, self.width = steps, verbose, width
+        self.stream = stream or sys.stdout
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+        self._last_draw = 0.0
+
+    def update(self, step, logs):
+        if self.verbose != 1 or not self.tty:
+            return
+        now = time.perf_counter()
+        if step < self.steps and now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        done = int(self.width * step / max(self.steps, 1))
+        bar = "=" * max(done - 1, 0) + (">" if done < self.width else "=") + "." * (self.width - done)
+        elapsed = now - self.start
+        eta = elapsed / step * (self.steps - step) if step else 0
+        self.stream.write(f"\r{step}/{self.steps} [{bar}] - ETA: {eta:.0f}s - {_fmt_logs(logs)}  ")
+        self.stream.flush()
+
+    def finish(self, logs, elapsed):
+        if not self.verbose:
+            return
+        per_step = elapsed / max(self.steps, 1) * 1000
+        text = f"{self.steps}/{self.steps} - {elapsed:.0f}s - {per_step:.0f}ms/step - {_fmt_logs(logs)}"
+        if self.verbose == 1 and self.tty:
+            self.stream.write("\r" + " " * 120 + "\r")
+        self.stream.write(text + "\n")
+        self.stream.flush()

@@ -1,0 +1,397 @@
+"""Private Numba kernels of the numba backend.
+
+Call them through :mod:`minicnn.ops.numba_ops`, which validates and prepares
+the arguments (contiguous arrays, scalars already in the array dtype, so no
+float64 signature is ever compiled for float32 data).
+
+Parallel design: one ``prange`` region per pass. ``prange(nt)`` hands each of
+the ``nt`` threads one iteration; thread ``t`` walks images ``t, t + nt, ...``
+one at a time, so the patches of one image stay in its L2 cache and each
+thread calls single-threaded BLAS (``np.dot``). Every ``prange`` iteration
+writes only its own output rows or its own slot of a per-thread partial
+buffer; partial weight gradients are summed serially afterwards. The thread
+count ``nt`` is an argument (``numba.get_num_threads()`` read inside a kernel
+would stop Numba from caching it).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def _warm(a):
+    for i in prange(a.shape[0]):
+        a[i] = i
+    return a
+
+
+def warm_threading():
+    """Run a trivial parallel kernel so that Numba chooses its threading layer."""
+    _warm(np.zeros(4))
+
+
+# ----------------------------------------------------------------------------- convolution
+@njit(cache=True)
+def _im2col_one(x, b, cols, kh, kw, sh, sw, pt, pl, oh, ow):
+    """Patches of image ``b``: ``cols[i*ow + j, (a*kw + d)*c + ch] = xp[b, i*sh+a, j*sw+d, ch]``."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    for i in range(oh):
+        for j in range(ow):
+            row = i * ow + j
+            for a in range(kh):
+                r = i * sh + a - pt
+                for d in range(kw):
+                    s = j * sw + d - pl
+                    base = (a * kw + d) * c
+                    if r >= 0 and r < h and s >= 0 and s < w:
+                        for ch in range(c):
+                            cols[row, base + ch] = x[b, r, s, ch]
+                    else:
+                        for ch in range(c):
+                            cols[row, base + ch] = 0
+
+
+@njit(cache=True)
+def _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow):
+    """Adjoint of :func:`_im2col_one`, adding into ``dx[b]`` (zeroed here first)."""
+    h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
+    dx[b] = 0
+    for i in range(oh):
+        for j in range(ow):
+            row = i * ow + j
+            for a in range(kh):
+                r = i * sh + a - pt
+                if r < 0 or r >= h:
+                    continue
+                for d in range(kw):
+                    s = j * sw + d - pl
+                    if s < 0 or s >= w:
+                        continue
+                    base = (a * kw + d) * c
+                    for ch in range(c):
+                        dx[b, r, s, ch] += dcols[row, base + ch]
+
+
+@njit(parallel=True, cache=True)
+def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, nt):
+    """y (n, oh*ow, f) = im2col(x[b]) @ k2 + bias, image by image."""
+    n = x.shape[0]
+    kk, f = k2.shape
+    p = oh * ow
+    y = np.empty((n, p, f), dtype=x.dtype)
+    cols = np.empty((nt, p, kk), dtype=x.dtype)
+    for t in prange(nt):
+        for b in range(t, n, nt):
+            _im2col_one(x, b, cols[t], kh, kw, sh, sw, pt, pl, oh, ow)
+            np.dot(cols[t], k2, y[b])
+            for q in range(p):
+                for o in range(f):
+                    y[b, q, o] += bias[o]
+    return y
+
+
+@njit(parallel=True, cache=True)
+def conv2d_backward(x, k2, dy, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, nt):
+    """dx (recomputing im2col per image), dkernel2d and dbias from dy (n, oh*ow, f)."""
+    n = x.shape[0]
+    kk, f = k2.shape
+    p = oh * ow
+    cols = np.empty((nt, p, kk), dtype=x.dtype)
+    dk_part = np.zeros((nt, kk, f), dtype=x.dtype)
+    db_part = np.zeros((nt, f), dtype=x.dtype)
+    tmp = np.empty((nt, kk, f), dtype=x.dtype)
+    if need_dx:
+        dx = np.empty(x.shape, dtype=x.dtype)
+        dcols = np.empty((nt, p, kk), dtype=x.dtype)
+    else:
+        dx = np.empty((0, 0, 0, 0), dtype=x.dtype)
+        dcols = np.empty((nt, 0, 0), dtype=x.dtype)
+    k2t = k2.T
+    for t in prange(nt):
+        for b in range(t, n, nt):
+            _im2col_one(x, b, cols[t], kh, kw, sh, sw, pt, pl, oh, ow)
+            np.dot(cols[t].T, dy[b], tmp[t])
+            dk_part[t] += tmp[t]
+            for q in range(p):
+                for o in range(f):
+                    db_part[t, o] += dy[b, q, o]
+            if need_dx:
+                np.dot(dy[b], k2t, dcols[t])
+                _col2im_one(dcols[t], dx, b, kh, kw, sh, sw, pt, pl, oh, ow)
+    dk = dk_part[0].copy()
+    db = db_part[0].copy()
+    for t in range(1, nt):
+        dk += dk_part[t]
+        db += db_part[t]
+    return dx, dk, db
+
+
+# ----------------------------------------------------------------------------- max pooling
+@njit(parallel=True, cache=True)
+def maxpool2d_forward(x, ph, pw, sh, sw, pt, pl, oh, ow):
+    n, h, w, c = x.shape
+    y = np.empty((n, oh, ow, c), dtype=x.dtype)
+    arg = np.empty((n, oh, ow, c), dtype=np.int32)
+    for b in prange(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    best = -np.inf
+                    best_k = -1
+                    for a in range(ph):
+                        r = i * sh + a - pt
+                        if r < 0 or r >= h:
+                            continue
+                        for d in range(pw):
+                            s = j * sw + d - pl
+                            if s < 0 or s >= w:
+                                continue
+                            v = x[b, r, s, ch]
+                            if v > best or best_k < 0:   # first maximum wins ties
+                                best = v
+                                best_k = a * pw + d
+                    y[b, i, j, ch] = best
+                    arg[b, i, j, ch] = best_k
+    return y, arg
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_backward(dy, arg, h, w, pw, sh, sw, pt, pl):
+    n, oh, ow, c = dy.shape
+    dx = np.empty((n, h, w, c), dtype=dy.dtype)
+    for b in prange(n):
+        dx[b] = 0
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    k = arg[b, i, j, ch]
+                    a = k // pw
+                    d = k - a * pw
+                    dx[b, i * sh + a - pt, j * sw + d - pl, ch] += dy[b, i, j, ch]
+    return dx
+
+
+# ----------------------------------------------------------------------------- dense
+@njit(parallel=True, cache=True)
+def dense_forward(x, kernel, bias, nt):
+    n = x.shape[0]
+    u = kernel.shape[1]
+    y = np.empty((n, u), dtype=x.dtype)
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        lo = t * chunk
+        hi = min(n, lo + chunk)
+        if lo < hi:
+            np.dot(x[lo:hi], kernel, y[lo:hi])
+            for b in range(lo, hi):
+                for j in range(u):
+                    y[b, j] += bias[j]
+    return y
+
+
+@njit(parallel=True, cache=True)
+def dense_backward(x, kernel, dy, need_dx, nt):
+    n, k = x.shape
+    u = kernel.shape[1]
+    chunk = (n + nt - 1) // nt
+    dk_part = np.zeros((nt, k, u), dtype=x.dtype)
+    db_part = np.zeros((nt, u), dtype=x.dtype)
+    dx = np.empty((n, k) if need_dx else (0, k), dtype=x.dtype)
+    kt = kernel.T
+    for t in prange(nt):
+        lo = t * chunk
+        hi = min(n, lo + chunk)
+        if lo < hi:
+            np.dot(x[lo:hi].T, dy[lo:hi], dk_part[t])
+            for b in range(lo, hi):
+                for j in range(u):
+                    db_part[t, j] += dy[b, j]
+            if need_dx:
+                np.dot(dy[lo:hi], kt, dx[lo:hi])
+    dk = dk_part[0].copy()
+    db = db_part[0].copy()
+    for t in range(1, nt):
+        dk += dk_part[t]
+        db += db_part[t]
+    return dx, dk, db
+
+
+# ----------------------------------------------------------------------------- activations (flat)
+# Scalars such as 0 and 1 arrive as arguments typed like the array (``zero``,
+# ``one``): a Python int mixed with float32 would make Numba compute in float64.
+@njit(parallel=True, cache=True)
+def relu_forward(x, zero):
+    y = np.empty_like(x)
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v if v > zero else zero
+    return y
+
+
+@njit(parallel=True, cache=True)
+def relu_backward(x, dy, zero):
+    dx = np.empty_like(dy)
+    for i in prange(x.size):
+        dx[i] = dy[i] if x[i] > zero else zero
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def sigmoid_forward(x, one):
+    y = np.empty_like(x)
+    zero = one - one
+    for i in prange(x.size):
+        v = x[i]
+        if v >= zero:
+            y[i] = one / (one + np.exp(-v))
+        else:
+            e = np.exp(v)
+            y[i] = e / (one + e)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def sigmoid_backward(y, dy, one):
+    dx = np.empty_like(dy)
+    for i in prange(y.size):
+        dx[i] = dy[i] * y[i] * (one - y[i])
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def tanh_forward(x):
+    y = np.empty_like(x)
+    for i in prange(x.size):
+        y[i] = np.tanh(x[i])
+    return y
+
+
+@njit(parallel=True, cache=True)
+def tanh_backward(y, dy, one):
+    dx = np.empty_like(dy)
+    for i in prange(y.size):
+        dx[i] = dy[i] * (one - y[i] * y[i])
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def softmax_forward(x, zero):
+    """Row-wise softmax of a 2-D array; ``zero`` is 0 in x's dtype (accumulator type)."""
+    n, k = x.shape
+    y = np.empty_like(x)
+    for b in prange(n):
+        m = x[b, 0]
+        for j in range(1, k):
+            if x[b, j] > m:
+                m = x[b, j]
+        s = zero
+        for j in range(k):
+            e = np.exp(x[b, j] - m)
+            y[b, j] = e
+            s += e
+        for j in range(k):
+            y[b, j] = y[b, j] / s
+    return y
+
+
+@njit(parallel=True, cache=True)
+def softmax_backward(y, dy, zero):
+    n, k = y.shape
+    dx = np.empty_like(dy)
+    for b in prange(n):
+        s = zero
+        for j in range(k):
+            s += dy[b, j] * y[b, j]
+        for j in range(k):
+            dx[b, j] = y[b, j] * (dy[b, j] - s)
+    return dx
+
+
+# ----------------------------------------------------------------------------- loss
+@njit(parallel=True, cache=True)
+def softmax_cross_entropy(logits, target, inv_n):
+    """Per-row loss and fused gradient ``(p - t) * inv_n``; ``target`` is (n, k).
+
+    ``inv_n`` is ``1 / n`` in the logits' dtype.
+    """
+    n, k = logits.shape
+    d = np.empty_like(logits)
+    row_loss = np.empty(n, dtype=logits.dtype)
+    zero = inv_n - inv_n
+    for b in prange(n):
+        m = logits[b, 0]
+        for j in range(1, k):
+            if logits[b, j] > m:
+                m = logits[b, j]
+        s = zero
+        for j in range(k):
+            s += np.exp(logits[b, j] - m)
+        lse = m + np.log(s)
+        acc = zero
+        for j in range(k):
+            logp = logits[b, j] - lse
+            acc -= target[b, j] * logp
+            d[b, j] = (np.exp(logp) - target[b, j]) * inv_n
+        row_loss[b] = acc
+    return row_loss, d
+
+
+@njit(parallel=True, cache=True)
+def sparse_softmax_cross_entropy(logits, labels, inv_n, one):
+    n, k = logits.shape
+    d = np.empty_like(logits)
+    row_loss = np.empty(n, dtype=logits.dtype)
+    zero = one - one
+    for b in prange(n):
+        m = logits[b, 0]
+        for j in range(1, k):
+            if logits[b, j] > m:
+                m = logits[b, j]
+        s = zero
+        for j in range(k):
+            s += np.exp(logits[b, j] - m)
+        lse = m + np.log(s)
+        lab = labels[b]
+        row_loss[b] = lse - logits[b, lab]
+        for j in range(k):
+            p = np.exp(logits[b, j] - lse)
+            d[b, j] = ((p - one) if j == lab else p) * inv_n
+    return row_loss, d
+
+
+# ----------------------------------------------------------------------------- dropout
+@njit(parallel=True, cache=True)
+def dropout_forward(x, mask, scale):
+    y = np.empty_like(x)
+    zero = scale - scale
+    for i in prange(x.size):
+        y[i] = x[i] * scale if mask[i] else zero
+    return y
+
+
+# ----------------------------------------------------------------------------- optimizers
+@njit(parallel=True, cache=True)
+def adam_update(param, grad, m, v, alpha, b1, b2, eps, one):
+    """Flat, in place: m, v moments then ``param -= alpha * m / (sqrt(v) + eps)``.
+
+    Every scalar arrives in the parameters' dtype (``one`` is 1 in that dtype).
+    """
+    for i in prange(param.size):
+        g = grad[i]
+        mi = b1 * m[i] + (one - b1) * g
+        vi = b2 * v[i] + (one - b2) * g * g
+        m[i] = mi
+        v[i] = vi
+        param[i] -= alpha * mi / (np.sqrt(vi) + eps)
+
+
+@njit(parallel=True, cache=True)
+def sgd_update(param, grad, velocity, lr, mu, nesterov):
+    for i in prange(param.size):
+        vel = mu * velocity[i] - lr * grad[i]
+        velocity[i] = vel
+        if nesterov:
+            param[i] += mu * vel - lr * grad[i]
+        else:
+            param[i] += vel

@@ -1,0 +1,191 @@
+"""The numpy backend: vectorised im2col / col2im.
+
+A convolution becomes one matrix product. For NHWC input the patches matrix
+``cols`` has one row per output pixel and one column per kernel tap:
+
+    cols : (n * oh * ow, kh * kw * c)      kernel2d : (kh * kw * c, f)
+    y = cols @ kernel2d  ->  (n * oh * ow, f) = (n, oh, ow, f), NHWC with no transpose.
+
+Backward: ``dkernel2d = cols.T @ dy2d``, ``dcols = dy2d @ kernel2d.T`` and
+col2im adds every tap of ``dcols`` back onto the pixel it was read from.
+Same signatures and conventions as :mod:`minicnn.ops.reference`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ._shapes import out_size_from_pads
+
+
+def _pad(x, pads, value=0):
+    pt, pb, pl, pr = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=value)
+
+
+def _windows(xp, kh, kw, sh, sw, oh, ow):
+    """A read-only view (n, oh, ow, kh, kw, c) of every window of a padded image batch."""
+    n, _, _, c = xp.shape
+    s0, s1, s2, s3 = xp.strides
+    return as_strided(xp, shape=(n, oh, ow, kh, kw, c),
+                      strides=(s0, s1 * sh, s2 * sw, s1, s2, s3), writeable=False)
+
+
+def im2col(x, kh, kw, strides, pads):
+    """Patches matrix ``(n * oh * ow, kh * kw * c)`` of an NHWC batch (zero padding)."""
+    n, h, w, c = x.shape
+    sh, sw = strides
+    oh = out_size_from_pads(h, kh, sh, pads[0], pads[1])
+    ow = out_size_from_pads(w, kw, sw, pads[2], pads[3])
+    win = _windows(np.ascontiguousarray(_pad(x, pads)), kh, kw, sh, sw, oh, ow)
+    return win.reshape(n * oh * ow, kh * kw * c), oh, ow
+
+
+def col2im(dcols, x_shape, kh, kw, strides, pads, oh, ow):
+    """Adjoint of :func:`im2col`: add each tap of ``dcols`` onto its input pixel."""
+    n, h, w, c = x_shape
+    sh, sw = strides
+    pt, pb, pl, pr = pads
+    d6 = dcols.reshape(n, oh, ow, kh, kw, c)
+    dxp = np.zeros((n, h + pt + pb, w + pl + pr, c), dtype=dcols.dtype)
+    for a in range(kh):
+        for d in range(kw):
+            dxp[:, a:a + sh * (oh - 1) + 1:sh, d:d + sw * (ow - 1) + 1:sw, :] += d6[:, :, :, a, d, :]
+    return dxp[:, pt:pt + h, pl:pl + w, :]
+
+
+def conv2d_forward(x, kernel, bias, strides, pads):
+    kh, kw, c, f = kernel.shape
+    cols, oh, ow = im2col(x, kh, kw, strides, pads)
+    y = cols @ kernel.reshape(kh * kw * c, f)
+    if bias is not None:
+        y += bias
+    return y.reshape(x.shape[0], oh, ow, f)
+
+
+def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True):
+    kh, kw, c, f = kernel.shape
+    cols, oh, ow = im2col(x, kh, kw, strides, pads)
+    dy2 = dy.reshape(-1, f)
+    dkernel = (cols.T @ dy2).reshape(kernel.shape)
+    dbias = dy2.sum(axis=0)
+    dx = None
+    if need_dx:
+        dcols = dy2 @ kernel.reshape(kh * kw * c, f).T
+        dx = np.ascontiguousarray(col2im(dcols, x.shape, kh, kw, strides, pads, oh, ow))
+    return dx, dkernel, dbias
+
+
+def maxpool2d_forward(x, pool, strides, pads):
+    n, h, w, c = x.shape
+    ph, pw = pool
+    sh, sw = strides
+    oh = out_size_from_pads(h, ph, sh, pads[0], pads[1])
+    ow = out_size_from_pads(w, pw, sw, pads[2], pads[3])
+    xp = np.ascontiguousarray(_pad(x, pads, value=-np.inf))
+    win = _windows(xp, ph, pw, sh, sw, oh, ow).reshape(n, oh, ow, ph * pw, c)
+    argmax = np.argmax(win, axis=3).astype(np.int32)   # argmax returns the first maximum
+    y = np.take_along_axis(win, argmax[:, :, :, None, :].astype(np.intp), axis=3)[:, :, :, 0, :]
+    return np.ascontiguousarray(y), argmax
+
+
+def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
+    n, h, w, c = x_shape
+    ph, pw = pool
+    sh, sw = strides
+    pt, pb, pl, pr = pads
+    _, oh, ow, _ = dy.shape
+    dxp = np.zeros((n, h + pt + pb, w + pl + pr, c), dtype=dy.dtype)
+    for a in range(ph):
+        for d in range(pw):
+            hit = argmax == a * pw + d
+            dxp[:, a:a + sh * (oh - 1) + 1:sh, d:d + sw * (ow - 1) + 1:sw, :] += np.where(hit, dy, 0)
+    return np.ascontiguousarray(dxp[:, pt:pt + h, pl:pl + w, :])
+
+
+def dense_forward(x, kernel, bias):
+    y = x @ kernel
+    if bias is not None:
+        y += bias
+    return y
+
+
+def dense_backward(x, kernel, dy, need_dx=True):
+    dx = dy @ kernel.T if need_dx else None
+    return dx, x.T @ dy, dy.sum(axis=0)
+
+
+def activation_forward(name, x):
+    if name == "linear":
+        return x.copy()
+    if name == "relu":
+        return np.maximum(x, 0)
+    if name == "sigmoid":
+        # exp(-|x|) never overflows; both branches of the logistic from it
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "softmax":
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def activation_backward(name, x, y, dy):
+    if name == "linear":
+        return dy.copy()
+    if name == "relu":
+        return np.where(x > 0, dy, 0).astype(dy.dtype, copy=False)
+    if name == "sigmoid":
+        return dy * y * (1 - y)
+    if name == "tanh":
+        return dy * (1 - y * y)
+    if name == "softmax":
+        return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def softmax_cross_entropy(logits, target, sparse):
+    n, k = logits.shape
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    logp = shifted - lse
+    p = np.exp(logp)
+    if sparse:
+        idx = np.asarray(target, dtype=np.intp).reshape(-1)
+        loss = -logp[np.arange(n), idx].sum() / n
+        p[np.arange(n), idx] -= 1
+        dlogits = p / logits.dtype.type(n)
+    else:
+        loss = -(target * logp).sum() / n
+        dlogits = (p - target) / logits.dtype.type(n)
+    return logits.dtype.type(loss), dlogits.astype(logits.dtype, copy=False)
+
+
+def dropout_forward(x, mask, scale):
+    return x * (mask * x.dtype.type(scale)).astype(x.dtype, copy=False)
+
+
+def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, t):
+    dt = param.dtype.type
+    alpha = dt(lr * np.sqrt(1.0 - beta_2 ** t) / (1.0 - beta_1 ** t))
+    b1, b2, eps = dt(beta_1), dt(beta_2), dt(epsilon)
+    m *= b1
+    m += (1 - b1) * grad
+    v *= b2
+    v += (1 - b2) * grad * grad
+    param -= alpha * m / (np.sqrt(v) + eps)
+
+
+def sgd_update(param, grad, velocity, lr, momentum, nesterov):
+    dt = param.dtype.type
+    lr, mu = dt(lr), dt(momentum)
+    velocity *= mu
+    velocity -= lr * grad
+    if nesterov:
+        param += mu * velocity - lr * grad
+    else:
+        param += velocity

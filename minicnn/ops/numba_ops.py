@@ -1,0 +1,155 @@
+"""The numba backend: thin validating wrappers around :mod:`minicnn.ops._kernels`.
+
+Each wrapper makes its arrays C-contiguous, reshapes them to what the kernel
+expects and converts every scalar to the arrays' dtype, so a float32 model
+only ever compiles float32 signatures. Same signatures and conventions as
+:mod:`minicnn.ops.reference`.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .. import config
+from . import _kernels as K
+from ._shapes import out_size_from_pads
+
+config._limit_blas_for_numba()
+
+_c = np.ascontiguousarray
+
+
+def _threads(n):
+    """Threads for a batch of ``n``: never more threads than images."""
+    return max(1, min(numba.get_num_threads(), n))
+
+
+def _bias_or_zeros(bias, n, dtype):
+    return np.zeros(n, dtype=dtype) if bias is None else _c(bias, dtype=dtype)
+
+
+def conv2d_forward(x, kernel, bias, strides, pads):
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    sh, sw = strides
+    pt, pb, pl, pr = pads
+    oh = out_size_from_pads(h, kh, sh, pt, pb)
+    ow = out_size_from_pads(w, kw, sw, pl, pr)
+    k2 = _c(kernel).reshape(kh * kw * c, f)
+    y = K.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype),
+                         kh, kw, sh, sw, pt, pl, oh, ow, _threads(n))
+    return y.reshape(n, oh, ow, f)
+
+
+def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True):
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    sh, sw = strides
+    pt, _, pl, _ = pads
+    _, oh, ow, _ = dy.shape
+    k2 = _c(kernel).reshape(kh * kw * c, f)
+    dx, dk, db = K.conv2d_backward(_c(x), k2, _c(dy).reshape(n, oh * ow, f),
+                                   kh, kw, sh, sw, pt, pl, oh, ow, bool(need_dx), _threads(n))
+    return (dx if need_dx else None), dk.reshape(kernel.shape), db
+
+
+def maxpool2d_forward(x, pool, strides, pads):
+    n, h, w, c = x.shape
+    ph, pw = pool
+    sh, sw = strides
+    pt, pb, pl, pr = pads
+    oh = out_size_from_pads(h, ph, sh, pt, pb)
+    ow = out_size_from_pads(w, pw, sw, pl, pr)
+    return K.maxpool2d_forward(_c(x), ph, pw, sh, sw, pt, pl, oh, ow)
+
+
+def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
+    _, h, w, _ = x_shape
+    sh, sw = strides
+    return K.maxpool2d_backward(_c(dy), _c(argmax, dtype=np.int32), h, w, pool[1], sh, sw,
+                                pads[0], pads[2])
+
+
+def dense_forward(x, kernel, bias):
+    return K.dense_forward(_c(x), _c(kernel), _bias_or_zeros(bias, kernel.shape[1], x.dtype),
+                           _threads(x.shape[0]))
+
+
+def dense_backward(x, kernel, dy, need_dx=True):
+    dx, dk, db = K.dense_backward(_c(x), _c(kernel), _c(dy), bool(need_dx), _threads(x.shape[0]))
+    return (dx if need_dx else None), dk, db
+
+
+def activation_forward(name, x):
+    dt = x.dtype.type
+    flat = _c(x).reshape(-1)
+    if name == "linear":
+        return x.copy()
+    if name == "relu":
+        y = K.relu_forward(flat, dt(0))
+    elif name == "sigmoid":
+        y = K.sigmoid_forward(flat, dt(1))
+    elif name == "tanh":
+        y = K.tanh_forward(flat)
+    elif name == "softmax":
+        y = K.softmax_forward(_c(x).reshape(-1, x.shape[-1]), dt(0))
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+    return y.reshape(x.shape)
+
+
+def activation_backward(name, x, y, dy):
+    dt = dy.dtype.type
+    fdy = _c(dy).reshape(-1)
+    if name == "linear":
+        return dy.copy()
+    if name == "relu":
+        dx = K.relu_backward(_c(x).reshape(-1), fdy, dt(0))
+    elif name == "sigmoid":
+        dx = K.sigmoid_backward(_c(y).reshape(-1), fdy, dt(1))
+    elif name == "tanh":
+        dx = K.tanh_backward(_c(y).reshape(-1), fdy, dt(1))
+    elif name == "softmax":
+        k = dy.shape[-1]
+        dx = K.softmax_backward(_c(y).reshape(-1, k), _c(dy).reshape(-1, k), dt(0))
+    else:
+        raise ValueError(f"unknown activation {name!r}")
+    return dx.reshape(dy.shape)
+
+
+def softmax_cross_entropy(logits, target, sparse):
+    dt = logits.dtype.type
+    n = logits.shape[0]
+    if sparse:
+        labels = _c(target, dtype=np.int64).reshape(-1)
+        rows, d = K.sparse_softmax_cross_entropy(_c(logits), labels, dt(1) / dt(n), dt(1))
+    else:
+        rows, d = K.softmax_cross_entropy(_c(logits), _c(target, dtype=logits.dtype),
+                                          dt(1) / dt(n))
+    return dt(rows.sum() / dt(n)), d
+
+
+def dropout_forward(x, mask, scale):
+    dt = x.dtype.type
+    y = K.dropout_forward(_c(x).reshape(-1), _c(mask).reshape(-1), dt(scale))
+    return y.reshape(x.shape)
+
+
+def _flat_inplace(a, name):
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous to be updated in place")
+    return a.reshape(-1)
+
+
+def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, t):
+    dt = param.dtype.type
+    alpha = dt(lr * np.sqrt(1.0 - beta_2 ** t) / (1.0 - beta_1 ** t))
+    K.adam_update(_flat_inplace(param, "param"), _c(grad, dtype=param.dtype).reshape(-1),
+                  _flat_inplace(m, "m"), _flat_inplace(v, "v"),
+                  alpha, dt(beta_1), dt(beta_2), dt(epsilon), dt(1))
+
+
+def sgd_update(param, grad, velocity, lr, momentum, nesterov):
+    dt = param.dtype.type
+    K.sgd_update(_flat_inplace(param, "param"), _c(grad, dtype=param.dtype).reshape(-1),
+                 _flat_inplace(velocity, "velocity"), dt(lr), dt(momentum), bool(nesterov))

@@ -1,0 +1,339 @@
+"""The reference backend: backprop written out as plain loops.
+
+This file is the teaching text of minicnn. Every function loops over the
+batch and the output positions and states the math it computes; nothing is
+vectorised beyond a dot product over one window. It is slow on purpose: step
+into it with a debugger, or compare the fast backends against it.
+
+Conventions (shared by all backends)
+-----------------------------------
+- Images are NHWC: ``x`` has shape ``(n, h, w, c)``.
+- A Conv2D kernel has the Keras shape ``(kh, kw, c, f)``; a Dense kernel
+  ``(in_features, units)``.
+- ``strides = (sh, sw)``; ``pads = (top, bottom, left, right)`` are computed
+  by :mod:`minicnn.ops._shapes` from ``padding='same'|'valid'``.
+- Output sizes: ``oh = (h + top + bottom - kh) // sh + 1`` (same for ``ow``).
+- Backward functions return gradients with respect to their inputs; they never
+  modify their arguments.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._shapes import out_size_from_pads
+
+
+# ----------------------------------------------------------------------------- convolution
+def conv2d_forward(x, kernel, bias, strides, pads):
+    """2-D cross-correlation, NHWC.
+
+    Parameters
+    ----------
+    x : (n, h, w, c)
+    kernel : (kh, kw, c, f)
+    bias : (f,) or None
+    strides : (sh, sw)
+    pads : (top, bottom, left, right), zero padding
+
+    Returns
+    -------
+    y : (n, oh, ow, f) with
+        ``y[b, i, j, f] = bias[f] + sum_{a, d, c} xp[b, i*sh + a, j*sw + d, c] * kernel[a, d, c, f]``
+        where ``xp`` is ``x`` zero-padded by ``pads``.
+    """
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    sh, sw = strides
+    pt, pb, pl, pr = pads
+    oh = out_size_from_pads(h, kh, sh, pt, pb)
+    ow = out_size_from_pads(w, kw, sw, pl, pr)
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    y = np.zeros((n, oh, ow, f), dtype=x.dtype)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                window = xp[b, i * sh:i * sh + kh, j * sw:j * sw + kw, :]   # (kh, kw, c)
+                for o in range(f):
+                    y[b, i, j, o] = np.sum(window * kernel[:, :, :, o])
+                if bias is not None:
+                    y[b, i, j, :] += bias
+    return y
+
+
+def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True):
+    """Gradients of :func:`conv2d_forward`.
+
+    Parameters
+    ----------
+    x : (n, h, w, c), the forward input
+    kernel : (kh, kw, c, f)
+    dy : (n, oh, ow, f), dL/dy
+    need_dx : bool, skip dx (the first layer never needs it)
+
+    Returns
+    -------
+    dx : (n, h, w, c) or None
+        ``dx[b, i*sh + a, j*sw + d, :] += kernel[a, d, :, :] @ dy[b, i, j, :]`` (then unpadded)
+    dkernel : (kh, kw, c, f)
+        ``dkernel[a, d, c, f] = sum_{b, i, j} xp[b, i*sh + a, j*sw + d, c] * dy[b, i, j, f]``
+    dbias : (f,)
+        ``dbias[f] = sum_{b, i, j} dy[b, i, j, f]``
+    """
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    sh, sw = strides
+    pt, pb, pl, pr = pads
+    _, oh, ow, _ = dy.shape
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    dxp = np.zeros_like(xp)
+    dkernel = np.zeros_like(kernel)
+    dbias = np.zeros(f, dtype=dy.dtype)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                g = dy[b, i, j, :]                                        # (f,)
+                window = xp[b, i * sh:i * sh + kh, j * sw:j * sw + kw, :]  # (kh, kw, c)
+                dkernel += window[:, :, :, None] * g                      # outer product
+                dbias += g
+                if need_dx:
+                    dxp[b, i * sh:i * sh + kh, j * sw:j * sw + kw, :] += kernel @ g
+    dx = dxp[:, pt:pt + h, pl:pl + w, :].copy() if need_dx else None
+    return dx, dkernel, dbias
+
+
+# ----------------------------------------------------------------------------- max pooling
+def maxpool2d_forward(x, pool, strides, pads):
+    """Max pooling, NHWC; padded positions never win (TensorFlow's 'same').
+
+    Parameters
+    ----------
+    x : (n, h, w, c)
+    pool : (ph, pw); strides : (sh, sw); pads : (top, bottom, left, right)
+
+    Returns
+    -------
+    y : (n, oh, ow, c), ``y[b, i, j, c] = max_{a, d} x[b, i*sh + a - top, j*sw + d - left, c]``
+        over the positions inside the image.
+    argmax : (n, oh, ow, c) int32, the flat window index ``a * pw + d`` of the
+        first maximum (row-major order), which receives the whole gradient.
+    """
+    n, h, w, c = x.shape
+    ph, pw = pool
+    sh, sw = strides
+    pt, pb, pl, pr = pads
+    oh = out_size_from_pads(h, ph, sh, pt, pb)
+    ow = out_size_from_pads(w, pw, sw, pl, pr)
+    y = np.empty((n, oh, ow, c), dtype=x.dtype)
+    argmax = np.empty((n, oh, ow, c), dtype=np.int32)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    best, best_k = -np.inf, -1
+                    for a in range(ph):
+                        for d in range(pw):
+                            r, s = i * sh + a - pt, j * sw + d - pl
+                            if 0 <= r < h and 0 <= s < w and x[b, r, s, ch] > best:
+                                best, best_k = x[b, r, s, ch], a * pw + d
+                    y[b, i, j, ch] = best
+                    argmax[b, i, j, ch] = best_k
+    return y, argmax
+
+
+def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
+    """Gradient of max pooling: each dy goes to the single position that won.
+
+    ``dx[b, i*sh + a - top, j*sw + d - left, c] += dy[b, i, j, c]`` for
+    ``a * pw + d == argmax[b, i, j, c]``; windows that overlap add up.
+    """
+    n, h, w, c = x_shape
+    _, pw = pool
+    sh, sw = strides
+    pt, _, pl, _ = pads
+    _, oh, ow, _ = dy.shape
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    a, d = divmod(int(argmax[b, i, j, ch]), pw)
+                    dx[b, i * sh + a - pt, j * sw + d - pl, ch] += dy[b, i, j, ch]
+    return dx
+
+
+# ----------------------------------------------------------------------------- dense
+def dense_forward(x, kernel, bias):
+    """Fully connected layer: ``y[b, u] = sum_k x[b, k] * kernel[k, u] + bias[u]``.
+
+    x : (n, k); kernel : (k, u); bias : (u,) or None; returns y : (n, u).
+    """
+    n, k = x.shape
+    u = kernel.shape[1]
+    y = np.zeros((n, u), dtype=x.dtype)
+    for b in range(n):
+        for j in range(u):
+            y[b, j] = np.dot(x[b, :], kernel[:, j])
+            if bias is not None:
+                y[b, j] += bias[j]
+    return y
+
+
+def dense_backward(x, kernel, dy, need_dx=True):
+    """Gradients of :func:`dense_forward`.
+
+    ``dx = dy @ kernel.T`` (n, k); ``dkernel = x.T @ dy`` (k, u), i.e. a sum over
+    the batch of outer products ``x[b] dy[b]^T``; ``dbias = sum_b dy[b]`` (u,).
+    """
+    n, k = x.shape
+    dkernel = np.zeros_like(kernel)
+    dbias = np.zeros(kernel.shape[1], dtype=dy.dtype)
+    dx = np.zeros_like(x) if need_dx else None
+    for b in range(n):
+        dkernel += np.outer(x[b], dy[b])
+        dbias += dy[b]
+        if need_dx:
+            dx[b] = kernel @ dy[b]
+    return dx, dkernel, dbias
+
+
+# ----------------------------------------------------------------------------- activations
+def activation_forward(name, x):
+    """Elementwise activations and softmax over the last axis.
+
+    relu: ``max(x, 0)``; sigmoid: ``1 / (1 + exp(-x))``; tanh; linear: ``x``;
+    softmax: ``exp(x - max x) / sum exp(x - max x)`` along the last axis.
+    """
+    if name == "linear":
+        return x.copy()
+    if name == "relu":
+        return np.where(x > 0, x, np.zeros_like(x))
+    if name == "sigmoid":
+        y = np.empty_like(x)
+        flat_x, flat_y = x.reshape(-1), y.reshape(-1)
+        for k in range(flat_x.size):
+            v = flat_x[k]
+            # two branches so that exp never overflows
+            if v >= 0:
+                flat_y[k] = 1 / (1 + np.exp(-v))
+            else:
+                e = np.exp(v)
+                flat_y[k] = e / (1 + e)
+        return y
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "softmax":
+        rows = x.reshape(-1, x.shape[-1])
+        out = np.empty_like(rows)
+        for r in range(rows.shape[0]):
+            e = np.exp(rows[r] - rows[r].max())
+            out[r] = e / e.sum()
+        return out.reshape(x.shape)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def activation_backward(name, x, y, dy):
+    """dL/dx from dL/dy, given the forward input ``x`` and output ``y``.
+
+    relu: ``dy * (x > 0)`` (the derivative at 0 is taken as 0, as TensorFlow does);
+    sigmoid: ``dy * y * (1 - y)``; tanh: ``dy * (1 - y**2)``; linear: ``dy``;
+    softmax (per row): ``dx = y * (dy - sum(dy * y))``, the Jacobian-vector product
+    ``J^T dy`` with ``J = diag(y) - y y^T``.
+    """
+    if name == "linear":
+        return dy.copy()
+    if name == "relu":
+        return np.where(x > 0, dy, np.zeros_like(dy))
+    if name == "sigmoid":
+        return dy * y * (1 - y)
+    if name == "tanh":
+        return dy * (1 - y * y)
+    if name == "softmax":
+        rows_y = y.reshape(-1, y.shape[-1])
+        rows_dy = dy.reshape(-1, dy.shape[-1])
+        dx = np.empty_like(rows_dy)
+        for r in range(rows_y.shape[0]):
+            dx[r] = rows_y[r] * (rows_dy[r] - np.dot(rows_dy[r], rows_y[r]))
+        return dx.reshape(dy.shape)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+# ----------------------------------------------------------------------------- loss
+def softmax_cross_entropy(logits, target, sparse):
+    """Mean softmax cross-entropy from logits, and its fused gradient.
+
+    logits : (n, k). target : (n, k) one-hot (or soft) labels, or (n,) int labels if ``sparse``.
+
+    ``loss = -1/n sum_b sum_k t[b, k] * log softmax(z[b])_k`` with the stable
+    log-sum-exp ``log softmax(z)_k = z_k - m - log sum_j exp(z_j - m)``,
+    ``m = max_j z_j``. The gradient is the fused ``(softmax(z) - t) / n``: the
+    softmax Jacobian and the CE gradient multiplied out once, on paper.
+    """
+    n, k = logits.shape
+    dlogits = np.empty_like(logits)
+    total = 0.0
+    for b in range(n):
+        z = logits[b]
+        m = z.max()
+        lse = m + np.log(np.sum(np.exp(z - m)))
+        p = np.exp(z - lse)
+        if sparse:
+            t = np.zeros(k, dtype=logits.dtype)
+            t[int(target[b])] = 1
+        else:
+            t = target[b]
+        total += -np.sum(t * (z - lse))
+        dlogits[b] = (p - t) / n
+    return logits.dtype.type(total / n), dlogits
+
+
+# ----------------------------------------------------------------------------- dropout
+def dropout_forward(x, mask, scale):
+    """Inverted dropout: ``y = x * mask * scale`` with ``scale = 1 / (1 - rate)``.
+
+    mask : same shape as x, 1 where the unit is kept and 0 where it is dropped.
+    The backward pass is the same product applied to dy.
+    """
+    y = np.empty_like(x)
+    fx, fm, fy = x.reshape(-1), mask.reshape(-1), y.reshape(-1)
+    for k in range(fx.size):
+        fy[k] = fx[k] * scale if fm[k] else 0
+    return y
+
+
+# ----------------------------------------------------------------------------- optimizers
+def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, t):
+    """One Adam step, in place on ``param``, ``m`` and ``v`` (Keras's formulation).
+
+    ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
+    ``alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)``;
+    ``param -= alpha * m / (sqrt(v) + eps)``.
+    Epsilon is added to ``sqrt(v)`` *after* folding both bias corrections into
+    ``alpha`` (Kingma & Ba, end of section 2; Keras and TensorFlow do the same), so
+    ``eps`` here equals Keras's ``epsilon=1e-7`` exactly.
+    """
+    dt = param.dtype.type
+    alpha = dt(lr * np.sqrt(1.0 - beta_2 ** t) / (1.0 - beta_1 ** t))
+    b1, b2, eps = dt(beta_1), dt(beta_2), dt(epsilon)
+    fp, fg, fm, fv = param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1)
+    for k in range(fp.size):
+        fm[k] = b1 * fm[k] + (1 - b1) * fg[k]
+        fv[k] = b2 * fv[k] + (1 - b2) * fg[k] * fg[k]
+        fp[k] -= alpha * fm[k] / (np.sqrt(fv[k]) + eps)
+
+
+def sgd_update(param, grad, velocity, lr, momentum, nesterov):
+    """One SGD step with (Nesterov) momentum, in place (Keras's formulation).
+
+    ``velocity = momentum * velocity - lr * g``;
+    plain: ``param += velocity``; nesterov: ``param += momentum * velocity - lr * g``.
+    With ``momentum == 0`` this is ``param -= lr * g``.
+    """
+    dt = param.dtype.type
+    lr, mu = dt(lr), dt(momentum)
+    fp, fg, fvel = param.reshape(-1), grad.reshape(-1), velocity.reshape(-1)
+    for k in range(fp.size):
+        fvel[k] = mu * fvel[k] - lr * fg[k]
+        if nesterov:
+            fp[k] += mu * fvel[k] - lr * fg[k]
+        else:
+            fp[k] += fvel[k]
