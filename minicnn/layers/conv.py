@@ -62,26 +62,37 @@ class Conv2D(Layer):
                                                           self.dtype)
 
     def _forward(self, x, training):
-        z = ops.conv2d_forward(x, self.params["kernel"], self.params.get("bias"),
-                               self.strides, self.pads)
+        kernel, bias = self.params["kernel"], self.params.get("bias")
+        if self.activation == "relu":
+            # bias and ReLU fused into the convolution op; y > 0 is the ReLU mask
+            y = ops.conv2d_forward(x, kernel, bias, self.strides, self.pads, relu=True)
+            self._cache, self._cache_batch = (x, None, y), x.shape[0]
+            return y
+        z = ops.conv2d_forward(x, kernel, bias, self.strides, self.pads)
         y = z if self.activation == "linear" else activations.forward(self.activation, z)
         self._cache, self._cache_batch = (x, z, y), x.shape[0]
         return y
 
     def _backward(self, dy):
         x, z, y = self._cache
+        if self.activation == "relu":
+            return self._set_grads(*ops.conv2d_backward(
+                x, self.params["kernel"], dy, self.strides, self.pads,
+                self.compute_input_gradient, y=y))
         dz = dy if self.activation == "linear" else activations.backward(self.activation, z, y, dy)
         return self.backward_preactivation(dz)
 
-    def backward_preactivation(self, dz):
-        """Backward from dL/dz, the gradient before the activation (used for fused softmax-CE)."""
-        x = self._cache[0]
-        dx, dkernel, dbias = ops.conv2d_backward(x, self.params["kernel"], dz, self.strides,
-                                                 self.pads, self.compute_input_gradient)
+    def _set_grads(self, dx, dkernel, dbias):
         self.grads["kernel"] = dkernel
         if self.use_bias:
             self.grads["bias"] = dbias
         return dx
+
+    def backward_preactivation(self, dz):
+        """Backward from dL/dz, the gradient before the activation (used for fused softmax-CE)."""
+        x = self._cache[0]
+        return self._set_grads(*ops.conv2d_backward(x, self.params["kernel"], dz, self.strides,
+                                                    self.pads, self.compute_input_gradient))
 
     def get_config(self):
         cfg = super().get_config()

@@ -27,12 +27,21 @@ def backend_module(name=None):
     return mod
 
 
-def conv2d_forward(x, kernel, bias, strides, pads):
-    return backend_module().conv2d_forward(x, kernel, bias, strides, pads)
+def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
+    return backend_module().conv2d_forward(x, kernel, bias, strides, pads, relu)
 
 
-def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True):
-    return backend_module().conv2d_backward(x, kernel, dy, strides, pads, need_dx)
+def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
+    return backend_module().conv2d_backward(x, kernel, dy, strides, pads, need_dx, y)
+
+
+def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
+    return backend_module().conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads)
+
+
+def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
+    return backend_module().conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads,
+                                                         need_dx)
 
 
 def maxpool2d_forward(x, pool, strides, pads):

@@ -74,8 +74,8 @@ def _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, nt):
-    """y (n, oh*ow, f) = im2col(x[b]) @ k2 + bias, image by image."""
+def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt):
+    """y (n, oh*ow, f) = im2col(x[b]) @ k2 + bias (then max(., 0) if ``relu``), image by image."""
     n = x.shape[0]
     kk, f = k2.shape
     p = oh * ow
@@ -84,20 +84,39 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, nt):
     for t in prange(nt):
         for b in range(t, n, nt):
             _im2col_one(x, b, cols[t], kh, kw, sh, sw, pt, pl, oh, ow)
-            np.dot(cols[t], k2, y[b])
+            yb = y[b]
+            np.dot(cols[t], k2, yb)
             for q in range(p):
                 for o in range(f):
-                    y[b, q, o] += bias[o]
+                    v = yb[q, o] + bias[o]
+                    yb[q, o] = v if (v > zero or not relu) else zero
     return y
 
 
+@njit(cache=True)
+def _conv_grads_one(x, b, k2t, dz, cols, tmp, dk, dcols, dx, kh, kw, sh, sw, pt, pl, oh, ow,
+                    need_dx):
+    """Weight gradient (added into ``dk``) and dx[b] of one image from its dz (oh*ow, f)."""
+    _im2col_one(x, b, cols, kh, kw, sh, sw, pt, pl, oh, ow)
+    np.dot(cols.T, dz, tmp)
+    dk += tmp
+    if need_dx:
+        np.dot(dz, k2t, dcols)
+        _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow)
+
+
 @njit(parallel=True, cache=True)
-def conv2d_backward(x, k2, dy, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, nt):
-    """dx (recomputing im2col per image), dkernel2d and dbias from dy (n, oh*ow, f)."""
+def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero, nt):
+    """dx (recomputing im2col per image), dkernel2d and dbias from dy (n, oh*ow, f).
+
+    With ``relu`` the forward output ``y`` (n, oh*ow, f) masks dy first:
+    ``dz = dy * (y > 0)``, computed per image in a thread-local buffer.
+    """
     n = x.shape[0]
     kk, f = k2.shape
     p = oh * ow
     cols = np.empty((nt, p, kk), dtype=x.dtype)
+    dzs = np.empty((nt, p, f), dtype=x.dtype)
     dk_part = np.zeros((nt, kk, f), dtype=x.dtype)
     db_part = np.zeros((nt, f), dtype=x.dtype)
     tmp = np.empty((nt, kk, f), dtype=x.dtype)
@@ -109,16 +128,113 @@ def conv2d_backward(x, k2, dy, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, nt):
         dcols = np.empty((nt, 0, 0), dtype=x.dtype)
     k2t = k2.T
     for t in prange(nt):
+        dz = dzs[t]
         for b in range(t, n, nt):
-            _im2col_one(x, b, cols[t], kh, kw, sh, sw, pt, pl, oh, ow)
-            np.dot(cols[t].T, dy[b], tmp[t])
-            dk_part[t] += tmp[t]
             for q in range(p):
                 for o in range(f):
-                    db_part[t, o] += dy[b, q, o]
-            if need_dx:
-                np.dot(dy[b], k2t, dcols[t])
-                _col2im_one(dcols[t], dx, b, kh, kw, sh, sw, pt, pl, oh, ow)
+                    g = dy[b, q, o]
+                    if relu and not y[b, q, o] > zero:
+                        g = zero
+                    dz[q, o] = g
+                    db_part[t, o] += g
+            _conv_grads_one(x, b, k2t, dz, cols[t], tmp[t], dk_part[t], dcols[t], dx,
+                            kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
+    dk = dk_part[0].copy()
+    db = db_part[0].copy()
+    for t in range(1, nt):
+        dk += dk_part[t]
+        db += db_part[t]
+    return dx, dk, db
+
+
+@njit(parallel=True, cache=True)
+def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zero, nt):
+    """Conv + bias + ReLU + 2x2/2 max-pool in one pass per image.
+
+    The conv output of one image stays in a thread-local (oh*ow, f) buffer; only
+    the pooled ``y (n, oh//2, ow//2, f)`` and the winner ``arg`` (uint8, 0..3 =
+    row-major position in the 2x2 window, the first maximum) are written out.
+    Bias is added before the max and ReLU after it (max and ReLU commute).
+    """
+    n = x.shape[0]
+    kk, f = k2.shape
+    p = oh * ow
+    ph = oh // 2
+    pw = ow // 2
+    y = np.empty((n, ph, pw, f), dtype=x.dtype)
+    arg = np.empty((n, ph, pw, f), dtype=np.uint8)
+    cols = np.empty((nt, p, kk), dtype=x.dtype)
+    zs = np.empty((nt, p, f), dtype=x.dtype)
+    for t in prange(nt):
+        z = zs[t]
+        for b in range(t, n, nt):
+            _im2col_one(x, b, cols[t], kh, kw, sh, sw, pt, pl, oh, ow)
+            np.dot(cols[t], k2, z)
+            for i in range(ph):
+                for j in range(pw):
+                    r0 = 2 * i * ow + 2 * j
+                    for o in range(f):
+                        bo = bias[o]
+                        m = z[r0, o] + bo
+                        a = 0
+                        v = z[r0 + 1, o] + bo
+                        if v > m:
+                            m = v
+                            a = 1
+                        v = z[r0 + ow, o] + bo
+                        if v > m:
+                            m = v
+                            a = 2
+                        v = z[r0 + ow + 1, o] + bo
+                        if v > m:
+                            m = v
+                            a = 3
+                        y[b, i, j, o] = m if m > zero else zero
+                        arg[b, i, j, o] = a
+    return y, arg
+
+
+@njit(parallel=True, cache=True)
+def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx,
+                                 zero, nt):
+    """Backward of :func:`conv2d_relu_maxpool_forward`, one image at a time.
+
+    The pooled gradient goes to its one winner if the pooled output is positive
+    (the ReLU mask), building dz (oh*ow, f) in a thread-local buffer; the bias
+    gradient is summed in the same pass, then the weight gradient and dx follow.
+    """
+    n = x.shape[0]
+    kk, f = k2.shape
+    p = oh * ow
+    ph = oh // 2
+    pw = ow // 2
+    cols = np.empty((nt, p, kk), dtype=x.dtype)
+    dzs = np.empty((nt, p, f), dtype=x.dtype)
+    dk_part = np.zeros((nt, kk, f), dtype=x.dtype)
+    db_part = np.zeros((nt, f), dtype=x.dtype)
+    tmp = np.empty((nt, kk, f), dtype=x.dtype)
+    if need_dx:
+        dx = np.empty(x.shape, dtype=x.dtype)
+        dcols = np.empty((nt, p, kk), dtype=x.dtype)
+    else:
+        dx = np.empty((0, 0, 0, 0), dtype=x.dtype)
+        dcols = np.empty((nt, 0, 0), dtype=x.dtype)
+    k2t = k2.T
+    for t in prange(nt):
+        dz = dzs[t]
+        for b in range(t, n, nt):
+            dz[:, :] = zero
+            for i in range(ph):
+                for j in range(pw):
+                    r0 = 2 * i * ow + 2 * j
+                    for o in range(f):
+                        if y[b, i, j, o] > zero:
+                            g = dy[b, i, j, o]
+                            a = arg[b, i, j, o]
+                            dz[r0 + (a >> 1) * ow + (a & 1), o] = g
+                            db_part[t, o] += g
+            _conv_grads_one(x, b, k2t, dz, cols[t], tmp[t], dk_part[t], dcols[t], dx,
+                            kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
     dk = dk_part[0].copy()
     db = db_part[0].copy()
     for t in range(1, nt):

@@ -56,17 +56,21 @@ def col2im(dcols, x_shape, kh, kw, strides, pads, oh, ow):
     return dxp[:, pt:pt + h, pl:pl + w, :]
 
 
-def conv2d_forward(x, kernel, bias, strides, pads):
+def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
     kh, kw, c, f = kernel.shape
     cols, oh, ow = im2col(x, kh, kw, strides, pads)
     y = cols @ kernel.reshape(kh * kw * c, f)
     if bias is not None:
         y += bias
+    if relu:
+        np.maximum(y, 0, out=y)
     return y.reshape(x.shape[0], oh, ow, f)
 
 
-def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True):
+def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
     kh, kw, c, f = kernel.shape
+    if y is not None:
+        dy = np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
     cols, oh, ow = im2col(x, kh, kw, strides, pads)
     dy2 = dy.reshape(-1, f)
     dkernel = (cols.T @ dy2).reshape(kernel.shape)
@@ -76,6 +80,22 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True):
         dcols = dy2 @ kernel.reshape(kh * kw * c, f).T
         dx = np.ascontiguousarray(col2im(dcols, x.shape, kh, kw, strides, pads, oh, ow))
     return dx, dkernel, dbias
+
+
+def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
+    z = conv2d_forward(x, kernel, bias, strides, pads, relu=True)
+    y, argmax = maxpool2d_forward(z, (2, 2), (2, 2), (0, 0, 0, 0))
+    return y, argmax.astype(np.uint8)
+
+
+def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
+    n, h, w, _ = x.shape
+    kh, kw, _, f = kernel.shape
+    oh = out_size_from_pads(h, kh, strides[0], pads[0], pads[1])
+    ow = out_size_from_pads(w, kw, strides[1], pads[2], pads[3])
+    dpool = np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+    dz = maxpool2d_backward(dpool, argmax, (n, oh, ow, f), (2, 2), (2, 2), (0, 0, 0, 0))
+    return conv2d_backward(x, kernel, dz, strides, pads, need_dx)
 
 
 def maxpool2d_forward(x, pool, strides, pads):

@@ -28,28 +28,46 @@ def _bias_or_zeros(bias, n, dtype):
     return np.zeros(n, dtype=dtype) if bias is None else _c(bias, dtype=dtype)
 
 
-def conv2d_forward(x, kernel, bias, strides, pads):
+def _conv_args(x, kernel, strides, pads):
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
     sh, sw = strides
     pt, pb, pl, pr = pads
     oh = out_size_from_pads(h, kh, sh, pt, pb)
     ow = out_size_from_pads(w, kw, sw, pl, pr)
-    k2 = _c(kernel).reshape(kh * kw * c, f)
-    y = K.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype),
-                         kh, kw, sh, sw, pt, pl, oh, ow, _threads(n))
-    return y.reshape(n, oh, ow, f)
+    return _c(kernel).reshape(kh * kw * c, f), (kh, kw, sh, sw, pt, pl, oh, ow)
 
 
-def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True):
-    n, h, w, c = x.shape
-    kh, kw, _, f = kernel.shape
-    sh, sw = strides
-    pt, _, pl, _ = pads
-    _, oh, ow, _ = dy.shape
-    k2 = _c(kernel).reshape(kh * kw * c, f)
-    dx, dk, db = K.conv2d_backward(_c(x), k2, _c(dy).reshape(n, oh * ow, f),
-                                   kh, kw, sh, sw, pt, pl, oh, ow, bool(need_dx), _threads(n))
+def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
+    n, f = x.shape[0], kernel.shape[3]
+    k2, geo = _conv_args(x, kernel, strides, pads)
+    y = K.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
+                         x.dtype.type(0), _threads(n))
+    return y.reshape(n, geo[6], geo[7], f)
+
+
+def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
+    n, f = x.shape[0], kernel.shape[3]
+    k2, geo = _conv_args(x, kernel, strides, pads)
+    p = geo[6] * geo[7]
+    dy3 = _c(dy).reshape(n, p, f)
+    y3 = dy3 if y is None else _c(y).reshape(n, p, f)
+    dx, dk, db = K.conv2d_backward(_c(x), k2, dy3, y3, *geo, bool(need_dx), y is not None,
+                                   x.dtype.type(0), _threads(n))
+    return (dx if need_dx else None), dk.reshape(kernel.shape), db
+
+
+def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
+    k2, geo = _conv_args(x, kernel, strides, pads)
+    return K.conv2d_relu_maxpool_forward(_c(x), k2, _bias_or_zeros(bias, kernel.shape[3], x.dtype),
+                                         *geo, x.dtype.type(0), _threads(x.shape[0]))
+
+
+def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
+    k2, geo = _conv_args(x, kernel, strides, pads)
+    dx, dk, db = K.conv2d_relu_maxpool_backward(
+        _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo, bool(need_dx),
+        x.dtype.type(0), _threads(x.shape[0]))
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 

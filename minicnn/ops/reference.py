@@ -24,8 +24,8 @@ from ._shapes import out_size_from_pads
 
 
 # ----------------------------------------------------------------------------- convolution
-def conv2d_forward(x, kernel, bias, strides, pads):
-    """2-D cross-correlation, NHWC.
+def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
+    """2-D cross-correlation, NHWC (then ``max(., 0)`` when ``relu``).
 
     Parameters
     ----------
@@ -57,10 +57,10 @@ def conv2d_forward(x, kernel, bias, strides, pads):
                     y[b, i, j, o] = np.sum(window * kernel[:, :, :, o])
                 if bias is not None:
                     y[b, i, j, :] += bias
-    return y
+    return activation_forward("relu", y) if relu else y
 
 
-def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True):
+def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
     """Gradients of :func:`conv2d_forward`.
 
     Parameters
@@ -69,6 +69,8 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True):
     kernel : (kh, kw, c, f)
     dy : (n, oh, ow, f), dL/dy
     need_dx : bool, skip dx (the first layer never needs it)
+    y : (n, oh, ow, f) or None; the output of a ``relu=True`` forward, whose mask
+        ``y > 0`` is applied to dy first (``dz = dy * (y > 0)``)
 
     Returns
     -------
@@ -84,6 +86,8 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True):
     sh, sw = strides
     pt, pb, pl, pr = pads
     _, oh, ow, _ = dy.shape
+    if y is not None:
+        dy = activation_backward("relu", y, y, dy)
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     dxp = np.zeros_like(xp)
     dkernel = np.zeros_like(kernel)
@@ -159,6 +163,32 @@ def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
                     a, d = divmod(int(argmax[b, i, j, ch]), pw)
                     dx[b, i * sh + a - pt, j * sw + d - pl, ch] += dy[b, i, j, ch]
     return dx
+
+
+def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
+    """Conv2D with ReLU followed by a 2x2, stride-2, 'valid' max-pool, as one op.
+
+    Exactly the composition ``maxpool(relu(conv(x) + bias))`` written with the
+    ops above; the numba backend fuses it into one pass per image. Returns the
+    pooled ``y (n, oh // 2, ow // 2, f)`` and ``argmax`` (uint8, 0..3: the
+    row-major position of the first maximum in each 2x2 window).
+    """
+    z = conv2d_forward(x, kernel, bias, strides, pads, relu=True)
+    y, argmax = maxpool2d_forward(z, (2, 2), (2, 2), (0, 0, 0, 0))
+    return y, argmax.astype(np.uint8)
+
+
+def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
+    """Gradients of :func:`conv2d_relu_maxpool_forward`: dy goes to its window's winner
+    when the pooled output is positive (the ReLU mask), then through the convolution."""
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    oh = out_size_from_pads(h, kh, strides[0], pads[0], pads[1])
+    ow = out_size_from_pads(w, kw, strides[1], pads[2], pads[3])
+    dpool = activation_backward("relu", y, y, dy)
+    dz = maxpool2d_backward(dpool, argmax.astype(np.int32), (n, oh, ow, f), (2, 2), (2, 2),
+                            (0, 0, 0, 0))
+    return conv2d_backward(x, kernel, dz, strides, pads, need_dx)
 
 
 # ----------------------------------------------------------------------------- dense
