@@ -1,0 +1,133 @@
+"""examples/backprop_walkthrough.py runs, covers every layer, and its checks pass (and can fail)."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn.ops import reference
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "backprop_walkthrough.py"
+LAYER_NAMES = ("conv2d", "max_pooling2d", "flatten", "dense")
+SMALL = ["--images", "3", "--size", "8", "--adam-steps", "2"]
+NUMBER = r"(\d\.\de[+-]\d+)"
+
+
+@pytest.fixture(scope="module")
+def walkthrough():
+    spec = importlib.util.spec_from_file_location("backprop_walkthrough", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sections(text):
+    """Split the output at its numbered headings: {'1': text, ..., 'Summary': text}."""
+    parts = re.split(r"^(\d\.|Summary)[^\n]*\n-+\n", text, flags=re.M)
+    return {key.rstrip("."): body for key, body in zip(parts[1::2], parts[2::2])}
+
+
+@pytest.fixture(scope="module")
+def run(walkthrough):
+    """Run main() once on the default (reference) backend; returns (exit code, output)."""
+    import contextlib
+    import io
+    before = minicnn.get_backend()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = walkthrough.main(SMALL)
+    assert minicnn.get_backend() == before          # the backend switch is undone
+    return code, out.getvalue()
+
+
+def test_exit_code_zero_and_reference_backend(run):
+    code, text = run
+    assert code == 0
+    assert "on the 'reference' backend" in text
+
+
+def test_every_layer_in_forward_backward_and_gradcheck(run):
+    _, text = run
+    parts = sections(text)
+    assert set(parts) >= {"1", "2", "3", "4", "5", "Summary"}
+    for name in LAYER_NAMES:
+        for key in ("1", "3", "4"):
+            assert re.search(rf"^\s*{name} \(", parts[key], flags=re.M), (name, key)
+    # forward shapes for 3 images of 8x8: conv same -> pool 2 -> flatten -> dense 10
+    for x_shape, y_shape in (("3, 8, 8, 3", "3, 8, 8, 4"), ("3, 8, 8, 4", "3, 4, 4, 4"),
+                             ("3, 4, 4, 4", "3, 64"), ("3, 64", "3, 10")):
+        assert re.search(rf"x \({x_shape}\)\s+-> y \({y_shape}\)", parts["1"]), (x_shape, y_shape)
+    # backward: dL/dx and each parameter gradient with its shape and norm
+    for grad, grad_shape in (("dL/dkernel", "64, 10"), ("dL/dbias", "10,"),
+                             ("dL/dkernel", "3, 3, 3, 4"), ("dL/dx", "3, 4, 4, 4")):
+        assert re.search(rf"{grad}\s+\({grad_shape}\)\s+norm ", parts["3"]), grad_shape
+    assert len(re.findall(r"norm \d\.\d{4}e[+-]\d\d", parts["3"])) >= 10
+    assert "gradients identical" in parts["3"] or "equal to rounding" in parts["3"]
+
+
+def test_gradient_check_errors_below_1e6(run):
+    _, text = run
+    part = sections(text)["4"]
+    rows = [line for line in part.splitlines()
+            if re.match(r"\s+(conv2d|max_pooling2d|flatten|dense|loss)\b", line)]
+    # 4 layers + the loss + 4 parameter arrays checked end to end
+    assert len(rows) == 9
+    errors = [float(e) for line in rows for e in re.findall(NUMBER, line)]
+    assert len(errors) >= 9 + 4          # dx for every layer, kernel + bias twice, the loss
+    assert max(errors) < 1e-6
+    assert all(line.rstrip().endswith("OK") for line in rows)
+    worst = float(re.search(r"worst gradient-check relative error:\s+" + NUMBER, text).group(1))
+    assert worst == pytest.approx(max(errors), rel=0.06)
+
+
+def test_adam_by_hand_matches(run):
+    _, text = run
+    part = sections(text)["5"]
+    assert "m_hat" in part and "v_hat" in part and "bias correction" in part
+    diffs = re.findall(r"by hand vs minicnn: w " + NUMBER + r"\s+m " + NUMBER + r"\s+v " + NUMBER
+                       + r"\s+agree", part)
+    assert len(diffs) == 2                  # --adam-steps 2
+    assert max(float(d) for row in diffs for d in row) <= 1e-12
+    assert "step t = 1" in part and "step t = 2" in part
+    assert re.search(r"Adam by hand vs minicnn, worst rel diff: \S+\s+\(agree\)", text)
+
+
+def test_numpy_backend(walkthrough, capsys):
+    assert walkthrough.main(SMALL[:4] + ["--adam-steps", "1", "--backend", "numpy"]) == 0
+    assert "on the 'numpy' backend" in capsys.readouterr().out
+
+
+def test_a_broken_backward_is_caught(walkthrough, monkeypatch, capsys):
+    def wrong_dense_backward(x, kernel, dy, need_dx=True):
+        dx, dkernel, dbias = original(x, kernel, dy, need_dx)
+        return dx, dkernel * 1.01, dbias            # a 1% error in dL/dkernel
+
+    original = reference.dense_backward
+    monkeypatch.setattr(reference, "dense_backward", wrong_dense_backward)
+    assert walkthrough.main(SMALL[:4] + ["--adam-steps", "1"]) == 1
+    part = sections(capsys.readouterr().out)["4"]
+    assert re.search(r"^\s+dense \(Dense\).*kernel " + NUMBER + r".*FAILED$", part, flags=re.M)
+
+
+def test_a_wrong_adam_is_caught(walkthrough, monkeypatch, capsys):
+    def textbook_adam(param, grad, m, v, lr, beta_1, beta_2, epsilon, t):
+        # epsilon added to sqrt(v_hat) instead of Keras's placement: differs in the 7th digit
+        m[...] = beta_1 * m + (1 - beta_1) * grad
+        v[...] = beta_2 * v + (1 - beta_2) * grad * grad
+        m_hat, v_hat = m / (1 - beta_1 ** t), v / (1 - beta_2 ** t)
+        param -= lr * m_hat / (np.sqrt(v_hat) + epsilon)
+
+    monkeypatch.setattr(reference, "adam_update", textbook_adam)
+    assert walkthrough.main(SMALL[:4] + ["--adam-steps", "1"]) == 1
+    assert "DISAGREE" in capsys.readouterr().out
+
+
+def test_bad_arguments(walkthrough):
+    with pytest.raises(SystemExit, match="--size must divide the image side 32, received 5"):
+        walkthrough.main(["--size", "5"])
+    with pytest.raises(SystemExit):
+        walkthrough.main(["--images", "0"])
