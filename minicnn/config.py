@@ -17,6 +17,34 @@ import os
 
 import numpy as np
 
+def _ensure_numba_cache_dir() -> None:
+    """Give Numba a writable cache directory (kernels use ``cache=True``).
+
+    Numba caches beside the sources (``minicnn/ops/__pycache__``). When that is not
+    writable (a read-only site-packages) and ``NUMBA_CACHE_DIR`` is unset, use
+    ``$MINICNN_HOME/numba_cache`` (default ``~/.minicnn/numba_cache``). Runs before
+    the kernels module is imported, which is when Numba reads the setting.
+    """
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    ops_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops")
+    pycache = os.path.join(ops_dir, "__pycache__")
+    if os.access(pycache if os.path.isdir(pycache) else ops_dir, os.W_OK):
+        return
+    home = os.environ.get("MINICNN_HOME") or os.path.join(os.path.expanduser("~"), ".minicnn")
+    fallback = os.path.join(home, "numba_cache")
+    try:
+        os.makedirs(fallback, exist_ok=True)
+    except OSError:
+        return
+    os.environ["NUMBA_CACHE_DIR"] = fallback
+    import sys
+    if "numba" in sys.modules:  # already imported by the user: set its live config too
+        sys.modules["numba"].config.CACHE_DIR = fallback
+
+
+_ensure_numba_cache_dir()
+
 BACKENDS = ("reference", "numpy", "numba")
 DEFAULT_BACKEND = "numba"
 

@@ -10,6 +10,7 @@ import numpy as np
 from .. import config
 from .base import Layer
 
+_IDENTITY = "identity"   # cache marker of an inference-mode pass
 _FILL_MODES = {"constant": "constant", "reflect": "symmetric", "nearest": "edge"}
 
 
@@ -35,7 +36,7 @@ class _RandomGather(Layer):
     def _forward(self, x, training):
         n, h, w, _ = x.shape
         if not training:
-            self._cache, self._cache_batch = None, n
+            self._cache, self._cache_batch = _IDENTITY, n
             return x.copy()
         rows, cols = self._indices(n, h, w)
         b = np.arange(n)[:, None, None]
@@ -46,7 +47,7 @@ class _RandomGather(Layer):
         return y
 
     def _backward(self, dy):
-        if self._cache is None:            # inference pass: identity
+        if self._cache is _IDENTITY:       # inference pass: identity
             return dy.copy()
         shape, rows, cols, valid = self._cache
         n = shape[0]
@@ -56,11 +57,6 @@ class _RandomGather(Layer):
         c = np.broadcast_to(cols[:, None, :], valid.shape)
         np.add.at(dx, (b[valid], r[valid], c[valid]), dy[valid])
         return dx
-
-    def backward(self, dy):
-        if self._cache is None and getattr(self, "_cache_batch", None) is not None:
-            return np.array(dy, dtype=self.dtype, copy=True)
-        return super().backward(dy)
 
     def get_config(self):
         cfg = super().get_config()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations, config, initializers, ops
+from .augment import _IDENTITY
 from .base import Layer
 from .conv import _reject_kwargs
 
@@ -143,23 +144,16 @@ class Dropout(Layer):
 
     def _forward(self, x, training):
         if not training or self.rate == 0:
-            self._cache, self._cache_batch = None, x.shape[0]
-            self._identity = True
+            self._cache, self._cache_batch = _IDENTITY, x.shape[0]
             return x.copy()
         rng = self._rng if self._rng is not None else config.get_rng()
         mask = rng.random(x.shape, dtype=np.float32) >= self.rate
-        self._identity = False
         self._cache, self._cache_batch = mask, x.shape[0]
         return ops.dropout_forward(x, mask, 1.0 / (1.0 - self.rate))
 
-    def backward(self, dy):
-        if getattr(self, "_identity", None) is None:
-            raise RuntimeError(f"{self.name}: backward called before forward")
-        if self._identity:
-            return np.array(dy, dtype=self.dtype, copy=True)
-        return super().backward(dy)
-
     def _backward(self, dy):
+        if self._cache is _IDENTITY:
+            return dy.copy()
         return ops.dropout_forward(dy, self._cache, 1.0 / (1.0 - self.rate))
 
     def get_config(self):
