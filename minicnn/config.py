@@ -190,7 +190,9 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 def check_dtype(dtype, owner: str = "dtype") -> np.dtype:
-    """Normalise a dtype argument to np.float32 or np.float64."""
+    """Normalise a dtype argument to np.float32 or np.float64 (``None`` means float32)."""
+    if dtype is None:
+        dtype = "float32"
     try:
         dt = np.dtype(dtype)
     except TypeError:

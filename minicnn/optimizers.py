@@ -6,15 +6,21 @@ the parameters: the layers do.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import ops
 
 
+def _real(value) -> bool:
+    """A real number (Python or NumPy scalar), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 class Optimizer:
     def __init__(self, learning_rate):
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
-                or not learning_rate > 0:
+        if not _real(learning_rate) or not learning_rate > 0:
             raise ValueError(f"{type(self).__name__}: learning_rate must be a positive number, "
                              f"received {learning_rate!r}")
         self.learning_rate = float(learning_rate)
@@ -72,9 +78,9 @@ class Adam(Optimizer):
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
         super().__init__(learning_rate)
         for arg, val in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not isinstance(val, (int, float)) or not 0 <= val < 1:
+            if not _real(val) or not 0 <= val < 1:
                 raise ValueError(f"Adam: {arg} must be in [0, 1), received {val!r}")
-        if not isinstance(epsilon, (int, float)) or not epsilon > 0:
+        if not _real(epsilon) or not epsilon > 0:
             raise ValueError(f"Adam: epsilon must be positive, received {epsilon!r}")
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 
@@ -101,7 +107,7 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
         super().__init__(learning_rate)
-        if not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        if not _real(momentum) or not 0 <= momentum < 1:
             raise ValueError(f"SGD: momentum must be in [0, 1), received {momentum!r}")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 

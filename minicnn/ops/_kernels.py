@@ -89,7 +89,7 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt):
             for q in range(p):
                 for o in range(f):
                     v = yb[q, o] + bias[o]
-                    yb[q, o] = v if (v > zero or not relu) else zero
+                    yb[q, o] = zero if (relu and v <= zero) else v   # NaN stays NaN
     return y
 
 
@@ -178,18 +178,18 @@ def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zer
                         m = z[r0, o] + bo
                         a = 0
                         v = z[r0 + 1, o] + bo
-                        if v > m:
+                        if m == m and (v > m or v != v):
                             m = v
                             a = 1
                         v = z[r0 + ow, o] + bo
-                        if v > m:
+                        if m == m and (v > m or v != v):
                             m = v
                             a = 2
                         v = z[r0 + ow + 1, o] + bo
-                        if v > m:
+                        if m == m and (v > m or v != v):
                             m = v
                             a = 3
-                        y[b, i, j, o] = m if m > zero else zero
+                        y[b, i, j, o] = zero if m <= zero else m   # NaN stays NaN
                         arg[b, i, j, o] = a
     return y, arg
 
@@ -264,7 +264,8 @@ def maxpool2d_forward(x, ph, pw, sh, sw, pt, pl, oh, ow):
                             if s < 0 or s >= w:
                                 continue
                             v = x[b, r, s, ch]
-                            if v > best or best_k < 0:   # first maximum wins ties
+                            # first maximum wins ties; the first NaN wins over numbers
+                            if best_k < 0 or (best == best and (v > best or v != v)):
                                 best = v
                                 best_k = a * pw + d
                     y[b, i, j, ch] = best
@@ -341,7 +342,7 @@ def relu_forward(x, zero):
     y = np.empty_like(x)
     for i in prange(x.size):
         v = x[i]
-        y[i] = v if v > zero else zero
+        y[i] = zero if v <= zero else v   # NaN stays NaN
     return y
 
 

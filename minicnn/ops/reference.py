@@ -119,7 +119,8 @@ def maxpool2d_forward(x, pool, strides, pads):
     y : (n, oh, ow, c), ``y[b, i, j, c] = max_{a, d} x[b, i*sh + a - top, j*sw + d - left, c]``
         over the positions inside the image.
     argmax : (n, oh, ow, c) int32, the flat window index ``a * pw + d`` of the
-        first maximum (row-major order), which receives the whole gradient.
+        first maximum (row-major order), which receives the whole gradient. A NaN
+        wins over numbers (the first NaN), so NaN propagates as in NumPy.
     """
     n, h, w, c = x.shape
     ph, pw = pool
@@ -137,8 +138,11 @@ def maxpool2d_forward(x, pool, strides, pads):
                     for a in range(ph):
                         for d in range(pw):
                             r, s = i * sh + a - pt, j * sw + d - pl
-                            if 0 <= r < h and 0 <= s < w and x[b, r, s, ch] > best:
-                                best, best_k = x[b, r, s, ch], a * pw + d
+                            if not (0 <= r < h and 0 <= s < w):
+                                continue
+                            v = x[b, r, s, ch]
+                            if best_k < 0 or (best == best and (v > best or v != v)):
+                                best, best_k = v, a * pw + d
                     y[b, i, j, ch] = best
                     argmax[b, i, j, ch] = best_k
     return y, argmax
@@ -236,10 +240,10 @@ def activation_forward(name, x):
     if name == "linear":
         return x.copy()
     if name == "relu":
-        return np.where(x > 0, x, np.zeros_like(x))
+        return np.where(x <= 0, np.zeros_like(x), x)   # NaN stays NaN
     if name == "sigmoid":
-        y = np.empty_like(x)
-        flat_x, flat_y = x.reshape(-1), y.reshape(-1)
+        y = np.empty(x.shape, dtype=x.dtype)
+        flat_x, flat_y = np.ascontiguousarray(x).reshape(-1), y.reshape(-1)
         for k in range(flat_x.size):
             v = flat_x[k]
             # two branches so that exp never overflows
@@ -323,14 +327,22 @@ def dropout_forward(x, mask, scale):
     mask : same shape as x, 1 where the unit is kept and 0 where it is dropped.
     The backward pass is the same product applied to dy.
     """
-    y = np.empty_like(x)
-    fx, fm, fy = x.reshape(-1), mask.reshape(-1), y.reshape(-1)
+    y = np.empty(x.shape, dtype=x.dtype)
+    fx, fm, fy = (np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(mask).reshape(-1),
+                  y.reshape(-1))
     for k in range(fx.size):
         fy[k] = fx[k] * scale if fm[k] else 0
     return y
 
 
 # ----------------------------------------------------------------------------- optimizers
+def _flat_inplace(a, name):
+    """A flat view of ``a`` for in-place updates (a reshape copy would lose them)."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous to be updated in place")
+    return a.reshape(-1)
+
+
 def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, t):
     """One Adam step, in place on ``param``, ``m`` and ``v`` (Keras's formulation).
 
@@ -344,7 +356,8 @@ def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, t):
     dt = param.dtype.type
     alpha = dt(lr * np.sqrt(1.0 - beta_2 ** t) / (1.0 - beta_1 ** t))
     b1, b2, eps = dt(beta_1), dt(beta_2), dt(epsilon)
-    fp, fg, fm, fv = param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1)
+    fp, fm, fv = _flat_inplace(param, "param"), _flat_inplace(m, "m"), _flat_inplace(v, "v")
+    fg = np.ascontiguousarray(grad).reshape(-1)
     for k in range(fp.size):
         fm[k] = b1 * fm[k] + (1 - b1) * fg[k]
         fv[k] = b2 * fv[k] + (1 - b2) * fg[k] * fg[k]
@@ -360,7 +373,8 @@ def sgd_update(param, grad, velocity, lr, momentum, nesterov):
     """
     dt = param.dtype.type
     lr, mu = dt(lr), dt(momentum)
-    fp, fg, fvel = param.reshape(-1), grad.reshape(-1), velocity.reshape(-1)
+    fp, fvel = _flat_inplace(param, "param"), _flat_inplace(velocity, "velocity")
+    fg = np.ascontiguousarray(grad).reshape(-1)
     for k in range(fp.size):
         fvel[k] = mu * fvel[k] - lr * fg[k]
         if nesterov:

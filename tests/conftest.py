@@ -1,0 +1,62 @@
+"""Shared fixtures: a seeded generator, the backend and the dtype.
+
+``error_log`` collects the worst relative errors seen by the comparison tests
+(between backends, against PyTorch, against finite differences); they are
+printed in the terminal summary so a run shows how close the numbers are.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import config
+
+BACKENDS = config.BACKENDS
+DTYPES = (np.float32, np.float64)
+
+_WORST_ERRORS: dict[str, float] = {}
+
+
+class ErrorLog:
+    """Keep the largest error seen under each label."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def record(self, label: str, err: float) -> float:
+        err = float(err)
+        if err > self._store.get(label, -1.0):
+            self._store[label] = err
+        return err
+
+
+@pytest.fixture(scope="session")
+def error_log():
+    return ErrorLog(_WORST_ERRORS)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _WORST_ERRORS:
+        return
+    terminalreporter.section("minicnn: worst relative errors observed")
+    width = max(len(k) for k in _WORST_ERRORS)
+    for label in sorted(_WORST_ERRORS):
+        terminalreporter.write_line(f"{label:<{width}}  {_WORST_ERRORS[label]:.3e}")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Run the test once per backend; the previous backend is restored afterwards."""
+    with minicnn.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: np.dtype(d).name)
+def dtype(request):
+    return request.param
