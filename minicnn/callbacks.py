@@ -8,7 +8,14 @@ import numpy as np
 
 
 class Callback:
-    """Base class. ``fit`` sets ``self.model`` and ``self.params`` then calls the hooks."""
+    """Base class. ``fit`` sets ``self.model`` and ``self.params`` then calls the hooks.
+
+    ``params`` holds 'epochs', 'steps', 'batch_size', 'samples', 'verbose',
+    'do_validation' and 'metrics' (the names the epoch logs will have, e.g.
+    ``['loss', 'accuracy', 'val_loss', 'val_accuracy']``). Batch logs hold the
+    running 'loss' and metrics of the epoch so far and 'batch_loss', the loss of
+    that batch alone.
+    """
 
     def __init__(self):
         self.model = None
@@ -79,6 +86,16 @@ def _mode_for(monitor, mode):
     return mode
 
 
+def _check_monitor(owner, monitor, params):
+    """Fail before training, not after the first epoch, when ``monitor`` will never be logged."""
+    names = (params or {}).get("metrics")
+    if names is not None and monitor not in names:
+        hint = (" (validation metrics need validation_split or validation_data)"
+                if monitor.startswith("val_") else "")
+        raise ValueError(f"{owner}: monitor {monitor!r} is not among the logged metrics "
+                         f"{names}{hint}")
+
+
 def _improved(mode, current, best, min_delta=0.0):
     if best is None:
         return True
@@ -95,18 +112,22 @@ class EarlyStopping(Callback):
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
                  restore_best_weights=False, verbose=0):
         super().__init__()
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        if not isinstance(monitor, str):
+            raise ValueError(f"EarlyStopping: monitor must be a metric name, received {monitor!r}")
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) \
+                or patience < 0:
             raise ValueError(f"EarlyStopping: patience must be a non-negative int, "
                              f"received {patience!r}")
-        self.monitor, self.patience = monitor, patience
+        self.monitor, self.patience = monitor, int(patience)
         self.min_delta = abs(float(min_delta))
         self.mode = _mode_for(monitor, mode)
         self.restore_best_weights = bool(restore_best_weights)
         self.verbose = verbose
 
     def on_train_begin(self, logs=None):
+        _check_monitor("EarlyStopping", self.monitor, self.params)
         self.wait, self.best, self.best_weights, self.best_epoch = 0, None, None, 0
-        self.stopped_epoch = 0
+        self.stopped_epoch, self.stopped = 0, False
 
     def on_epoch_end(self, epoch, logs=None):
         current = (logs or {}).get(self.monitor)
@@ -116,17 +137,17 @@ class EarlyStopping(Callback):
         if _improved(self.mode, current, self.best, self.min_delta):
             self.best, self.best_epoch, self.wait = current, epoch, 0
             if self.restore_best_weights:
-                self.best_weights = [w.copy() for w in self.model.get_weights()]
+                self.best_weights = self.model.get_weights()      # copies already
             return
         self.wait += 1
         if self.wait >= self.patience:
-            self.stopped_epoch = epoch
+            self.stopped_epoch, self.stopped = epoch, True
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_weights is not None:
             self.model.set_weights(self.best_weights)
-        if self.verbose and self.stopped_epoch:
+        if self.verbose and self.stopped:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping "
                   f"(best {self.monitor} {self.best:.4f} at epoch {self.best_epoch + 1})")
 
@@ -142,15 +163,32 @@ class ModelCheckpoint(Callback):
     def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto",
                  save_weights_only=False, verbose=0):
         super().__init__()
+        if not isinstance(monitor, str):
+            raise ValueError(f"ModelCheckpoint: monitor must be a metric name, "
+                             f"received {monitor!r}")
         self.filepath = os.fspath(filepath)
         self.monitor, self.save_best_only = monitor, bool(save_best_only)
         self.mode = _mode_for(monitor, mode)
         self.save_weights_only, self.verbose = bool(save_weights_only), verbose
         self.best = None
 
+    def on_train_begin(self, logs=None):
+        if self.save_best_only:
+            _check_monitor("ModelCheckpoint", self.monitor, self.params)
+        names = (self.params or {}).get("metrics")
+        if names is not None:
+            self._path(0, {k: 0.0 for k in names})       # a bad filepath fails before training
+
+    def _path(self, epoch, logs):
+        try:
+            return self.filepath.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"ModelCheckpoint: filepath {self.filepath!r} has a field that is "
+                             f"not 'epoch' nor a logged metric {sorted(logs)}: {exc!r}") from None
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+        path = self._path(epoch, logs)
         if self.save_best_only:
             current = logs.get(self.monitor)
             if current is None:

@@ -29,14 +29,14 @@ class Loss:
         """The mean loss (a float), Keras's argument order."""
         return float(self.forward(np.asarray(y_pred), np.asarray(y_true))[0])
 
+    def check_targets(self, y_true, n_classes, arg="y"):
+        """Raise ValueError when ``y_true`` cannot be the targets of ``n_classes`` outputs."""
+
     def get_config(self):
         return {"class_name": type(self).__name__, "from_logits": self.from_logits}
 
 
 class _CrossEntropy(Loss):
-    def check_targets(self, y_true, n_classes, arg="y"):
-        raise NotImplementedError
-
     def from_logits_forward(self, logits, y_true):
         """Loss and fused gradient ``(softmax(z) - y) / n`` from logits ``z (n, k)``."""
         return ops.softmax_cross_entropy(logits, self._target(y_true, logits), self.sparse)
@@ -60,8 +60,15 @@ class _CrossEntropy(Loss):
         return dt(loss), dy.astype(y_pred.dtype, copy=False)
 
     def _target(self, y_true, ref):
+        """Validated targets for predictions ``ref (n, k)`` (a wrong label would make the
+        numba kernel read outside the row)."""
+        y_true = np.asarray(y_true)
+        if len(y_true) != ref.shape[0]:
+            raise ValueError(f"{self.name}: y_true has {len(y_true)} rows for {ref.shape[0]} "
+                             f"predictions")
+        self.check_targets(y_true, ref.shape[-1], "y_true")
         if self.sparse:
-            return np.asarray(y_true).reshape(-1).astype(np.int64)
+            return y_true.reshape(-1).astype(np.int64)
         return np.asarray(y_true, dtype=ref.dtype)
 
 
@@ -95,9 +102,10 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
         if y.size and (not np.all(np.isfinite(y)) or np.any(y != np.round(y))):
             raise ValueError(f"sparse_categorical_crossentropy: {arg} must hold integer labels")
         if y.size and (y.min() < 0 or y.max() >= n_classes):
-            bad = y.min() if y.min() < 0 else y.max()
+            bad = (y.min() if y.min() < 0 else y.max()).item()
             raise ValueError(f"sparse_categorical_crossentropy: {arg} labels must lie in "
-                             f"[0, {n_classes}), received {bad!r}")
+                             f"[0, {n_classes}) for the model's {n_classes} output units, "
+                             f"received {bad}")
 
 
 LOSSES = {"categorical_crossentropy": CategoricalCrossentropy,

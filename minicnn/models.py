@@ -20,7 +20,7 @@ import numpy as np
 
 from . import config, losses, optimizers
 from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNonFinite
-from .layers import LAYER_CLASSES, Layer
+from .layers import LAYER_CLASSES, Layer, fused
 
 FORMAT = "minicnn-model"
 FORMAT_VERSION = 1
@@ -36,12 +36,21 @@ def _is_int(v):
 
 
 class Sequential:
-    """A linear stack of layers.
+    """A linear stack of layers with Keras's API.
 
     Parameters
     ----------
     layers : list of :class:`minicnn.layers.Layer`, optional
+        Added in order with :meth:`add`. The model is built as soon as the first layer
+        has an ``input_shape`` (or by :meth:`build`, or from the first data it is given).
     name : str, optional
+
+    The life of a model, as in Keras: ``add`` / ``build`` -> ``summary`` ->
+    ``compile(optimizer, loss, metrics)`` -> ``fit`` -> ``evaluate`` / ``predict`` ->
+    ``save`` / :func:`load_model`. For learners, :meth:`forward` and :meth:`backprop`
+    expose one pass at a time; ``train_on_batch`` is ``backprop`` plus the optimizer step.
+    Images are NHWC: ``x`` has shape ``(n, *input_shape)``, e.g. ``(n, 32, 32, 3)``.
+    Bad arguments raise ValueError naming the argument and the value received.
     """
 
     def __init__(self, layers=None, name=None):
@@ -56,6 +65,9 @@ class Sequential:
         self.stop_training = False
         #: stop ``fit`` with an error naming the epoch and batch when the loss is NaN/inf
         self.stop_on_nonfinite = True
+        #: run Conv2D(relu) + MaxPooling2D(2, 2) as one fused step on the numba backend
+        self.fuse = True
+        self._plan = self._plan_for = None
         self.history = None
         for layer in layers or []:
             self.add(layer)
@@ -70,12 +82,19 @@ class Sequential:
             raise ValueError(f"Sequential.add: expected a minicnn layer, received {layer!r}")
         if any(layer.name == other.name for other in self._layers):
             raise ValueError(f"Sequential.add: a layer named {layer.name!r} is already in the model")
+        was_built = self.built
         self._layers.append(layer)
         self.built = False
-        if len(self._layers) == 1 and layer.input_shape is not None:
-            self.build(layer.input_shape)
-        elif self.input_shape is not None:
-            self.build(self.input_shape)
+        try:
+            if len(self._layers) == 1 and layer.input_shape is not None:
+                self.build(layer.input_shape)
+            elif self.input_shape is not None:
+                self.build(self.input_shape)
+        except Exception:
+            # a layer that does not fit (Dense on images, ...) must not stay in the model
+            self._layers.pop()
+            self.built = was_built
+            raise
 
     def build(self, input_shape=None):
         """Build every layer for inputs of ``input_shape``.
@@ -83,25 +102,39 @@ class Sequential:
         ``input_shape`` excludes the batch dimension; Keras's ``(None, 32, 32, 3)``
         is accepted too. Without it the first layer's ``input_shape`` is used.
         """
+        if not self._layers:
+            raise ValueError("Sequential.build: the model has no layers; add some with "
+                             "model.add(layer) first")
         if input_shape is None:
-            if not self._layers or self._layers[0].input_shape is None:
+            if self._layers[0].input_shape is None:
                 raise ValueError("Sequential.build: no input_shape given and the first layer "
                                  "has none")
             input_shape = self._layers[0].input_shape
-        input_shape = tuple(input_shape)
-        if input_shape and input_shape[0] is None:
-            input_shape = input_shape[1:]
-        shape = tuple(int(s) for s in input_shape)
-        self.input_shape = shape
-        for i, layer in enumerate(self._layers):
+        try:
+            input_shape = tuple(input_shape)
+            if input_shape and input_shape[0] is None:
+                input_shape = input_shape[1:]
+            shape = tuple(int(s) for s in input_shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"Sequential.build: input_shape must be a tuple of ints (without "
+                             f"the batch dimension), received {input_shape!r}") from None
+        if not shape or any(s < 1 for s in shape):
+            raise ValueError(f"Sequential.build: input_shape must hold positive sizes (without "
+                             f"the batch dimension), received {input_shape!r}")
+        weights_below = False
+        for layer in self._layers:
             if not layer.built or layer.input_shape != shape:
                 if layer.built:
                     raise ValueError(f"Sequential.build: layer {layer.name!r} was built for "
                                      f"input shape {layer.input_shape}, received {shape}")
                 layer.build(shape)
-            layer.compute_input_gradient = i > 0
+            # dL/dx is needed only when some layer below has weights: the first layer, and
+            # a Conv2D behind augmentation layers, skip computing it
+            layer.compute_input_gradient = weights_below
+            weights_below = weights_below or bool(layer.params)
             shape = layer.output_shape
-        self.built = bool(self._layers)
+        self.input_shape = tuple(self._layers[0].input_shape)
+        self.built = True
         return self
 
     @property
@@ -156,18 +189,30 @@ class Sequential:
 
     # ------------------------------------------------------------------ compile
     def compile(self, optimizer="adam", loss=None, metrics=None):
-        """Choose the optimizer, the loss and the metrics (names or objects)."""
+        """Choose the optimizer, the loss and the metrics.
+
+        ``optimizer``: 'adam', 'sgd' or an optimizer object (:mod:`minicnn.optimizers`);
+        ``loss``: 'categorical_crossentropy', 'sparse_categorical_crossentropy' or a loss
+        object (:mod:`minicnn.losses`); ``metrics``: a list of names among
+        :data:`METRICS` (every one is the classification accuracy: argmax of the output
+        against the label). Each metric is logged under the name given, as in Keras:
+        ``metrics=['accuracy']`` gives ``history.history['accuracy']`` and
+        ``'val_accuracy'``.
+        """
         if loss is None:
             raise ValueError("compile: loss is required, e.g. loss='categorical_crossentropy'")
-        self.optimizer = optimizers.get(optimizer)
-        self.loss = losses.get(loss)
+        optimizer = optimizers.get(optimizer)
+        loss = losses.get(loss)
+        if isinstance(metrics, str):
+            metrics = [metrics]
         names = []
         for m in metrics or []:
             if not isinstance(m, str) or m.lower() not in METRICS:
                 raise ValueError(f"compile: unknown metric {m!r}; known metrics: "
                                  f"{', '.join(METRICS)}")
-            names.append(m.lower())
-        self.metrics = names
+            if m not in names:
+                names.append(m)
+        self.optimizer, self.loss, self.metrics = optimizer, loss, names
         self.compiled = True
 
     def _require_compiled(self, what):
@@ -194,10 +239,29 @@ class Sequential:
                 and hasattr(last, "backward_preactivation"))
 
     def forward(self, x, training=False):
-        """Run every layer's forward pass on a batch; returns the model output."""
+        """Run every layer's forward pass on a batch; returns the model output.
+
+        Layer by layer on every backend, so each layer's cache holds this batch.
+        """
         self._ensure_built(x)
         for layer in self._layers:
             x = layer.forward(x, training=training)
+        return x
+
+    def _steps(self):
+        """What ``fit``, ``predict`` and friends run: on the numba backend, Conv2D(relu) +
+        MaxPooling2D(2, 2) pairs fused into one step (:mod:`minicnn.layers.fused`); the
+        layers one by one on the reference and numpy backends."""
+        if config.get_backend() != "numba" or not self.fuse:
+            return self._layers
+        if self._plan is None or self._plan_for != self._layers:
+            self._plan, self._plan_for = fused.plan(self._layers), list(self._layers)
+        return self._plan
+
+    def _run(self, x, training=False):
+        self._ensure_built(x)
+        for step in self._steps():
+            x = step.forward(x, training=training)
         return x
 
     def _ensure_built(self, x):
@@ -214,7 +278,11 @@ class Sequential:
     def backprop(self, x, y):
         """Forward (training=True), loss, and every layer's backward pass; no update.
 
-        Leaves each layer's ``grads`` filled and returns the loss (a float).
+        ``x (n, *input_shape)``, ``y`` targets for the compiled loss. Leaves each layer's
+        ``grads`` (same keys and shapes as ``params``) holding dL/dparam of the batch-mean
+        loss, and returns that loss (a float). The weights and the optimizer are untouched.
+        With a softmax output and a cross-entropy loss the gradient enters the last layer
+        as the fused ``(softmax(z) - y) / n``.
         """
         self._require_compiled("backprop")
         x, y = self._check_batch(x, y, "backprop")
@@ -222,16 +290,16 @@ class Sequential:
         return float(loss)
 
     def _backprop(self, x, y):
-        y_pred = self.forward(x, training=True)
-        (loss, dy), fused = self._loss_and_grad(y_pred, y)
-        layers = self._layers
-        if fused:
-            dy = layers[-1].backward_preactivation(dy)
-            layers = layers[:-1]
-        for layer in reversed(layers):
+        y_pred = self._run(x, training=True)
+        (loss, dy), fused_loss = self._loss_and_grad(y_pred, y)
+        steps = self._steps()
+        if fused_loss:
+            dy = steps[-1].backward_preactivation(dy)
+            steps = steps[:-1]
+        for step in reversed(steps):
             if dy is None:
                 break
-            dy = layer.backward(dy)
+            dy = step.backward(dy)
         return loss, y_pred
 
     def _apply_gradients(self):
@@ -254,7 +322,7 @@ class Sequential:
         """Loss and metrics on one batch, inference mode. Returns like :meth:`train_on_batch`."""
         self._require_compiled("test_on_batch")
         x, y = self._check_batch(x, y, "test_on_batch")
-        y_pred = self.forward(x, training=False)
+        y_pred = self._run(x, training=False)
         (loss, _), _ = self._loss_and_grad(y_pred, y)
         return self._results(float(loss), y_pred, y)
 
@@ -270,10 +338,17 @@ class Sequential:
 
     # ------------------------------------------------------------------ validation
     def _check_x(self, x, what, arg="x"):
+        """``x`` as an array of the model's input shape; never copied when it already is one
+        (a float64 ``x`` is cast batch by batch later, see :meth:`_cast`)."""
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
             raise ValueError(f"{what}: {arg} must be a real numeric array, received dtype {x.dtype}")
+        if x.ndim < 2 or len(x) == 0:
+            raise ValueError(f"{what}: {arg} must be a non-empty batch of shape (n, ...), "
+                             f"received shape {x.shape}")
+        if not self._layers:
+            raise ValueError(f"{what}: the model has no layers; add some with model.add(layer)")
         self._ensure_built(x)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{what}: {arg} must have shape (n, "
@@ -283,9 +358,12 @@ class Sequential:
 
     def _check_y(self, x, y, what, arg="y"):
         y = np.asarray(y)
-        if len(y) != len(x):
+        if y.ndim == 0 or len(y) != len(x):
+            got = "a scalar" if y.ndim == 0 else f"{len(y)} labels"
             raise ValueError(f"{what}: x and {arg} must have the same length, received "
-                             f"{len(x)} images and {len(y)} labels")
+                             f"{len(x)} images and {got}")
+        if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
+            raise ValueError(f"{what}: {arg} must be a numeric array, received dtype {y.dtype}")
         self.loss.check_targets(y, self.output_shape[-1], arg)
         return y
 
@@ -293,36 +371,60 @@ class Sequential:
         x = self._check_x(x, what)
         y = self._check_y(x, y, what)
         xb = self._cast(x)
-        if not np.all(np.isfinite(xb)):
-            raise NonFiniteLossError(f"{what}: x holds NaN or inf")
+        _check_finite(xb, what, "x")
         return xb, y
 
     def _cast(self, x):
+        """A batch in the model's dtype (a copy only when the dtype differs)."""
         return x if x.dtype == self.dtype else x.astype(self.dtype)
 
     @staticmethod
     def _check_batch_size(batch_size, what):
+        if batch_size is None:          # Keras's default
+            return 32
         if not _is_int(batch_size) or batch_size < 1:
             raise ValueError(f"{what}: batch_size must be an integer >= 1, received {batch_size!r}")
         return int(batch_size)
+
+    def _batches(self, x, batch_size, what, arg="x"):
+        """Yield ``(start, batch)`` over ``x`` in order, each batch cast and checked finite."""
+        for i, start in enumerate(range(0, len(x), batch_size)):
+            xb = self._cast(x[start:start + batch_size])
+            _check_finite(xb, what, arg, f" (batch {i + 1}, rows {start}:{start + len(xb)})")
+            yield start, xb
 
     # ------------------------------------------------------------------ training loop
     def fit(self, x, y, batch_size=32, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
         """Train for ``epochs`` epochs (counting from ``initial_epoch``), as Keras does.
 
+        - ``x``: images ``(n, *input_shape)`` of any real dtype; ``y``: one-hot ``(n, k)``
+          for 'categorical_crossentropy', integer labels ``(n,)`` or ``(n, 1)`` in
+          ``[0, k)`` for 'sparse_categorical_crossentropy'.
         - ``validation_split``: the *last* fraction of ``x`` and ``y`` is held out for
           validation, taken before any shuffling (Keras's rule), so the split is the same
-          every epoch and every run. ``validation_data=(x_val, y_val)`` overrides it.
+          every epoch and every run: with ``n`` samples the first
+          ``floor(n * (1 - validation_split))`` train. ``validation_data=(x_val, y_val)``
+          overrides it.
         - The training 'loss' and 'accuracy' of an epoch are running averages over the
           batches of that epoch, weighted by batch size, computed while the weights change
-          (as Keras reports them); 'val_loss' / 'val_accuracy' are computed after the epoch.
+          (as Keras reports them); 'val_loss' / 'val_accuracy' are computed after the epoch
+          with the final weights, in inference mode.
         - Batches are cast to the model's dtype one at a time: a float64 ``x`` (the seed
           divides by 255.0) is never copied whole.
-        - ``verbose``: 0 silent; 1 (or 'auto') a progress bar per epoch, redrawn in place
-          on a terminal (only the final line per epoch otherwise); 2 one line per epoch.
+        - ``shuffle``: a new permutation of the training part each epoch, drawn from
+          minicnn's generator (:func:`minicnn.utils.set_random_seed`).
+        - ``verbose``: 0 silent; 1 (or 'auto') a progress bar per epoch with ETA, loss and
+          accuracy, redrawn in place on a terminal (only the final line per epoch when the
+          output is not a terminal); 2 one line per epoch.
+        - Non-finite values: a batch of ``x`` holding NaN/inf raises
+          :class:`minicnn.callbacks.NonFiniteLossError` (a ValueError) naming the epoch and
+          batch; so does a NaN/inf loss while ``model.stop_on_nonfinite`` is True (the
+          default). A batch with a non-finite loss never updates the weights.
 
-        Returns a :class:`minicnn.callbacks.History`.
+        Returns a :class:`minicnn.callbacks.History`: ``history`` maps 'loss', each metric
+        and, with validation, 'val_loss' and 'val_<metric>' to per-epoch lists; ``epoch``
+        lists the 0-based epochs run.
         """
         what = "fit"
         self._require_compiled(what)
@@ -332,7 +434,8 @@ class Sequential:
         if not _is_int(initial_epoch) or initial_epoch < 0:
             raise ValueError(f"{what}: initial_epoch must be an integer >= 0, "
                              f"received {initial_epoch!r}")
-        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) \
+        if isinstance(validation_split, bool) \
+                or not isinstance(validation_split, (int, float, np.floating)) \
                 or not 0 <= validation_split < 1:
             raise ValueError(f"{what}: validation_split must be a float in [0, 1), "
                              f"received {validation_split!r}")
@@ -356,7 +459,8 @@ class Sequential:
             x_val = y_val = None
 
         history = History()
-        cbs = [history] + list(callbacks or [])
+        # History last, as in Keras: it records the logs as the user's callbacks leave them
+        cbs = list(callbacks or []) + [history]
         for cb in cbs:
             if not isinstance(cb, Callback):
                 raise ValueError(f"{what}: callbacks must be minicnn Callback objects, "
@@ -364,15 +468,17 @@ class Sequential:
         if self.stop_on_nonfinite and not any(isinstance(c, TerminateOnNonFinite) for c in cbs):
             cbs.append(TerminateOnNonFinite())
         n = len(x)
-        steps = max(1, -(-n // batch_size)) if n else 0
+        steps = -(-n // batch_size)
+        log_names = ["loss"] + self.metrics
+        if x_val is not None:
+            log_names += ["val_" + k for k in log_names]
         params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n,
-                  "verbose": verbose}
+                  "verbose": verbose, "do_validation": x_val is not None, "metrics": log_names}
         for cb in cbs:
             cb.set_model(self)
             cb.set_params(params)
         self.stop_training = False
         self.history = history
-        metric_name = "accuracy" if self.metrics else None
         for cb in cbs:
             cb.on_train_begin()
         for epoch in range(initial_epoch, epochs):
@@ -381,22 +487,21 @@ class Sequential:
             if verbose:
                 _print_line(f"Epoch {epoch + 1}/{epochs}")
             bar = Progbar(steps, verbose=verbose)
-            order = config.get_rng().permutation(n) if shuffle else np.arange(n)
+            order = config.get_rng().permutation(n) if shuffle else None
             t0 = time.perf_counter()
             seen = correct = 0
             loss_sum = 0.0
             for step in range(steps):
-                idx = order[step * batch_size:(step + 1) * batch_size]
+                lo, hi = step * batch_size, min((step + 1) * batch_size, n)
                 if shuffle:
+                    idx = order[lo:hi]
                     xb, yb = x[idx], y[idx]
                 else:
-                    xb, yb = x[idx[0]:idx[-1] + 1], y[idx[0]:idx[-1] + 1]
+                    xb, yb = x[lo:hi], y[lo:hi]
                 xb = self._cast(xb)
                 for cb in cbs:
                     cb.on_train_batch_begin(step)
-                if not np.all(np.isfinite(xb)):
-                    raise NonFiniteLossError(f"{what}: x holds NaN or inf in epoch {epoch + 1}, "
-                                             f"batch {step + 1}")
+                _check_finite(xb, what, "x", f" in epoch {epoch + 1}, batch {step + 1}")
                 loss, y_pred = self._backprop(xb, yb)
                 loss = float(loss)
                 if math.isfinite(loss):
@@ -405,47 +510,48 @@ class Sequential:
                 seen += nb
                 loss_sum += loss * nb
                 logs = {"loss": loss_sum / seen, "batch_loss": loss}
-                if metric_name:
+                if self.metrics:
                     correct += self._correct(y_pred, yb)
-                    logs[metric_name] = correct / seen
+                    logs.update((name, correct / seen) for name in self.metrics)
                 for cb in cbs:
                     cb.on_train_batch_end(step, logs)
                 bar.update(step + 1, logs)
+                if self.stop_training:
+                    break
             logs = {"loss": loss_sum / max(seen, 1)}
-            if metric_name:
-                logs[metric_name] = correct / max(seen, 1)
+            logs.update((name, correct / max(seen, 1)) for name in self.metrics)
             if x_val is not None:
-                val = self._evaluate(x_val, y_val, batch_size)
-                logs["val_loss"] = val[0]
-                if metric_name:
-                    logs["val_" + metric_name] = val[1]
+                val_loss, val_acc = self._evaluate(x_val, y_val, batch_size, "fit (validation)")
+                logs["val_loss"] = val_loss
+                logs.update(("val_" + name, val_acc) for name in self.metrics)
             elapsed = time.perf_counter() - t0
-            logs_out = dict(logs)
-            bar.finish(logs_out, elapsed)
             for cb in cbs:
-                cb.on_epoch_end(epoch, logs_out)
+                cb.on_epoch_end(epoch, logs)
+            bar.finish(logs, elapsed)
             if self.stop_training:
                 break
         for cb in cbs:
             cb.on_train_end()
         return history
 
-    def _evaluate(self, x, y, batch_size):
+    def _evaluate(self, x, y, batch_size, what):
         """Weighted mean loss and accuracy over all of ``x``, batch by batch."""
         n = len(x)
         loss_sum, correct = 0.0, 0
-        for start in range(0, n, batch_size):
-            xb = self._cast(x[start:start + batch_size])
-            yb = y[start:start + batch_size]
-            y_pred = self.forward(xb, training=False)
+        for start, xb in self._batches(x, batch_size, what):
+            yb = y[start:start + len(xb)]
+            y_pred = self._run(xb, training=False)
             (loss, _), _ = self._loss_and_grad(y_pred, yb)
             loss_sum += float(loss) * len(xb)
             correct += self._correct(y_pred, yb)
-        return loss_sum / max(n, 1), correct / max(n, 1)
+        return loss_sum / n, correct / n
 
     def evaluate(self, x, y, batch_size=32, verbose=1):
-        """Loss (and metrics) over ``x``, in batches. Returns ``[loss, accuracy]``, or the
-        loss alone (a float) when no metrics were compiled."""
+        """Loss (and metrics) over ``x`` in inference mode, ``batch_size`` images at a time.
+
+        Returns ``[loss, accuracy]`` (one accuracy per compiled metric), or the loss alone
+        (a float) when no metrics were compiled. Both are means over all of ``x``.
+        """
         what = "evaluate"
         self._require_compiled(what)
         batch_size = self._check_batch_size(batch_size, what)
@@ -453,21 +559,26 @@ class Sequential:
         x = self._check_x(x, what)
         y = self._check_y(x, y, what)
         t0 = time.perf_counter()
-        loss, acc = self._evaluate(x, y, batch_size)
+        loss, acc = self._evaluate(x, y, batch_size, what)
         if verbose:
             steps = -(-len(x) // batch_size)
-            text = f"loss: {loss:.4f}" + (f" - accuracy: {acc:.4f}" if self.metrics else "")
+            text = " - ".join([f"loss: {loss:.4f}"] + [f"{m}: {acc:.4f}" for m in self.metrics])
             _print_line(f"{steps}/{steps} - {time.perf_counter() - t0:.0f}s - {text}")
         return [loss] + [acc for _ in self.metrics] if self.metrics else loss
 
     def predict(self, x, batch_size=32, verbose=0):
-        """Model outputs (probabilities for a softmax model) for ``x``, computed in batches."""
+        """Model outputs for ``x`` (probabilities for a softmax model), inference mode.
+
+        Computed ``batch_size`` images at a time, so a large ``x`` never becomes one giant
+        batch. Returns an array ``(n, *output_shape)`` in the model's dtype. ``verbose``
+        is accepted for Keras compatibility and ignored.
+        """
         what = "predict"
         batch_size = self._check_batch_size(batch_size, what)
         x = self._check_x(x, what)
         out = np.empty((len(x),) + tuple(self.output_shape), dtype=self.dtype)
-        for start in range(0, len(x), batch_size):
-            out[start:start + batch_size] = self.forward(self._cast(x[start:start + batch_size]))
+        for start, xb in self._batches(x, batch_size, what):
+            out[start:start + len(xb)] = self._run(xb, training=False)
         return out
 
     __call__ = forward
@@ -516,27 +627,38 @@ class Sequential:
     def load_weights(self, path):
         """Load weights saved by :meth:`save` or :meth:`save_weights`.
 
-        Weights are matched layer by layer in order; a missing array or a shape that
-        differs raises ValueError naming the layer and both shapes.
+        Weights are matched layer by layer in order (layers without weights are skipped),
+        so the names may differ but the architecture must agree: a missing array or a
+        shape that differs raises ValueError naming the layer and both shapes, and then
+        no weight has changed. An unbuilt model is first built for the file's input shape.
         """
-        self._require_built("load_weights")
+        path = os.fspath(path)
         meta, arrays = _read_npz(path, "load_weights")
-        saved = [(k.split("/", 2)[1], k.split("/", 2)[2], v) for k, v in arrays.items()
-                 if k.startswith("weights/")]
-        saved_layers = []
-        for lname, key, v in saved:
+        if not self.built:
+            try:
+                self.build(tuple(meta["input_shape"]))
+            except (KeyError, TypeError):
+                raise ValueError(f"load_weights: {path!r} does not record an input shape; "
+                                 f"build the model first") from None
+        saved_layers = []          # [(layer name, {param: array})] in file order
+        for k, v in arrays.items():
+            if not k.startswith("weights/"):
+                continue
+            lname, key = k[len("weights/"):].rsplit("/", 1)
             if not saved_layers or saved_layers[-1][0] != lname:
                 saved_layers.append((lname, {}))
             saved_layers[-1][1][key] = v
         mine = self._weighted()
         if len(saved_layers) != len(mine):
-            raise ValueError(f"load_weights: {path} holds weights for {len(saved_layers)} layers, "
-                             f"the model has {len(mine)} layers with weights")
+            raise ValueError(f"load_weights: {path!r} holds weights for {len(saved_layers)} "
+                             f"layers ({', '.join(n for n, _ in saved_layers)}), the model has "
+                             f"{len(mine)} layers with weights "
+                             f"({', '.join(l.name for l in mine)})")
         for layer, (lname, params) in zip(mine, saved_layers):
             for key, p in layer.params.items():
                 if key not in params:
                     raise ValueError(f"load_weights: layer {layer.name!r} needs {key!r}, "
-                                     f"missing in {path} (saved layer {lname!r})")
+                                     f"missing in {path!r} (saved layer {lname!r})")
                 if params[key].shape != p.shape:
                     raise ValueError(f"load_weights: layer {layer.name!r} {key} has shape "
                                      f"{p.shape}, the file's layer {lname!r} has shape "
@@ -549,42 +671,58 @@ class Sequential:
 def load_model(path, restore_rng=False):
     """Load a model written by :meth:`Sequential.save` (never unpickles anything).
 
+    The file is read with ``np.load(allow_pickle=False)``; anything that is not a
+    minicnn model file (another ``.npz``, a pickle, random bytes, a truncated file)
+    raises ValueError. A model saved after ``compile`` comes back compiled with its
+    optimizer state (moments and iteration count), so training continues exactly:
+    the next steps on the same batches give the same weights as without the round trip.
+
     With ``restore_rng=True`` minicnn's global generator is put back in the state
     it had at saving time, so shuffling and dropout continue exactly (used by
     ``minicnn train --resume``).
     """
+    path = os.fspath(path)
     meta, arrays = _read_npz(path, "load_model")
+    if meta.get("weights_only"):
+        raise ValueError(f"load_model: {path!r} holds weights only (written by save_weights); "
+                         f"build the model and call model.load_weights({path!r})")
     try:
         cfg = meta["model"]
         model = Sequential(name=cfg.get("name"))
         for entry in cfg["layers"]:
             cls = LAYER_CLASSES.get(entry["class_name"])
             if cls is None:
-                raise ValueError(f"unknown layer class {entry['class_name']!r}")
+                raise ValueError(f"unknown layer class {entry['class_name']!r}; known layers: "
+                                 f"{', '.join(LAYER_CLASSES)}")
             model.add(_layer_from_config(cls, entry["config"]))
         model.build(tuple(meta["input_shape"]))
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"load_model: {path} has an invalid model description ({exc!r})") from None
-    for layer in model.layers:
-        for key, p in layer.params.items():
-            name = f"weights/{layer.name}/{key}"
-            if name not in arrays or arrays[name].shape != p.shape:
-                got = arrays[name].shape if name in arrays else "missing"
-                raise ValueError(f"load_model: {path}: layer {layer.name!r} {key} should have "
-                                 f"shape {p.shape}, the file has {got}")
-            p[...] = arrays[name]
-    for layer in model.layers:
-        state = meta.get("layer_rng_states", {}).get(layer.name)
-        if state is not None:
-            layer._rng = _rng_from_json(state)
-    if "compile" in meta:
-        comp = meta["compile"]
-        model.compile(optimizers.from_config(comp["optimizer"]), losses.from_config(comp["loss"]),
-                      comp.get("metrics") or None)
-        state = {k[len("optimizer/"):]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-        model.optimizer.set_state(meta.get("optimizer_iterations", 0), state)
-    if restore_rng and meta.get("rng_state") is not None:
-        config._rng = _rng_from_json(meta["rng_state"])
+        for layer in model.layers:
+            for key, p in layer.params.items():
+                name = f"weights/{layer.name}/{key}"
+                got = arrays.get(name)
+                if got is None or got.shape != p.shape or got.dtype.kind not in "fiu":
+                    desc = "nothing" if got is None else f"shape {got.shape} dtype {got.dtype}"
+                    raise ValueError(f"layer {layer.name!r} {key} should have shape {p.shape}, "
+                                     f"the file has {desc}")
+                p[...] = got
+        for layer in model.layers:
+            state = meta.get("layer_rng_states", {}).get(layer.name)
+            if state is not None:
+                layer._rng = _rng_from_json(state)
+        if "compile" in meta:
+            comp = meta["compile"]
+            model.compile(optimizers.from_config(comp["optimizer"]),
+                          losses.from_config(comp["loss"]), comp.get("metrics") or None)
+            state = {k[len("optimizer/"):]: v for k, v in arrays.items()
+                     if k.startswith("optimizer/")}
+            if any(v.dtype.kind != "f" for v in state.values()):
+                raise ValueError("optimizer state arrays must be floating point")
+            model.optimizer.set_state(meta.get("optimizer_iterations", 0), state)
+        rng = _rng_from_json(meta["rng_state"]) if restore_rng and meta.get("rng_state") else None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"load_model: {path!r} has an invalid model description: {exc}") from None
+    if rng is not None:
+        config._rng = rng
     return model
 
 
@@ -604,43 +742,74 @@ def _jsonable_rng(rng):
     return json.loads(json.dumps(state, default=int))
 
 
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
 def _rng_from_json(state):
-    bitgen = getattr(np.random, state["bit_generator"])()
+    name = state["bit_generator"]
+    if name not in _BIT_GENERATORS:       # never call whatever a file names
+        raise ValueError(f"unknown bit generator {name!r}")
+    bitgen = getattr(np.random, name)()
     bitgen.state = state
     return np.random.Generator(bitgen)
+
+
+def _json_default(value):
+    """NumPy scalars in layer configs (``Dropout(np.float32(0.5))``) as plain numbers."""
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot save {value!r} ({type(value).__name__}) in a model file")
 
 
 def _write_npz(path, meta, arrays):
     path = os.fspath(path)
     buf = io.BytesIO()
-    payload = {"__minicnn__.json": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+    text = json.dumps(meta, default=_json_default)
+    payload = {"__minicnn__.json": np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
     payload.update({k: np.ascontiguousarray(v) for k, v in arrays.items()})
     np.savez(buf, **payload)
+    # write then rename, so that a crash never leaves a half-written model behind
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _read_npz(path, what):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what}: no such file {path!r}")
+    not_ours = (f"{what}: {path!r} is not a minicnn model file "
+                f"(written by Sequential.save or save_weights)")
+    if not zipfile.is_zipfile(path):    # a .npy, a pickle, random bytes: never handed to np.load
+        raise ValueError(f"{not_ours}: not an .npz archive")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "__minicnn__.json" not in data.files:
                 raise ValueError("no minicnn header")
             meta = json.loads(data["__minicnn__.json"].tobytes().decode("utf-8"))
+            # object arrays raise here: allow_pickle=False refuses to unpickle them
             arrays = {k: data[k] for k in data.files if k != "__minicnn__.json"}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{what}: {path!r} is not a minicnn model file "
-                         f"(written by Sequential.save or save_weights): {exc}") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, UnicodeDecodeError,
+            RuntimeError) as exc:
+        raise ValueError(f"{not_ours}: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{what}: {path!r} is not a minicnn model file (wrong header)")
-    if meta.get("version", 0) > FORMAT_VERSION:
+    if not _is_int(meta.get("version", 0)) or meta.get("version", 0) > FORMAT_VERSION:
         raise ValueError(f"{what}: {path!r} was written by a newer minicnn "
                          f"(format version {meta.get('version')})")
     return meta, arrays
+
+
+def _check_finite(x, what, arg, where=""):
+    if not np.all(np.isfinite(x)):
+        raise NonFiniteLossError(f"{what}: {arg} holds NaN or inf{where}")
 
 
 # ---------------------------------------------------------------------- progress output
