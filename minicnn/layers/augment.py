@@ -15,10 +15,10 @@ _FILL_MODES = {"constant": "constant", "reflect": "symmetric", "nearest": "edge"
 
 
 class _RandomGather(Layer):
-    def __init__(self, seed=None, input_shape=None, dtype="float32", name=None):
+    def __init__(self, seed=None, input_shape=None, dtype="float32", name=None, trainable=True):
         self.seed = seed
         self._rng = None if seed is None else np.random.default_rng(seed)
-        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
     def rng(self):
         return self._rng if self._rng is not None else config.get_rng()
@@ -71,12 +71,13 @@ class RandomFlip(_RandomGather):
     MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 
     def __init__(self, mode="horizontal_and_vertical", seed=None, input_shape=None,
-                 dtype="float32", name=None):
+                 dtype="float32", name=None, trainable=True):
         if mode not in self.MODES:
             raise ValueError(f"RandomFlip: mode must be one of {', '.join(self.MODES)}, "
                              f"received {mode!r}")
         self.mode = mode
-        super().__init__(seed=seed, input_shape=input_shape, dtype=dtype, name=name)
+        super().__init__(seed=seed, input_shape=input_shape, dtype=dtype, name=name,
+                         trainable=trainable)
 
     def _indices(self, n, h, w):
         rng = self.rng()
@@ -106,14 +107,15 @@ class RandomTranslation(_RandomGather):
     """
 
     def __init__(self, height_factor, width_factor, fill_mode="reflect", seed=None,
-                 input_shape=None, dtype="float32", name=None):
+                 input_shape=None, dtype="float32", name=None, trainable=True):
         self.height_factor = self._factor(height_factor, "height_factor")
         self.width_factor = self._factor(width_factor, "width_factor")
         if fill_mode not in _FILL_MODES:
             raise ValueError(f"RandomTranslation: fill_mode must be one of "
                              f"{', '.join(_FILL_MODES)}, received {fill_mode!r}")
         self.fill_mode = fill_mode
-        super().__init__(seed=seed, input_shape=input_shape, dtype=dtype, name=name)
+        super().__init__(seed=seed, input_shape=input_shape, dtype=dtype, name=name,
+                         trainable=trainable)
 
     @staticmethod
     def _factor(value, arg):

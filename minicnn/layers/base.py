@@ -146,7 +146,7 @@ class Layer:
         return int(sum(p.size for p in self.params.values()))
 
     def get_config(self) -> dict:
-        cfg = {"name": self.name, "dtype": np.dtype(self.dtype).name}
+        cfg = {"name": self.name, "dtype": np.dtype(self.dtype).name, "trainable": self.trainable}
         if self.input_shape is not None:
             cfg["input_shape"] = list(self.input_shape)
         return cfg

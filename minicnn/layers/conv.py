@@ -25,7 +25,7 @@ class Conv2D(Layer):
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 input_shape=None, dtype="float32", name=None, **kwargs):
+                 input_shape=None, dtype="float32", name=None, trainable=True, **kwargs):
         owner = "Conv2D"
         if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
             raise ValueError(f"{owner}: filters must be a positive integer, received {filters!r}")
@@ -38,7 +38,7 @@ class Conv2D(Layer):
         self.kernel_initializer = initializers.get(kernel_initializer, owner)
         self.bias_initializer = initializers.get(bias_initializer, owner)
         _reject_kwargs(owner, kwargs)
-        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:

@@ -20,7 +20,7 @@ class Dense(Layer):
     has_weights = True
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", input_shape=None, dtype="float32", name=None, **kwargs):
+                 bias_initializer="zeros", input_shape=None, dtype="float32", name=None, trainable=True, **kwargs):
         owner = "Dense"
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
             raise ValueError(f"{owner}: units must be a positive integer, received {units!r}")
@@ -30,7 +30,7 @@ class Dense(Layer):
         self.kernel_initializer = initializers.get(kernel_initializer, owner)
         self.bias_initializer = initializers.get(bias_initializer, owner)
         _reject_kwargs(owner, kwargs)
-        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
@@ -91,9 +91,9 @@ class Flatten(Layer):
 class Activation(Layer):
     """Apply an activation by name: relu, softmax, sigmoid, tanh or linear."""
 
-    def __init__(self, activation, input_shape=None, dtype="float32", name=None):
+    def __init__(self, activation, input_shape=None, dtype="float32", name=None, trainable=True):
         self.activation = activations.get(activation, "Activation")
-        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
     def _forward(self, x, training):
         y = activations.forward(self.activation, x)
@@ -116,8 +116,9 @@ class Activation(Layer):
 class ReLU(Activation):
     """``max(x, 0)`` as a layer (``Activation('relu')``)."""
 
-    def __init__(self, input_shape=None, dtype="float32", name=None):
-        super().__init__("relu", input_shape=input_shape, dtype=dtype, name=name)
+    def __init__(self, input_shape=None, dtype="float32", name=None, trainable=True):
+        super().__init__("relu", input_shape=input_shape, dtype=dtype, name=name,
+                         trainable=trainable)
 
     def get_config(self):
         cfg = super().get_config()
@@ -133,14 +134,14 @@ class Dropout(Layer):
     or, when ``seed`` is given, from the layer's own generator.
     """
 
-    def __init__(self, rate, seed=None, input_shape=None, dtype="float32", name=None):
+    def __init__(self, rate, seed=None, input_shape=None, dtype="float32", name=None, trainable=True):
         if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) \
                 or not 0 <= rate < 1:
             raise ValueError(f"Dropout: rate must be a float in [0, 1), received {rate!r}")
         self.rate = float(rate)
         self.seed = seed
         self._rng = None if seed is None else np.random.default_rng(seed)
-        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
     def _forward(self, x, training):
         if not training or self.rate == 0:

@@ -16,12 +16,12 @@ class MaxPooling2D(Layer):
     """
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", input_shape=None,
-                 dtype="float32", name=None):
+                 dtype="float32", name=None, trainable=True):
         owner = "MaxPooling2D"
         self.pool_size = as_pair(pool_size, "pool_size", owner)
         self.strides = self.pool_size if strides is None else as_pair(strides, "strides", owner)
         self.padding = check_padding(padding, owner)
-        super().__init__(input_shape=input_shape, dtype=dtype, name=name)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
