@@ -78,8 +78,7 @@ def set_backend(name: str) -> None:
     """Select the backend for every op: 'reference', 'numpy' or 'numba'."""
     global _backend
     _backend = _check_backend(name)
-    if _backend == "numba":
-        _limit_blas_for_numba()
+    _apply_thread_policy()
 
 
 @contextlib.contextmanager
@@ -92,39 +91,54 @@ def use_backend(name: str):
         yield _backend
     finally:
         _backend = previous
+        _apply_thread_policy()
 
 
 # ----------------------------------------------------------------------------- threads
-_blas_limited = False
+# Thread policy. On the numba backend Numba's pool owns the parallelism: each
+# thread calls single-threaded BLAS on one image at a time, so every BLAS in the
+# process (NumPy's and SciPy's, which Numba's np.dot calls) is limited to one
+# thread. Leaving OpenBLAS its own threads next to Numba's made a training step
+# 3x slower on 2 cores, and BLAS threads inside ``prange`` 40x slower (see
+# benchmarks/RESULTS.md). On the numpy and reference backends BLAS gets the
+# threads instead. The policy is reapplied whenever the backend or the thread
+# count changes.
+_num_threads = None          # requested with set_num_threads; None: BLAS's own default
+_blas_default = None         # BLAS thread count found before minicnn changed it
+_applied_limit = None        # the limit last applied, to skip redundant calls
 _threadpool_controller = None
+_controller_has_scipy = False
 
 
 def _controller():
-    global _threadpool_controller
-    if _threadpool_controller is None:
+    global _threadpool_controller, _controller_has_scipy, _blas_default
+    import sys
+    has_scipy = "scipy.linalg.cython_blas" in sys.modules
+    if _threadpool_controller is None or (has_scipy and not _controller_has_scipy):
         from threadpoolctl import ThreadpoolController
         _threadpool_controller = ThreadpoolController()
+        _controller_has_scipy = has_scipy
+        if _blas_default is None:
+            counts = [lib.num_threads for lib in _threadpool_controller.lib_controllers
+                      if lib.user_api == "blas"]
+            _blas_default = max(counts) if counts else 1
     return _threadpool_controller
 
 
-def _limit_blas_for_numba() -> None:
-    """Limit every BLAS in the process to one thread, once.
-
-    Numba's thread pool owns the parallelism on the numba backend: each thread
-    calls single-threaded BLAS on one image at a time. Leaving OpenBLAS with its
-    own threads next to Numba's made a training step 3x slower on 2 cores, and
-    BLAS threads inside ``prange`` 40x slower (see benchmarks/RESULTS.md).
-    """
-    global _blas_limited, _threadpool_controller
-    if _blas_limited:
-        return
-    _blas_limited = True
+def _apply_thread_policy() -> None:
+    """Set every BLAS's thread count for the active backend (see the comment above)."""
+    global _applied_limit
     try:
-        # Numba's np.dot calls SciPy's BLAS: load it now so that the limit reaches it
-        import scipy.linalg.cython_blas  # noqa: F401
-        _threadpool_controller = None
-        _controller().limit(limits=1, user_api="blas")
-    except Exception:  # pragma: no cover - threadpoolctl missing a library is harmless
+        if _backend == "numba":
+            # Numba's np.dot calls SciPy's BLAS: load it first so that the limit reaches it
+            import scipy.linalg.cython_blas  # noqa: F401
+        ctrl = _controller()
+        limit = 1 if _backend == "numba" else (_num_threads or _blas_default)
+        if _applied_limit == (limit, id(ctrl)):
+            return
+        ctrl.limit(limits=limit, user_api="blas")
+        _applied_limit = (limit, id(ctrl))
+    except ImportError:  # pragma: no cover - threadpoolctl or SciPy missing
         pass
 
 
@@ -136,6 +150,7 @@ def set_num_threads(n: int) -> None:
     backends BLAS gets the ``n`` threads instead.
     """
     import numba
+    global _num_threads, _applied_limit
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive integer, received {n!r}")
     n = int(n)
@@ -144,12 +159,9 @@ def set_num_threads(n: int) -> None:
         raise ValueError(
             f"set_num_threads: n must be at most {n_max} (NUMBA_NUM_THREADS), received {n}")
     numba.set_num_threads(n)
-    global _blas_limited
-    _blas_limited = True
-    try:
-        _controller().limit(limits=1 if _backend == "numba" else n, user_api="blas")
-    except Exception:  # pragma: no cover
-        pass
+    _num_threads = n
+    _applied_limit = None
+    _apply_thread_policy()
 
 
 def get_num_threads() -> int:

@@ -14,7 +14,7 @@ from .. import config
 from . import _kernels as K
 from ._shapes import out_size_from_pads
 
-config._limit_blas_for_numba()
+config._apply_thread_policy()
 
 _c = np.ascontiguousarray
 

@@ -1,0 +1,461 @@
+"""The ``minicnn`` command: train, info, gradcheck, bench.
+
+::
+
+    minicnn train --data cifar-10-python.tar.gz --out run1   # the CIFAR-10 trainer
+    minicnn train --dataset shapes --epochs 3                # no files, no network
+    minicnn info                                             # versions, backend, threads, BLAS
+    minicnn gradcheck                                        # every layer and loss vs finite differences
+    minicnn bench --backend numba,numpy                      # per-layer times of the seed model
+
+``main(argv)`` returns the exit code, so the commands also run in-process:
+``minicnn.cli.main(["gradcheck"])``. ``minicnn train`` is :mod:`minicnn.train`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from . import __version__, config
+
+GRADCHECK_TOLERANCE = 1e-6
+
+
+def build_parser():
+    from . import train
+    p = argparse.ArgumentParser(
+        prog="minicnn", description="minicnn: a CNN library in NumPy and Numba. Commands: "
+                                    "train, info, gradcheck, bench.")
+    p.add_argument("--version", action="version", version=f"minicnn {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser(
+        "train", help="train the seed model (CIFAR-10 by default)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the seed CNN with the seed recipe (Adam, batch 64, 15 epochs, 20% "
+                    "held out for validation)\nand write into --out: best.npz (best "
+                    "val_accuracy), last.npz + last.json (for --resume),\nhistory.json, "
+                    "curves.png, confusion_matrix.png and misclassified.png (test set).",
+        epilog="examples:\n"
+               "  minicnn train --data cifar-10-python.tar.gz --out run1\n"
+               "  minicnn train --dataset shapes --epochs 3        # no files, no network\n"
+               "  minicnn train --resume run1/last.npz --epochs 20  # continue run1")
+    train.add_arguments(t)
+
+    sub.add_parser("info", help="versions, backend, threads and BLAS libraries",
+                   description="Print the versions of minicnn, NumPy, Numba and Python, the "
+                               "backend, the thread settings and the BLAS libraries loaded.")
+
+    g = sub.add_parser("gradcheck", help="check every layer's and loss's gradients",
+                       description="Compare every layer type's and the losses' hand-written "
+                                   "gradients with central finite differences, in float64. "
+                                   "Exit code 1 if any relative error exceeds the tolerance.")
+    g.add_argument("--backend", default=None, metavar="NAMES",
+                   help=f"backend or comma list (default: {config.get_backend()})")
+    g.add_argument("--tolerance", type=float, default=GRADCHECK_TOLERANCE,
+                   help=f"largest relative error that passes (default {GRADCHECK_TOLERANCE:g})")
+
+    b = sub.add_parser("bench", help="per-layer forward/backward times of the seed model",
+                       description="Time the forward and backward pass of each step of the "
+                                   "seed model's training step, with GFLOP/s per step against "
+                                   "the machine's NumPy float32 GEMM, and whole-step images/s.")
+    b.add_argument("--batch-size", type=int, default=64, help="default 64")
+    b.add_argument("--backend", default=None, metavar="NAMES",
+                   help=f"backend or comma list, e.g. numba,numpy (default: "
+                        f"{config.get_backend()})")
+    b.add_argument("--threads", type=int, default=None, help="threads (default: all)")
+    b.add_argument("--repeats", type=int, default=10,
+                   help="timed repetitions; the median is reported (default 10)")
+    b.add_argument("--warmup", type=int, default=2,
+                   help="untimed training steps first: JIT compilation is never timed "
+                        "(default 2)")
+    return p
+
+
+def main(argv=None):
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from . import train
+            return train.run(args)
+        if args.command == "info":
+            return cmd_info()
+        if args.command == "gradcheck":
+            return cmd_gradcheck(_backends(args.backend), args.tolerance)
+        if args.command == "bench":
+            return cmd_bench(args)
+    except _UsageError as exc:
+        sys.stderr.write(f"minicnn {args.command}: {exc}\n")
+        return 2
+    raise AssertionError(args.command)      # pragma: no cover - argparse refuses others
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _backends(text):
+    if text is None:
+        return [config.get_backend()]
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise _UsageError("--backend: give a backend name or a comma list, e.g. numba,numpy")
+    for name in names:
+        if name.lower() not in config.BACKENDS:
+            raise _UsageError(f"--backend: unknown backend {name!r}; choose among "
+                              f"{', '.join(config.BACKENDS)}")
+    return [n.lower() for n in names]
+
+
+# ----------------------------------------------------------------------------- info
+def cmd_info(stream=None):
+    import numba
+    from threadpoolctl import threadpool_info
+
+    from . import ops
+    out = stream or sys.stdout
+    ops.backend_module()          # load the active backend: on numba it limits BLAS to 1 thread
+    env = os.environ.get("MINICNN_BACKEND")
+    rows = [
+        ("minicnn", __version__),
+        ("python", (f"{platform.python_version()} ({platform.python_implementation()}, "
+                    f"{platform.system()} {platform.machine()})")),
+        ("numpy", np.__version__),
+        ("numba", numba.__version__),
+        ("backend", config.get_backend() + (f" (MINICNN_BACKEND={env})" if env else "")),
+        ("threads", (f"{config.get_num_threads()} (Numba pool of "
+                     f"{numba.config.NUMBA_NUM_THREADS}; {os.cpu_count()} CPUs)")),
+        ("numba threading layer", config.threading_layer()),
+    ]
+    width = max(len(k) for k, _ in rows) + 1
+    for key, value in rows:
+        out.write(f"{key + ':':<{width}} {value}\n")
+    libs = threadpool_info()
+    note = (": BLAS held at 1 thread, Numba owns the parallelism"
+            if config.get_backend() == "numba" else "")
+    out.write(f"BLAS and OpenMP libraries (threadpoolctl, {len(libs)} loaded{note}):\n")
+    for lib in libs:
+        n = lib.get("num_threads")
+        out.write(f"  {lib.get('internal_api')} {lib.get('version') or '(version unknown)'}: "
+                  f"{n} thread{'' if n == 1 else 's'} ({lib.get('user_api')}, "
+                  f"{lib.get('filepath')})\n")
+    out.flush()
+    return 0
+
+
+# ----------------------------------------------------------------------------- gradcheck
+_KINK = 1e-3        # keep every ReLU pre-activation this far from 0, where it has no gradient
+
+
+def _gradcheck_cases():
+    """``(description, layer, input_shape, batch, x or None, training)`` for each layer type."""
+    from .layers import (Activation, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, RandomFlip,
+                         RandomTranslation, ReLU)
+    f64 = {"dtype": "float64"}
+    rng = np.random.default_rng(1)
+
+    def distinct(shape, batch=2):
+        size = batch * int(np.prod(shape))      # no ties in a pooling window
+        return (rng.permutation(size) * 0.01 - size * 0.005).reshape((batch,) + shape)
+
+    def off_kink(shape, batch=2):
+        x = rng.standard_normal((batch,) + shape)
+        x[np.abs(x) < _KINK] += 2 * _KINK
+        return x
+
+    return [
+        ("Conv2D 3x3 same relu", Conv2D(3, 3, padding="same", activation="relu", **f64),
+         (6, 6, 2), 2, None, False),
+        ("Conv2D 3x3/2 valid tanh, no bias",
+         Conv2D(2, 3, strides=2, padding="valid", activation="tanh", use_bias=False, **f64),
+         (7, 7, 2), 2, None, False),
+        ("Conv2D 2x3/(1,2) same softmax", Conv2D(3, (2, 3), strides=(1, 2), padding="same",
+                                                 activation="softmax", **f64),
+         (4, 7, 2), 2, None, False),
+        ("MaxPooling2D 2x2", MaxPooling2D(2, **f64), (4, 6, 2), 2, distinct((4, 6, 2)), False),
+        ("MaxPooling2D 3x3/2 same", MaxPooling2D(3, strides=2, padding="same", **f64),
+         (7, 6, 1), 2, distinct((7, 6, 1)), False),
+        ("Flatten", Flatten(**f64), (3, 2, 4), 2, None, False),
+        ("Dense relu", Dense(4, activation="relu", **f64), (5,), 3, None, False),
+        ("Dense softmax", Dense(4, activation="softmax", **f64), (5,), 3, None, False),
+        ("Activation sigmoid", Activation("sigmoid", **f64), (3, 4), 2, None, False),
+        ("Activation tanh", Activation("tanh", **f64), (3, 4), 2, None, False),
+        ("Activation softmax", Activation("softmax", **f64), (3, 4), 2, None, False),
+        ("ReLU", ReLU(**f64), (4, 3, 2), 2, off_kink((4, 3, 2)), False),
+        ("Dropout 0.4 (training)", Dropout(0.4, seed=7, **f64), (6, 5), 2, None, True),
+        ("RandomFlip (training)", RandomFlip("horizontal_and_vertical", seed=4, **f64),
+         (4, 5, 2), 4, None, True),
+        ("RandomTranslation (training)", RandomTranslation(0.4, 0.3, seed=5, **f64),
+         (5, 6, 2), 4, None, True),
+    ]
+
+
+class _FusedConvPool:
+    """Conv2D(relu) + MaxPooling2D(2, 2) run as the fused training step of the numba
+    backend, seen through the layer interface that :func:`gradcheck.check_layer` uses."""
+
+    def __init__(self):
+        from .layers import Conv2D, MaxPooling2D, fused
+        self.conv = Conv2D(3, 3, padding="same", activation="relu", dtype="float64")
+        self.pool = MaxPooling2D(2, dtype="float64")
+        self._step = fused.ConvReluPool(self.conv, self.pool)
+        self.built, self.dtype = False, np.dtype(np.float64)
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.pool.build(self.conv.output_shape)
+        self.built = True
+
+    params = property(lambda self: self.conv.params)
+    grads = property(lambda self: self.conv.grads)
+    compute_input_gradient = property(
+        lambda self: self.conv.compute_input_gradient,
+        lambda self, v: setattr(self.conv, "compute_input_gradient", v))
+
+    def forward(self, x, training=False):
+        return self._step.forward(x, training)
+
+    def backward(self, dy):
+        return self._step.backward(dy)
+
+
+def _prepare(layer, input_shape, batch, rng):
+    """Seeded parameters, and an input whose ReLU pre-activations stay off the kink."""
+    from . import ops
+    if not layer.built:
+        layer.build(input_shape)
+    for name, p in layer.params.items():
+        p[...] = rng.standard_normal(p.shape) * (0.5 if name == "kernel" else 0.2)
+    conv = getattr(layer, "conv", layer)
+    for _ in range(100):
+        x = rng.standard_normal((batch,) + tuple(input_shape))
+        if getattr(conv, "activation", None) != "relu" or "kernel" not in conv.params:
+            return x
+        if len(input_shape) == 3:
+            z = ops.conv2d_forward(x, conv.params["kernel"], conv.params.get("bias"),
+                                   conv.strides, conv.pads)
+        else:
+            z = ops.dense_forward(x, conv.params["kernel"], conv.params.get("bias"))
+        if np.abs(z).min() > _KINK:
+            return x
+    raise RuntimeError(f"gradcheck: no input away from ReLU's kink for {layer!r}")
+
+
+def gradcheck_rows(backend):
+    """``[(case, gradient, relative error)]`` for every layer type and loss on ``backend``."""
+    from . import gradcheck, losses
+    rows = []
+    with config.use_backend(backend):
+        cases = _gradcheck_cases()
+        if backend == "numba":
+            cases.append(("Conv2D relu + MaxPooling2D (fused step)", _FusedConvPool(),
+                          (6, 6, 2), 2, None, False))
+        for i, (desc, layer, shape, batch, x, training) in enumerate(cases):
+            rng = np.random.default_rng(100 + i)
+            x0 = _prepare(layer, shape, batch, rng)
+            x = x0 if x is None else x
+            errors = gradcheck.check_layer(layer, shape, batch_size=batch, x=x,
+                                           training=training)
+            rows += [(desc, f"d{key}" if key != "dx" else "dx", err)
+                     for key, err in errors.items()]
+        rng = np.random.default_rng(7)
+        logits = rng.standard_normal((4, 5)) * 1.5
+        labels = rng.integers(0, 5, size=4)
+        for desc, loss, y in (("CategoricalCrossentropy", losses.CategoricalCrossentropy(),
+                               np.eye(5)[labels]),
+                              ("SparseCategoricalCrossentropy",
+                               losses.SparseCategoricalCrossentropy(), labels)):
+            for key, err in gradcheck.check_loss(loss, logits, y).items():
+                what = "d/dlogits (fused softmax)" if key == "fused_logits" else "d/dprobabilities"
+                rows.append((desc, what, err))
+    return rows
+
+
+def cmd_gradcheck(backends, tolerance=GRADCHECK_TOLERANCE, stream=None):
+    out = stream or sys.stdout
+    failed = 0
+    for backend in backends:
+        t0 = time.perf_counter()
+        rows = gradcheck_rows(backend)
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        out.write(f"gradcheck, backend {backend}, float64, central differences (eps 1e-6), "
+                  f"relative error ||a - n|| / (||a|| + ||n||), pass below {tolerance:g}\n")
+        out.write(f"{'layer / loss':<{w0}}  {'gradient':<{w1}}  {'rel. error':>10}  result\n")
+        out.write("-" * (w0 + w1 + 22) + "\n")
+        for desc, grad, err in rows:
+            ok = err < tolerance
+            failed += not ok
+            out.write(f"{desc:<{w0}}  {grad:<{w1}}  {err:>10.2e}  {'pass' if ok else 'FAIL'}\n")
+        bad = sum(err >= tolerance for _, _, err in rows)
+        out.write(f"{len(rows) - bad}/{len(rows)} gradients pass on {backend} "
+                  f"({time.perf_counter() - t0:.1f}s)\n\n")
+    out.flush()
+    return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------- bench
+def _gemm_gflops(threads, size=1024, repeats=5):
+    """Best GFLOP/s of a float32 ``size x size`` NumPy matmul with BLAS at ``threads``."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(0)
+    a = rng.random((size, size), dtype=np.float32)
+    b = rng.random((size, size), dtype=np.float32)
+    best = np.inf
+    with threadpool_limits(limits=threads, user_api="blas"):
+        a @ b
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def _step_flops(step, n):
+    """Multiply-adds x 2 of a step's forward and backward (0 for steps without weights)."""
+    conv = getattr(step, "conv", step)
+    kernel = getattr(conv, "params", {}).get("kernel")
+    if kernel is None:
+        return 0.0, 0.0
+    if kernel.ndim == 4:
+        oh, ow, _ = conv.output_shape
+        fwd = 2.0 * n * oh * ow * kernel.size
+    else:
+        fwd = 2.0 * n * kernel.size
+    # backward: the kernel gradient always, the input gradient unless it is the first layer
+    return fwd, fwd * (2 if conv.compute_input_gradient else 1)
+
+
+def _median_ms(times):
+    return 1000.0 * float(np.median(times))
+
+
+def bench_backend(backend, batch_size, repeats, warmup):
+    """Per-step forward/backward times (ms, medians) of the seed model's training step."""
+    from .train import build_model
+    rows = []
+    with config.use_backend(backend):
+        config.set_random_seed(0)
+        rng = np.random.default_rng(0)
+        x = rng.random((batch_size, 32, 32, 3), dtype=np.float32)
+        y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, size=batch_size)]
+        model = build_model((32, 32, 3), 10)
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        for _ in range(max(warmup, 1)):          # pays for the JIT: never timed
+            model.train_on_batch(x, y)
+        steps = model._steps()
+        fwd = [[] for _ in steps]
+        bwd = [[] for _ in steps]
+        loss_t, update_t, whole, infer = [], [], [], []
+        for _ in range(repeats):
+            h = x
+            for i, step in enumerate(steps):
+                t = time.perf_counter()
+                h = step.forward(h, training=True)
+                fwd[i].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            (_, dy), fused_loss = model._loss_and_grad(h, y)
+            loss_t.append(time.perf_counter() - t)
+            for i in reversed(range(len(steps))):
+                t = time.perf_counter()
+                if i == len(steps) - 1 and fused_loss:
+                    dy = steps[i].backward_preactivation(dy)
+                else:
+                    dy = steps[i].backward(dy)
+                bwd[i].append(time.perf_counter() - t)
+                if dy is None:
+                    break
+            t = time.perf_counter()
+            model._apply_gradients()
+            update_t.append(time.perf_counter() - t)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model.train_on_batch(x, y)
+            whole.append(time.perf_counter() - t)
+        model._run(x, training=False)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model._run(x, training=False)
+            infer.append(time.perf_counter() - t)
+        for i, step in enumerate(steps):
+            shape = (step.pool if hasattr(step, "pool") else step).output_shape
+            f_flops, b_flops = _step_flops(step, batch_size)
+            rows.append((step.name, shape, _median_ms(fwd[i]), f_flops,
+                         _median_ms(bwd[i]) if bwd[i] else 0.0, b_flops if bwd[i] else 0.0))
+        rows.append(("loss (softmax cross-entropy)", None, _median_ms(loss_t), 0.0, 0.0, 0.0))
+        update = f"{type(model.optimizer).__name__} update ({model.count_params():,} parameters)"
+        rows.append((update, None, 0.0, 0.0, _median_ms(update_t), 0.0))
+    return rows, _median_ms(whole), _median_ms(infer)
+
+
+def cmd_bench(args, stream=None):
+    out = stream or sys.stdout
+    for key in ("batch_size", "repeats"):
+        if getattr(args, key) < 1:
+            raise _UsageError(f"--{key.replace('_', '-')} must be >= 1, "
+                              f"received {getattr(args, key)}")
+    if args.warmup < 0:
+        raise _UsageError(f"--warmup must be >= 0, received {args.warmup}")
+    backends = _backends(args.backend)
+    if args.threads is not None:
+        try:
+            config.set_num_threads(args.threads)
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+    threads = config.get_num_threads()
+    roof1 = _gemm_gflops(1)
+    roof_n = _gemm_gflops(threads)
+    out.write(f"Roof: NumPy float32 GEMM 1024x1024, best of 5: {roof1:.1f} GFLOP/s on 1 thread, "
+              f"{roof_n:.1f} GFLOP/s on {threads} threads\n\n")
+    summary = []
+    for backend in backends:
+        rows, step_ms, infer_ms = bench_backend(backend, args.batch_size, args.repeats,
+                                                args.warmup)
+        out.write(f"Seed model, backend {backend}, batch {args.batch_size}, {threads} threads, "
+                  f"float32 (median of {args.repeats}; GFLOP/s counts 2 x multiply-adds; "
+                  f"% of the {threads}-thread roof)\n")
+        w = max(len(r[0]) for r in rows)
+        head = (f"{'step':<{w}}  {'output':<13} {'fwd ms':>8} {'GFLOP/s':>8} {'roof':>5}  "
+                f"{'bwd ms':>8} {'GFLOP/s':>8} {'roof':>5}")
+        out.write(head + "\n" + "-" * len(head) + "\n")
+
+        def rate(flops, ms):
+            if not flops or not ms:
+                return f"{'-':>8} {'':>5}"
+            g = flops / (ms / 1000.0) / 1e9
+            return f"{g:>8.1f} {100.0 * g / roof_n:>4.0f}%"
+
+        for name, shape, f_ms, f_fl, b_ms, b_fl in rows:
+            shape_s = "" if shape is None else "x".join(map(str, shape))
+            f_s = f"{f_ms:>8.2f}" if f_ms else f"{'':>8}"
+            b_s = f"{b_ms:>8.2f}" if b_ms else f"{'':>8}"
+            out.write(f"{name:<{w}}  {shape_s:<13} {f_s} {rate(f_fl, f_ms)}  {b_s} "
+                      f"{rate(b_fl, b_ms)}\n")
+        total_f = sum(r[2] for r in rows)
+        total_b = sum(r[4] for r in rows)
+        flops = sum(r[3] + r[5] for r in rows)
+        out.write("-" * len(head) + "\n")
+        out.write(f"{'sum of the steps':<{w}}  {'':<13} {total_f:>8.2f} {'':>14} "
+                  f"{total_b:>8.2f}\n")
+        ips = args.batch_size / (step_ms / 1000.0)
+        out.write(f"whole training step (train_on_batch): {step_ms:.2f} ms, {ips:.0f} images/s, "
+                  f"{flops / (step_ms / 1000.0) / 1e9:.1f} GFLOP/s; inference "
+                  f"{args.batch_size / (infer_ms / 1000.0):.0f} images/s\n\n")
+        summary.append((backend, step_ms, ips))
+    if len(summary) > 1:
+        base = summary[0][1]
+        out.write("backend   ms/step   images/s   vs first\n")
+        for backend, ms, ips in summary:
+            out.write(f"{backend:<9} {ms:>7.2f}   {ips:>8.0f}   {base / ms:>7.2f}x\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":      # python -m minicnn.cli
+    sys.exit(main())

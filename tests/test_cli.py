@@ -1,0 +1,296 @@
+"""The ``minicnn`` command line: train (files, resume, errors), info, gradcheck, bench.
+
+Everything runs in-process through :func:`minicnn.cli.main` on the generated shapes
+dataset at a tiny size, except one subprocess smoke test of the installed console
+script. Nothing touches the network: the missing-CIFAR test points the download at a
+``file://`` URL that does not exist.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minicnn import cli, models, plot
+from minicnn.datasets import cifar10, shapes
+from minicnn.layers import Dense
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+OUTPUTS = ("best.npz", "last.npz", "last.json", "history.json", "curves.png",
+           "confusion_matrix.png", "misclassified.png")
+EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) - [\d.]+s - \d+ images/s - loss: [\d.]+ - "
+                        r"accuracy: [\d.]+ - val_loss: [\d.]+ - val_accuracy: [\d.]+( \*)?$",
+                        re.M)
+TINY = ["--dataset", "shapes", "--n-train", "160", "--n-test", "40", "--batch-size", "32"]
+
+
+def train(capsys, out, *extra):
+    code = cli.main(["train", *TINY, "--out", str(out), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_png_size(path):
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    assert head[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def load_history(out):
+    with open(os.path.join(out, "history.json")) as fh:
+        return json.load(fh)
+
+
+# ----------------------------------------------------------------------------- train
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One 2-epoch training run on tiny shapes, shared by the tests that read its files."""
+    out = tmp_path_factory.mktemp("run")
+    capture = _Capture()
+    with capture:
+        code = cli.main(["train", *TINY, "--epochs", "2", "--out", str(out)])
+    assert code == 0, capture.err
+    return out, capture.out
+
+
+class _Capture:
+    """Capture stdout/stderr in a module-scoped fixture (capsys is function-scoped)."""
+
+    def __enter__(self):
+        import io
+        self._old = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self._out, self._err = io.StringIO(), io.StringIO()
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout, sys.stderr = self._old
+        self.out, self.err = self._out.getvalue(), self._err.getvalue()
+
+
+def test_train_writes_every_file(run_dir):
+    out, _ = run_dir
+    for name in OUTPUTS:
+        assert os.path.isfile(os.path.join(out, name)), name
+    for name in ("curves.png", "confusion_matrix.png", "misclassified.png"):
+        w, h = read_png_size(os.path.join(out, name))
+        assert w > 200 and h > 100, (name, w, h)
+
+
+def test_train_prints_epoch_lines_and_test_accuracy(run_dir):
+    out, text = run_dir
+    epochs = [(int(a), int(b)) for a, b, _ in EPOCH_LINE.findall(text)]
+    assert epochs == [(1, 2), (2, 2)], text
+    assert "319,178" in text                        # the model summary of the seed model
+    last = text.strip().splitlines()[-1]
+    match = re.fullmatch(r"Test accuracy: (\d\.\d{4}) \(loss [\d.]+, 40 images, best checkpoint, "
+                         r"epoch \d of 2\)", last)
+    assert match, last
+    assert float(match.group(1)) == pytest.approx(load_history(out)["test_accuracy"], abs=5e-5)
+
+
+def test_history_json_keys_and_lengths(run_dir):
+    out, _ = run_dir
+    history = load_history(out)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds", "images_per_second"):
+        assert len(history[key]) == 2, key
+        assert all(np.isfinite(history[key])), key
+    assert 0 <= history["test_accuracy"] <= 1 and history["test_loss"] > 0
+    best = int(np.argmax(history["val_accuracy"])) + 1      # first maximum, as the checkpoint
+    assert history["best_epoch"] == best
+    with open(os.path.join(out, "last.json")) as fh:
+        state = json.load(fh)
+    assert state["epochs_done"] == 2 and state["settings"]["dataset"] == "shapes"
+
+
+def test_test_accuracy_is_the_best_checkpoints(run_dir):
+    out, _ = run_dir
+    (_, _), (x_test, y_test) = shapes.load_data(n_train=160, n_test=40)
+    model = models.load_model(os.path.join(out, "best.npz"))
+    y_prob = model.predict(x_test.astype(np.float32) / np.float32(255))
+    accuracy = float(np.mean(np.argmax(y_prob, axis=1) == y_test[:, 0]))
+    assert accuracy == pytest.approx(load_history(out)["test_accuracy"])
+
+
+def test_resume_gives_the_same_weights_and_history(tmp_path, capsys):
+    # augmentation and dropout draw from the global generator too: all of it must resume
+    opts = ("--augment", "--dropout", "0.25", "--seed", "3")
+    code, _, err = train(capsys, tmp_path / "whole", "--epochs", "2", *opts)
+    assert code == 0, err
+    code, _, err = train(capsys, tmp_path / "split", "--epochs", "1", *opts)
+    assert code == 0, err
+    code = cli.main(["train", "--resume", str(tmp_path / "split" / "last.npz"), "--epochs", "2"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "Resuming from" in text and "after epoch 1" in text
+    assert [int(a) for a, _, _ in EPOCH_LINE.findall(text)] == [2]
+
+    whole = models.load_model(tmp_path / "whole" / "last.npz").get_weights()
+    split = models.load_model(tmp_path / "split" / "last.npz").get_weights()
+    assert len(whole) == len(split) == 10
+    for a, b in zip(whole, split):
+        assert np.array_equal(a, b)
+    h_whole, h_split = load_history(tmp_path / "whole"), load_history(tmp_path / "split")
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "best_epoch", "test_accuracy",
+                "test_loss"):
+        assert h_whole[key] == h_split[key], key
+
+
+def test_resume_refuses_other_settings(tmp_path, capsys):
+    code, _, err = train(capsys, tmp_path, "--epochs", "1")
+    assert code == 0, err
+    code = cli.main(["train", "--resume", str(tmp_path / "last.npz"), "--epochs", "2",
+                     "--batch-size", "16"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "batch_size=32" in err and "16" in err
+
+    state_path = tmp_path / "last.json"           # a state that does not match the checkpoint
+    state = json.loads(state_path.read_text())
+    state["epochs_done"] = 2
+    state_path.write_text(json.dumps(state))
+    assert cli.main(["train", "--resume", str(tmp_path / "last.npz"), "--epochs", "3"]) == 2
+    assert "do not belong together" in capsys.readouterr().err
+
+
+def test_resume_of_a_missing_checkpoint(tmp_path, capsys):
+    assert cli.main(["train", "--resume", str(tmp_path / "nope.npz")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_missing_cifar10_fails_with_what_was_tried(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("MINICNN_HOME", str(empty))
+    monkeypatch.setenv("MINICNN_DATASETS", str(empty))
+    for var in ("MINICNN_CIFAR10_URL", "MINICNN_DATASETS_MIRROR", "MINICNN_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    url = (tmp_path / "no-server" / "cifar-10-python.tar.gz").as_uri()
+    monkeypatch.setitem(cifar10.FILES, "archive",
+                        dataclasses.replace(cifar10.FILES["archive"], url=url, mirrors=()))
+    out = tmp_path / "run"
+    code = cli.main(["train", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "Tried" in captured.err and url in captured.err and str(empty) in captured.err
+    assert "--data PATH" in captured.err and "--dataset shapes" in captured.err
+    assert "Epoch" not in captured.out and not out.exists()     # never trained on anything else
+
+
+def test_augment_refused_for_grey_digits(capsys):
+    assert cli.main(["train", "--dataset", "mnist", "--augment"]) == 2
+    assert "--augment is for the colour datasets" in capsys.readouterr().err
+
+
+def test_example_script_runs_the_same_trainer(tmp_path, capsys):
+    example = runpy.run_path(os.path.join(REPO, "examples", "train_cifar10.py"))
+    code = example["main"]([*TINY, "--n-train", "60", "--n-test", "20", "--epochs", "1",
+                            "--out", str(tmp_path)])
+    assert code == 0
+    assert "Test accuracy:" in capsys.readouterr().out
+    assert os.path.isfile(tmp_path / "misclassified.png")
+
+
+# ----------------------------------------------------------------------------- plots
+def test_plots_of_a_run_show_what_they_claim(run_dir):
+    out, _ = run_dir
+    history = load_history(out)
+    fig = plot.history(history)
+    acc, loss = fig.axes
+    for ax, name in ((acc, "Accuracy"), (loss, "Loss")):
+        assert ax.get_xlabel() == "Epoch" and ax.get_ylabel() == name
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "validation"]
+    np.testing.assert_allclose(acc.lines[1].get_ydata(), history["val_accuracy"])
+
+    (_, _), (x_test, y_test) = shapes.load_data(n_train=160, n_test=40)
+    model = models.load_model(os.path.join(out, "best.npz"))
+    y_prob = model.predict(x_test.astype(np.float32) / np.float32(255))
+    fig = plot.confusion_matrix(y_test, y_prob, shapes.CLASS_NAMES)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == list(shapes.CLASS_NAMES)
+    assert all(re.fullmatch(r".+ \((\d+%|n/a)\)", t.get_text())
+               for t in fig.axes[0].get_yticklabels())
+
+    fig = plot.misclassified(x_test, y_test, y_prob, shapes.CLASS_NAMES)
+    wrong = int(np.sum(np.argmax(y_prob, axis=1) != y_test[:, 0]))
+    assert len(fig.axes) == min(wrong, 25) or (wrong == 0 and len(fig.axes) == 1)
+    if wrong:
+        first = fig.axes[0]
+        assert first.get_title().startswith("true: ") and " / pred: " in first.get_title()
+        shown = first.get_images()[0].get_array()
+        assert shown.shape == (32, 32, 3) and np.ptp(np.asarray(shown)) > 0.1   # a real image
+
+
+# ----------------------------------------------------------------------------- info
+def test_info_in_process(capsys):
+    assert cli.main(["info"]) == 0
+    text = capsys.readouterr().out
+    for key in ("minicnn:", "numpy:", "numba:", "python:", "backend:", "threads:",
+                "numba threading layer:", "threadpoolctl"):
+        assert key in text, key
+    assert re.search(r"^  \S+ .*: \d+ threads? \(", text, re.M), text
+
+
+def test_info_console_script():
+    exe = shutil.which("minicnn")
+    if exe is None:
+        pytest.skip("the minicnn console script is not installed (pip install -e .)")
+    proc = subprocess.run([exe, "info"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "minicnn:" in proc.stdout and "numba threading layer:" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- gradcheck
+LAYER_TYPES = ("Conv2D", "MaxPooling2D", "Flatten", "Dense", "Activation", "ReLU", "Dropout",
+               "RandomFlip", "RandomTranslation", "CategoricalCrossentropy",
+               "SparseCategoricalCrossentropy")
+
+
+def test_gradcheck_command_passes(capsys):
+    assert cli.main(["gradcheck"]) == 0
+    text = capsys.readouterr().out
+    assert "rel. error" in text and "FAIL" not in text
+    for name in LAYER_TYPES:
+        assert re.search(rf"^{name}\b.*\d\.\d\de-\d\d  pass$", text, re.M), name
+
+
+def test_gradcheck_command_fails_on_a_wrong_gradient(monkeypatch, capsys):
+    right = Dense.backward_preactivation
+
+    def doubled(self, dz):
+        dx = right(self, dz)
+        self.grads["kernel"] = 2 * self.grads["kernel"]
+        return dx
+
+    monkeypatch.setattr(Dense, "backward_preactivation", doubled)
+    assert cli.main(["gradcheck", "--backend", "numpy"]) == 1
+    text = capsys.readouterr().out
+    assert re.search(r"^Dense relu\s+dkernel\s+\S+\s+FAIL$", text, re.M), text
+
+
+# ----------------------------------------------------------------------------- bench
+def test_bench_two_backends(capsys):
+    assert cli.main(["bench", "--batch-size", "4", "--repeats", "2", "--warmup", "1",
+                     "--backend", "numba,numpy"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"Roof: NumPy float32 GEMM 1024x1024.*GFLOP/s on 1 thread", text)
+    for backend in ("numba", "numpy"):
+        assert f"backend {backend}, batch 4" in text
+        assert re.search(rf"^{backend}\s+[\d.]+\s+\d+\s+[\d.]+x$", text, re.M), backend
+    assert re.search(r"^conv2d\S*\s+32x32x32\s", text, re.M)          # numpy: layer by layer
+    assert re.search(r"^conv2d\S*\+max_pooling2d\S*\s+16x16x32\s", text, re.M)   # numba: fused
+    assert text.count("images/s") >= 2
+
+
+def test_bench_rejects_unknown_backend(capsys):
+    assert cli.main(["bench", "--backend", "numba,cuda"]) == 2
+    assert "unknown backend 'cuda'" in capsys.readouterr().err
