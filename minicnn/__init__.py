@@ -18,7 +18,7 @@ from .config import (get_backend, get_num_threads, set_backend, set_num_threads,
 from .utils import set_random_seed  # noqa: E402
 
 _LAZY = ("layers", "models", "datasets", "utils", "gradcheck", "losses", "optimizers",
-         "callbacks", "initializers", "activations", "plot", "cli")
+         "callbacks", "initializers", "activations", "plot", "cli", "train")
 
 
 def __getattr__(name):
