@@ -47,6 +47,20 @@ def as_pair(value, arg: str, owner: str, minimum: int = 1) -> tuple[int, int]:
     return pair
 
 
+def window_geometry(layer, input_shape, window, window_arg):
+    """``(oh, ow, pads)`` of a sliding ``window`` over images ``(h, w, c)``, for Conv2D and
+    MaxPooling2D, with a clear error for non-images and 'valid' windows larger than the input."""
+    from .. import ops
+    if len(input_shape) != 3:
+        raise ValueError(f"{layer.name}: {type(layer).__name__} expects images (h, w, c), "
+                         f"received input_shape {tuple(input_shape)}")
+    h, w, _ = input_shape
+    if layer.padding == "valid" and (h < window[0] or w < window[1]):
+        raise ValueError(f"{layer.name}: {window_arg} {tuple(window)} is larger than the "
+                         f"input ({h}, {w}) with padding='valid'")
+    return ops.conv_geometry(h, w, window[0], window[1], *layer.strides, layer.padding)
+
+
 def check_padding(padding, owner: str) -> str:
     if not isinstance(padding, str) or padding.lower() not in ("same", "valid"):
         raise ValueError(f"{owner}: padding must be 'same' or 'valid', received {padding!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations, initializers, ops
-from .base import Layer, as_pair, check_padding
+from .base import Layer, as_pair, check_padding, window_geometry
 
 
 class Conv2D(Layer):
@@ -41,15 +41,7 @@ class Conv2D(Layer):
         super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
     def compute_output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"{self.name}: Conv2D expects images (h, w, c), "
-                             f"received input_shape {tuple(input_shape)}")
-        h, w, _ = input_shape
-        kh, kw = self.kernel_size
-        if self.padding == "valid" and (h < kh or w < kw):
-            raise ValueError(f"{self.name}: kernel_size {self.kernel_size} is larger than the "
-                             f"input ({h}, {w}) with padding='valid'")
-        oh, ow, self.pads = ops.conv_geometry(h, w, kh, kw, *self.strides, self.padding)
+        oh, ow, self.pads = window_geometry(self, input_shape, self.kernel_size, "kernel_size")
         return (oh, ow, self.filters)
 
     def _build(self, input_shape):

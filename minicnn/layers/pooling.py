@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import ops
-from .base import Layer, as_pair, check_padding
+from .base import Layer, as_pair, check_padding, window_geometry
 
 
 class MaxPooling2D(Layer):
@@ -24,16 +24,8 @@ class MaxPooling2D(Layer):
         super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
     def compute_output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"{self.name}: MaxPooling2D expects images (h, w, c), "
-                             f"received input_shape {tuple(input_shape)}")
-        h, w, c = input_shape
-        ph, pw = self.pool_size
-        if self.padding == "valid" and (h < ph or w < pw):
-            raise ValueError(f"{self.name}: pool_size {self.pool_size} is larger than the "
-                             f"input ({h}, {w}) with padding='valid'")
-        oh, ow, self.pads = ops.conv_geometry(h, w, ph, pw, *self.strides, self.padding)
-        return (oh, ow, c)
+        oh, ow, self.pads = window_geometry(self, input_shape, self.pool_size, "pool_size")
+        return (oh, ow, input_shape[2])
 
     def _forward(self, x, training):
         y, argmax = ops.maxpool2d_forward(x, self.pool_size, self.strides, self.pads)

@@ -105,16 +105,9 @@ def _conv_grads_one(x, b, k2t, dz, cols, tmp, dk, dcols, dx, kh, kw, sh, sw, pt,
         _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow)
 
 
-@njit(parallel=True, cache=True)
-def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero, nt):
-    """dx (recomputing im2col per image), dkernel2d and dbias from dy (n, oh*ow, f).
-
-    With ``relu`` the forward output ``y`` (n, oh*ow, f) masks dy first:
-    ``dz = dy * (y > 0)``, computed per image in a thread-local buffer.
-    """
-    n = x.shape[0]
-    kk, f = k2.shape
-    p = oh * ow
+@njit(cache=True)
+def _backward_buffers(x, nt, p, kk, f, need_dx):
+    """Per-thread work buffers of a conv backward pass (patches, dz, partial gradients)."""
     cols = np.empty((nt, p, kk), dtype=x.dtype)
     dzs = np.empty((nt, p, f), dtype=x.dtype)
     dk_part = np.zeros((nt, kk, f), dtype=x.dtype)
@@ -126,6 +119,31 @@ def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
     else:
         dx = np.empty((0, 0, 0, 0), dtype=x.dtype)
         dcols = np.empty((nt, 0, 0), dtype=x.dtype)
+    return cols, dzs, dk_part, db_part, tmp, dx, dcols
+
+
+@njit(cache=True)
+def _sum_partials(dk_part, db_part):
+    """Sum the per-thread partial weight and bias gradients, serially, after the prange."""
+    dk = dk_part[0].copy()
+    db = db_part[0].copy()
+    for t in range(1, dk_part.shape[0]):
+        dk += dk_part[t]
+        db += db_part[t]
+    return dk, db
+
+
+@njit(parallel=True, cache=True)
+def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero, nt):
+    """dx (recomputing im2col per image), dkernel2d and dbias from dy (n, oh*ow, f).
+
+    With ``relu`` the forward output ``y`` (n, oh*ow, f) masks dy first:
+    ``dz = dy * (y > 0)``, computed per image in a thread-local buffer.
+    """
+    n = x.shape[0]
+    kk, f = k2.shape
+    p = oh * ow
+    cols, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, p, kk, f, need_dx)
     k2t = k2.T
     for t in prange(nt):
         dz = dzs[t]
@@ -139,11 +157,7 @@ def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
                     db_part[t, o] += g
             _conv_grads_one(x, b, k2t, dz, cols[t], tmp[t], dk_part[t], dcols[t], dx,
                             kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
-    dk = dk_part[0].copy()
-    db = db_part[0].copy()
-    for t in range(1, nt):
-        dk += dk_part[t]
-        db += db_part[t]
+    dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
 
 
@@ -208,17 +222,7 @@ def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, 
     p = oh * ow
     ph = oh // 2
     pw = ow // 2
-    cols = np.empty((nt, p, kk), dtype=x.dtype)
-    dzs = np.empty((nt, p, f), dtype=x.dtype)
-    dk_part = np.zeros((nt, kk, f), dtype=x.dtype)
-    db_part = np.zeros((nt, f), dtype=x.dtype)
-    tmp = np.empty((nt, kk, f), dtype=x.dtype)
-    if need_dx:
-        dx = np.empty(x.shape, dtype=x.dtype)
-        dcols = np.empty((nt, p, kk), dtype=x.dtype)
-    else:
-        dx = np.empty((0, 0, 0, 0), dtype=x.dtype)
-        dcols = np.empty((nt, 0, 0), dtype=x.dtype)
+    cols, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, p, kk, f, need_dx)
     k2t = k2.T
     for t in prange(nt):
         dz = dzs[t]
@@ -235,11 +239,7 @@ def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, 
                             db_part[t, o] += g
             _conv_grads_one(x, b, k2t, dz, cols[t], tmp[t], dk_part[t], dcols[t], dx,
                             kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
-    dk = dk_part[0].copy()
-    db = db_part[0].copy()
-    for t in range(1, nt):
-        dk += dk_part[t]
-        db += db_part[t]
+    dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
 
 
@@ -326,11 +326,7 @@ def dense_backward(x, kernel, dy, need_dx, nt):
                     db_part[t, j] += dy[b, j]
             if need_dx:
                 np.dot(dy[lo:hi], kt, dx[lo:hi])
-    dk = dk_part[0].copy()
-    db = db_part[0].copy()
-    for t in range(1, nt):
-        dk += dk_part[t]
-        db += db_part[t]
+    dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
 
 
