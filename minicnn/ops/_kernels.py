@@ -422,6 +422,20 @@ def softmax_backward(y, dy, zero):
 
 
 # ----------------------------------------------------------------------------- loss
+@njit(cache=True)
+def _row_logsumexp(logits, b, zero):
+    """Stable ``log sum_j exp(logits[b, j])``: ``m + log sum_j exp(logits[b, j] - m)``."""
+    k = logits.shape[1]
+    m = logits[b, 0]
+    for j in range(1, k):
+        if logits[b, j] > m:
+            m = logits[b, j]
+    s = zero
+    for j in range(k):
+        s += np.exp(logits[b, j] - m)
+    return m + np.log(s)
+
+
 @njit(parallel=True, cache=True)
 def softmax_cross_entropy(logits, target, inv_n):
     """Per-row loss and fused gradient ``(p - t) * inv_n``; ``target`` is (n, k).
@@ -433,14 +447,7 @@ def softmax_cross_entropy(logits, target, inv_n):
     row_loss = np.empty(n, dtype=logits.dtype)
     zero = inv_n - inv_n
     for b in prange(n):
-        m = logits[b, 0]
-        for j in range(1, k):
-            if logits[b, j] > m:
-                m = logits[b, j]
-        s = zero
-        for j in range(k):
-            s += np.exp(logits[b, j] - m)
-        lse = m + np.log(s)
+        lse = _row_logsumexp(logits, b, zero)
         acc = zero
         for j in range(k):
             logp = logits[b, j] - lse
@@ -457,14 +464,7 @@ def sparse_softmax_cross_entropy(logits, labels, inv_n, one):
     row_loss = np.empty(n, dtype=logits.dtype)
     zero = one - one
     for b in prange(n):
-        m = logits[b, 0]
-        for j in range(1, k):
-            if logits[b, j] > m:
-                m = logits[b, j]
-        s = zero
-        for j in range(k):
-            s += np.exp(logits[b, j] - m)
-        lse = m + np.log(s)
+        lse = _row_logsumexp(logits, b, zero)
         lab = labels[b]
         row_loss[b] = lse - logits[b, lab]
         for j in range(k):
