@@ -122,17 +122,26 @@ class Sequential:
             raise ValueError(f"Sequential.build: input_shape must hold positive sizes (without "
                              f"the batch dimension), received {input_shape!r}")
         weights_below = False
-        for layer in self._layers:
-            if not layer.built or layer.input_shape != shape:
-                if layer.built:
-                    raise ValueError(f"Sequential.build: layer {layer.name!r} was built for "
-                                     f"input shape {layer.input_shape}, received {shape}")
-                layer.build(shape)
-            # dL/dx is needed only when some layer below has weights: the first layer, and
-            # a Conv2D behind augmentation layers, skip computing it
-            layer.compute_input_gradient = weights_below
-            weights_below = weights_below or bool(layer.params)
-            shape = layer.output_shape
+        built_here = []   # (layer, the input_shape it was given) for layers built by this call
+        try:
+            for layer in self._layers:
+                if not layer.built or layer.input_shape != shape:
+                    if layer.built:
+                        raise ValueError(f"Sequential.build: layer {layer.name!r} was built for "
+                                         f"input shape {layer.input_shape}, received {shape}")
+                    built_here.append((layer, layer.input_shape))
+                    layer.build(shape)
+                # dL/dx is needed only when some layer below has weights: the first layer, and
+                # a Conv2D behind augmentation layers, skip computing it
+                layer.compute_input_gradient = weights_below
+                weights_below = weights_below or bool(layer.params)
+                shape = layer.output_shape
+        except Exception:
+            # a layer that does not fit: leave the others as they were, so that a retry
+            # with other data starts clean
+            for layer, given in built_here:
+                layer.unbuild(given)
+            raise
         self.input_shape = tuple(self._layers[0].input_shape)
         self.built = True
         return self

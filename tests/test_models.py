@@ -761,3 +761,12 @@ def test_to_categorical_bad_input(labels, num_classes, words):
     with pytest.raises(ValueError) as err:
         to_categorical(labels, num_classes)
     assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_a_failed_build_from_data_leaves_the_model_retryable():
+    model = models.Sequential([layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(3)])
+    with pytest.raises(ValueError, match="kernel_size"):
+        model.predict(np.zeros((1, 2, 2, 3)))          # too small for a 3x3 'valid' kernel
+    assert not any(layer.built for layer in model.layers)
+    assert model.predict(np.zeros((2, 5, 5, 3))).shape == (2, 3)
+    assert model.layers[0].params["kernel"].shape == (3, 3, 3, 2)

@@ -115,6 +115,15 @@ class Layer:
         self.built = True
         return self
 
+    def unbuild(self, input_shape=None):
+        """Forget the weights and the shapes of :meth:`build` (``input_shape``: the one given
+        to the constructor, if any), as if the layer had never been built."""
+        self.input_shape = input_shape
+        self.params, self.grads = {}, {}
+        self.output_shape = None
+        self.built = False
+        self._cache = None
+
     def _build(self, input_shape):
         pass
 
