@@ -1,5 +1,8 @@
 """Sequential: a Keras-style model over minicnn layers, with save/load and no pickle.
 
+The file format lives in :mod:`minicnn.saving`, the progress output in
+:mod:`minicnn.progress`.
+
 The seed program of the project (the Keras CIFAR-10 tutorial) runs on it with
 only its imports changed::
 
@@ -8,22 +11,16 @@ only its imports changed::
 """
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
-import sys
 import time
-import zipfile
 
 import numpy as np
 
-from . import config, losses, optimizers
+from . import config, losses, optimizers, progress, saving
 from .callbacks import Callback, History, NonFiniteLossError, TerminateOnNonFinite
 from .layers import LAYER_CLASSES, Layer, fused
 
-FORMAT = "minicnn-model"
-FORMAT_VERSION = 1
 METRICS = ("accuracy", "acc", "categorical_accuracy", "sparse_categorical_accuracy")
 
 
@@ -448,7 +445,7 @@ class Sequential:
                 or not 0 <= validation_split < 1:
             raise ValueError(f"{what}: validation_split must be a float in [0, 1), "
                              f"received {validation_split!r}")
-        verbose = _check_verbose(verbose, what)
+        verbose = progress.check_verbose(verbose, what)
         x = self._check_x(x, what)
         y = self._check_y(x, y, what)
         if validation_data is not None:
@@ -494,8 +491,8 @@ class Sequential:
             for cb in cbs:
                 cb.on_epoch_begin(epoch)
             if verbose:
-                _print_line(f"Epoch {epoch + 1}/{epochs}")
-            bar = Progbar(steps, verbose=verbose)
+                progress.print_line(f"Epoch {epoch + 1}/{epochs}")
+            bar = progress.Progbar(steps, verbose=verbose)
             order = config.get_rng().permutation(n) if shuffle else None
             t0 = time.perf_counter()
             seen = correct = 0
@@ -564,7 +561,7 @@ class Sequential:
         what = "evaluate"
         self._require_compiled(what)
         batch_size = self._check_batch_size(batch_size, what)
-        verbose = _check_verbose(verbose, what)
+        verbose = progress.check_verbose(verbose, what)
         x = self._check_x(x, what)
         y = self._check_y(x, y, what)
         t0 = time.perf_counter()
@@ -572,7 +569,7 @@ class Sequential:
         if verbose:
             steps = -(-len(x) // batch_size)
             text = " - ".join([f"loss: {loss:.4f}"] + [f"{m}: {acc:.4f}" for m in self.metrics])
-            _print_line(f"{steps}/{steps} - {time.perf_counter() - t0:.0f}s - {text}")
+            progress.print_line(f"{steps}/{steps} - {time.perf_counter() - t0:.0f}s - {text}")
         return [loss] + [acc for _ in self.metrics] if self.metrics else loss
 
     def predict(self, x, batch_size=32, verbose=0):
@@ -612,10 +609,11 @@ class Sequential:
         minicnn's global generator state are stored too.
         """
         self._require_built("save")
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": self.get_config(),
+        meta = {"format": saving.FORMAT, "version": saving.FORMAT_VERSION,
+                "model": self.get_config(),
                 "input_shape": list(self.input_shape),
-                "rng_state": _jsonable_rng(config.get_rng()),
-                "layer_rng_states": {l.name: _jsonable_rng(l._rng) for l in self._layers
+                "rng_state": saving.jsonable_rng(config.get_rng()),
+                "layer_rng_states": {l.name: saving.jsonable_rng(l._rng) for l in self._layers
                                      if getattr(l, "_rng", None) is not None}}
         arrays = dict(self._weight_arrays())
         if self.compiled:
@@ -624,14 +622,14 @@ class Sequential:
             iterations, state = self.optimizer.get_state()
             meta["optimizer_iterations"] = iterations
             arrays.update({f"optimizer/{k}": v for k, v in state.items()})
-        _write_npz(path, meta, arrays)
+        saving.write_file(path, meta, arrays)
 
     def save_weights(self, path):
         """Save only the weights (and the layer names and shapes) to ``path``."""
         self._require_built("save_weights")
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "weights_only": True,
+        meta = {"format": saving.FORMAT, "version": saving.FORMAT_VERSION, "weights_only": True,
                 "model": self.get_config(), "input_shape": list(self.input_shape)}
-        _write_npz(path, meta, self._weight_arrays())
+        saving.write_file(path, meta, self._weight_arrays())
 
     def load_weights(self, path):
         """Load weights saved by :meth:`save` or :meth:`save_weights`.
@@ -642,7 +640,7 @@ class Sequential:
         no weight has changed. An unbuilt model is first built for the file's input shape.
         """
         path = os.fspath(path)
-        meta, arrays = _read_npz(path, "load_weights")
+        meta, arrays = saving.read_file(path, "load_weights")
         if not self.built:
             try:
                 self.build(tuple(meta["input_shape"]))
@@ -691,7 +689,7 @@ def load_model(path, restore_rng=False):
     ``minicnn train --resume``).
     """
     path = os.fspath(path)
-    meta, arrays = _read_npz(path, "load_model")
+    meta, arrays = saving.read_file(path, "load_model")
     if meta.get("weights_only"):
         raise ValueError(f"load_model: {path!r} holds weights only (written by save_weights); "
                          f"build the model and call model.load_weights({path!r})")
@@ -703,7 +701,7 @@ def load_model(path, restore_rng=False):
             if cls is None:
                 raise ValueError(f"unknown layer class {entry['class_name']!r}; known layers: "
                                  f"{', '.join(LAYER_CLASSES)}")
-            model.add(_layer_from_config(cls, entry["config"]))
+            model.add(saving.layer_from_config(cls, entry["config"]))
         model.build(tuple(meta["input_shape"]))
         for layer in model.layers:
             for key, p in layer.params.items():
@@ -717,7 +715,7 @@ def load_model(path, restore_rng=False):
         for layer in model.layers:
             state = meta.get("layer_rng_states", {}).get(layer.name)
             if state is not None:
-                layer._rng = _rng_from_json(state)
+                layer._rng = saving.rng_from_json(state)
         if "compile" in meta:
             comp = meta["compile"]
             model.compile(optimizers.from_config(comp["optimizer"]),
@@ -727,7 +725,8 @@ def load_model(path, restore_rng=False):
             if any(v.dtype.kind != "f" for v in state.values()):
                 raise ValueError("optimizer state arrays must be floating point")
             model.optimizer.set_state(meta.get("optimizer_iterations", 0), state)
-        rng = _rng_from_json(meta["rng_state"]) if restore_rng and meta.get("rng_state") else None
+        rng = (saving.rng_from_json(meta["rng_state"])
+               if restore_rng and meta.get("rng_state") else None)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"load_model: {path!r} has an invalid model description: {exc}") from None
     if rng is not None:
@@ -735,144 +734,6 @@ def load_model(path, restore_rng=False):
     return model
 
 
-def _layer_from_config(cls, cfg):
-    cfg = dict(cfg)
-    for key in ("kernel_size", "strides", "pool_size", "input_shape", "height_factor",
-                "width_factor"):
-        if isinstance(cfg.get(key), list):
-            cfg[key] = tuple(cfg[key])
-    return cls(**cfg)
-
-
-def _jsonable_rng(rng):
-    if rng is None:
-        return None
-    state = rng.bit_generator.state
-    return json.loads(json.dumps(state, default=int))
-
-
-_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
-
-
-def _rng_from_json(state):
-    name = state["bit_generator"]
-    if name not in _BIT_GENERATORS:       # never call whatever a file names
-        raise ValueError(f"unknown bit generator {name!r}")
-    bitgen = getattr(np.random, name)()
-    bitgen.state = state
-    return np.random.Generator(bitgen)
-
-
-def _json_default(value):
-    """NumPy scalars in layer configs (``Dropout(np.float32(0.5))``) as plain numbers."""
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot save {value!r} ({type(value).__name__}) in a model file")
-
-
-def _write_npz(path, meta, arrays):
-    path = os.fspath(path)
-    buf = io.BytesIO()
-    text = json.dumps(meta, default=_json_default)
-    payload = {"__minicnn__.json": np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
-    payload.update({k: np.ascontiguousarray(v) for k, v in arrays.items()})
-    np.savez(buf, **payload)
-    # write then rename, so that a crash never leaves a half-written model behind
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _read_npz(path, what):
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what}: no such file {path!r}")
-    not_ours = (f"{what}: {path!r} is not a minicnn model file "
-                f"(written by Sequential.save or save_weights)")
-    if not zipfile.is_zipfile(path):    # a .npy, a pickle, random bytes: never handed to np.load
-        raise ValueError(f"{not_ours}: not an .npz archive")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "__minicnn__.json" not in data.files:
-                raise ValueError("no minicnn header")
-            meta = json.loads(data["__minicnn__.json"].tobytes().decode("utf-8"))
-            # object arrays raise here: allow_pickle=False refuses to unpickle them
-            arrays = {k: data[k] for k in data.files if k != "__minicnn__.json"}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, UnicodeDecodeError,
-            RuntimeError) as exc:
-        raise ValueError(f"{not_ours}: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{what}: {path!r} is not a minicnn model file (wrong header)")
-    if not _is_int(meta.get("version", 0)) or meta.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{what}: {path!r} was written by a newer minicnn "
-                         f"(format version {meta.get('version')})")
-    return meta, arrays
-
-
 def _check_finite(x, what, arg, where=""):
     if not np.all(np.isfinite(x)):
         raise NonFiniteLossError(f"{what}: {arg} holds NaN or inf{where}")
-
-
-# ---------------------------------------------------------------------- progress output
-def _check_verbose(verbose, what):
-    if verbose == "auto":
-        return 1
-    if isinstance(verbose, (int, np.integer)) and verbose in (0, 1, 2):
-        return int(verbose)
-    raise ValueError(f"{what}: verbose must be 0, 1, 2 or 'auto', received {verbose!r}")
-
-
-def _print_line(text):
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _fmt_logs(logs):
-    order = ["accuracy", "loss", "val_accuracy", "val_loss"]
-    keys = [k for k in order if k in logs] + sorted(k for k in logs if k not in order
-                                                     and k != "batch_loss")
-    return " - ".join(f"{k}: {logs[k]:.4f}" for k in keys)
-
-
-class Progbar:
-    """Keras-like epoch progress: verbose 1 redraws a bar in place on a terminal and prints
-    only the final line otherwise; verbose 2 prints one line per epoch."""
-
-    def __init__(self, steps, verbose=1, width=30, stream=None):
-        self.steps, self.verbose, self.width = steps, verbose, width
-        self.stream = stream or sys.stdout
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.perf_counter()
-        self._last_draw = 0.0
-
-    def update(self, step, logs):
-        if self.verbose != 1 or not self.tty:
-            return
-        now = time.perf_counter()
-        if step < self.steps and now - self._last_draw < 0.1:
-            return
-        self._last_draw = now
-        done = int(self.width * step / max(self.steps, 1))
-        bar = "=" * max(done - 1, 0) + (">" if done < self.width else "=") + "." * (self.width - done)
-        elapsed = now - self.start
-        eta = elapsed / step * (self.steps - step) if step else 0
-        self.stream.write(f"\r{step}/{self.steps} [{bar}] - ETA: {eta:.0f}s - {_fmt_logs(logs)}  ")
-        self.stream.flush()
-
-    def finish(self, logs, elapsed):
-        if not self.verbose:
-            return
-        per_step = elapsed / max(self.steps, 1) * 1000
-        text = f"{self.steps}/{self.steps} - {elapsed:.0f}s - {per_step:.0f}ms/step - {_fmt_logs(logs)}"
-        if self.verbose == 1 and self.tty:
-            self.stream.write("\r" + " " * 120 + "\r")
-        self.stream.write(text + "\n")
-        self.stream.flush()

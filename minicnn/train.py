@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from . import config, layers, models, optimizers
+from . import config, layers, models, optimizers, progress
 from .callbacks import Callback, ModelCheckpoint
 from .utils import to_categorical
 
@@ -180,7 +180,7 @@ class EpochReport(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = self._t_train = time.perf_counter()
         self._best_before = getattr(self.checkpoint, "best", None)
-        self._bar = models.Progbar(self.params["steps"], verbose=1, stream=self.stream)
+        self._bar = progress.Progbar(self.params["steps"], verbose=1, stream=self.stream)
         if self._bar.tty:
             self.stream.write(f"Epoch {epoch + 1}/{self.params['epochs']}\n")
 
