@@ -74,22 +74,35 @@ def _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt):
-    """y (n, oh*ow, f) = im2col(x[b]) @ k2 + bias (then max(., 0) if ``relu``), image by image."""
+def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, grp):
+    """y (n, oh*ow, f) = im2col(x) @ k2 + bias (then max(., 0) if ``relu``).
+
+    Each thread takes a contiguous share of the batch, ``grp`` images per GEMM
+    (see :func:`conv2d_backward`); the GEMM writes a thread-local buffer and the
+    bias and ReLU are applied on the way out to ``y``.
+    """
     n = x.shape[0]
     kk, f = k2.shape
     p = oh * ow
     y = np.empty((n, p, f), dtype=x.dtype)
-    cols = np.empty((nt, p, kk), dtype=x.dtype)
+    cols = np.empty((nt, grp * p, kk), dtype=x.dtype)
+    zs = np.empty((nt, grp * p, f), dtype=x.dtype)
+    chunk = (n + nt - 1) // nt
     for t in prange(nt):
-        for b in range(t, n, nt):
-            _im2col_one(x, b, cols[t], kh, kw, sh, sw, pt, pl, oh, ow)
-            yb = y[b]
-            np.dot(cols[t], k2, yb)
-            for q in range(p):
-                for o in range(f):
-                    v = yb[q, o] + bias[o]
-                    yb[q, o] = zero if (relu and v <= zero) else v   # NaN stays NaN
+        ct = cols[t]
+        z = zs[t]
+        hi = min(n, (t + 1) * chunk)
+        for b0 in range(t * chunk, hi, grp):
+            g = min(grp, hi - b0)
+            for i in range(g):
+                _im2col_one(x, b0 + i, ct[i * p:(i + 1) * p], kh, kw, sh, sw, pt, pl, oh, ow)
+            # rows of a partial last group hold stale patches: computed, never copied out
+            np.dot(ct, k2, z)
+            for i in range(g):
+                for q in range(p):
+                    for o in range(f):
+                        v = z[i * p + q, o] + bias[o]
+                        y[b0 + i, q, o] = zero if (relu and v <= zero) else v   # NaN stays NaN
     return y
 
 
@@ -134,29 +147,53 @@ def _sum_partials(dk_part, db_part):
 
 
 @njit(parallel=True, cache=True)
-def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero, nt):
-    """dx (recomputing im2col per image), dkernel2d and dbias from dy (n, oh*ow, f).
+def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero, nt, grp):
+    """dx (recomputing im2col), dkernel2d and dbias from dy (n, oh*ow, f).
 
     With ``relu`` the forward output ``y`` (n, oh*ow, f) masks dy first:
-    ``dz = dy * (y > 0)``, computed per image in a thread-local buffer.
+    ``dz = dy * (y > 0)``, computed in a thread-local buffer. Each thread takes a
+    contiguous share of the batch, ``grp`` images at a time: their patches stack
+    into one ``(grp*oh*ow, kh*kw*c)`` matrix, so small layers (conv3: 64 rows per
+    image) make one larger GEMM instead of several thin ones. Rows of a last,
+    partial group are zero and add nothing.
     """
     n = x.shape[0]
     kk, f = k2.shape
     p = oh * ow
-    cols, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, p, kk, f, need_dx)
+    cols, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, grp * p, kk, f,
+                                                                    need_dx)
     k2t = k2.T
+    chunk = (n + nt - 1) // nt
     for t in prange(nt):
         dz = dzs[t]
-        for b in range(t, n, nt):
-            for q in range(p):
-                for o in range(f):
-                    g = dy[b, q, o]
-                    if relu and not y[b, q, o] > zero:
-                        g = zero
-                    dz[q, o] = g
-                    db_part[t, o] += g
-            _conv_grads_one(x, b, k2t, dz, cols[t], tmp[t], dk_part[t], dcols[t], dx,
-                            kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
+        ct = cols[t]
+        hi = min(n, (t + 1) * chunk)
+        for b0 in range(t * chunk, hi, grp):
+            g = min(grp, hi - b0)
+            for i in range(grp):
+                for q in range(p):
+                    r = i * p + q
+                    if i < g:
+                        for o in range(f):
+                            gv = dy[b0 + i, q, o]
+                            if relu and not y[b0 + i, q, o] > zero:
+                                gv = zero
+                            dz[r, o] = gv
+                            db_part[t, o] += gv
+                    else:
+                        for o in range(f):
+                            dz[r, o] = zero
+                        for e in range(kk):
+                            ct[r, e] = zero
+            for i in range(g):
+                _im2col_one(x, b0 + i, ct[i * p:(i + 1) * p], kh, kw, sh, sw, pt, pl, oh, ow)
+            np.dot(ct.T, dz, tmp[t])
+            dk_part[t] += tmp[t]
+            if need_dx:
+                np.dot(dz, k2t, dcols[t])
+                for i in range(g):
+                    _col2im_one(dcols[t][i * p:(i + 1) * p], dx, b0 + i, kh, kw, sh, sw, pt, pl,
+                                oh, ow)
     dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
 

@@ -19,6 +19,16 @@ config._apply_thread_policy()
 _c = np.ascontiguousarray
 
 
+_GROUP_ROWS = 256
+
+
+def _group(n, nt, rows_per_image):
+    """Images per GEMM in the plain conv kernels: about 256 patch rows (the seed model's
+    conv3, 8x8 outputs, stacks 4 images; bigger layers keep 1), never more than a
+    thread's share of the batch."""
+    return max(1, min(-(-n // nt), _GROUP_ROWS // rows_per_image))
+
+
 def _threads(n):
     """Threads for a batch of ``n``: never more threads than images."""
     return max(1, min(numba.get_num_threads(), n))
@@ -41,8 +51,9 @@ def _conv_args(x, kernel, strides, pads):
 def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
     n, f = x.shape[0], kernel.shape[3]
     k2, geo = _conv_args(x, kernel, strides, pads)
+    nt = _threads(n)
     y = K.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
-                         x.dtype.type(0), _threads(n))
+                         x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]))
     return y.reshape(n, geo[6], geo[7], f)
 
 
@@ -52,8 +63,9 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
     p = geo[6] * geo[7]
     dy3 = _c(dy).reshape(n, p, f)
     y3 = dy3 if y is None else _c(y).reshape(n, p, f)
+    nt = _threads(n)
     dx, dk, db = K.conv2d_backward(_c(x), k2, dy3, y3, *geo, bool(need_dx), y is not None,
-                                   x.dtype.type(0), _threads(n))
+                                   x.dtype.type(0), nt, _group(n, nt, p))
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 
