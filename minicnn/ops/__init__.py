@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 from .. import config
-from ._shapes import conv_geometry, conv_out_size, out_size_from_pads  # noqa: F401
+from ._shapes import conv_geometry, conv_out_size, out_hw, out_size_from_pads  # noqa: F401
 
 _MODULES = {"reference": ".reference", "numpy": ".im2col", "numba": ".numba_ops"}
 _loaded = {}

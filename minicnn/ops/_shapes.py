@@ -30,3 +30,10 @@ def conv_geometry(h: int, w: int, kh: int, kw: int, sh: int, sw: int, padding: s
 
 def out_size_from_pads(size: int, k: int, s: int, before: int, after: int) -> int:
     return (size + before + after - k) // s + 1
+
+
+def out_hw(h: int, w: int, kh: int, kw: int, strides, pads) -> tuple[int, int]:
+    """``(oh, ow)`` of a ``kh x kw`` window with ``strides = (sh, sw)`` over an ``h x w``
+    image padded by ``pads = (top, bottom, left, right)``."""
+    return (out_size_from_pads(h, kh, strides[0], pads[0], pads[1]),
+            out_size_from_pads(w, kw, strides[1], pads[2], pads[3]))

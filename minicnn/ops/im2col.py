@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ._shapes import out_size_from_pads
+from ._shapes import out_hw
 
 
 def _pad(x, pads, value=0):
@@ -37,8 +37,7 @@ def im2col(x, kh, kw, strides, pads):
     """Patches matrix ``(n * oh * ow, kh * kw * c)`` of an NHWC batch (zero padding)."""
     n, h, w, c = x.shape
     sh, sw = strides
-    oh = out_size_from_pads(h, kh, sh, pads[0], pads[1])
-    ow = out_size_from_pads(w, kw, sw, pads[2], pads[3])
+    oh, ow = out_hw(h, w, kh, kw, strides, pads)
     win = _windows(np.ascontiguousarray(_pad(x, pads)), kh, kw, sh, sw, oh, ow)
     return win.reshape(n * oh * ow, kh * kw * c), oh, ow
 
@@ -91,8 +90,7 @@ def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
 def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
     n, h, w, _ = x.shape
     kh, kw, _, f = kernel.shape
-    oh = out_size_from_pads(h, kh, strides[0], pads[0], pads[1])
-    ow = out_size_from_pads(w, kw, strides[1], pads[2], pads[3])
+    oh, ow = out_hw(h, w, kh, kw, strides, pads)
     dpool = np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
     dz = maxpool2d_backward(dpool, argmax, (n, oh, ow, f), (2, 2), (2, 2), (0, 0, 0, 0))
     return conv2d_backward(x, kernel, dz, strides, pads, need_dx)
@@ -102,8 +100,7 @@ def maxpool2d_forward(x, pool, strides, pads):
     n, h, w, c = x.shape
     ph, pw = pool
     sh, sw = strides
-    oh = out_size_from_pads(h, ph, sh, pads[0], pads[1])
-    ow = out_size_from_pads(w, pw, sw, pads[2], pads[3])
+    oh, ow = out_hw(h, w, ph, pw, strides, pads)
     xp = np.ascontiguousarray(_pad(x, pads, value=-np.inf))
     win = _windows(xp, ph, pw, sh, sw, oh, ow).reshape(n, oh, ow, ph * pw, c)
     argmax = np.argmax(win, axis=3).astype(np.int32)   # argmax returns the first maximum

@@ -12,7 +12,8 @@ import numpy as np
 
 from .. import config
 from . import _kernels as K
-from ._shapes import out_size_from_pads
+from ._shapes import out_hw
+from .reference import _flat_inplace
 
 config._apply_thread_policy()
 
@@ -41,11 +42,8 @@ def _bias_or_zeros(bias, n, dtype):
 def _conv_args(x, kernel, strides, pads):
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
-    sh, sw = strides
-    pt, pb, pl, pr = pads
-    oh = out_size_from_pads(h, kh, sh, pt, pb)
-    ow = out_size_from_pads(w, kw, sw, pl, pr)
-    return _c(kernel).reshape(kh * kw * c, f), (kh, kw, sh, sw, pt, pl, oh, ow)
+    oh, ow = out_hw(h, w, kh, kw, strides, pads)
+    return _c(kernel).reshape(kh * kw * c, f), (kh, kw, *strides, pads[0], pads[2], oh, ow)
 
 
 def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
@@ -86,11 +84,8 @@ def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_d
 def maxpool2d_forward(x, pool, strides, pads):
     n, h, w, c = x.shape
     ph, pw = pool
-    sh, sw = strides
-    pt, pb, pl, pr = pads
-    oh = out_size_from_pads(h, ph, sh, pt, pb)
-    ow = out_size_from_pads(w, pw, sw, pl, pr)
-    return K.maxpool2d_forward(_c(x), ph, pw, sh, sw, pt, pl, oh, ow)
+    oh, ow = out_hw(h, w, ph, pw, strides, pads)
+    return K.maxpool2d_forward(_c(x), ph, pw, *strides, pads[0], pads[2], oh, ow)
 
 
 def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
@@ -163,12 +158,6 @@ def dropout_forward(x, mask, scale):
     dt = x.dtype.type
     y = K.dropout_forward(_c(x).reshape(-1), _c(mask).reshape(-1), dt(scale))
     return y.reshape(x.shape)
-
-
-def _flat_inplace(a, name):
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous to be updated in place")
-    return a.reshape(-1)
 
 
 def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, t):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._shapes import out_size_from_pads
+from ._shapes import out_hw
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -45,8 +45,7 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
     kh, kw, _, f = kernel.shape
     sh, sw = strides
     pt, pb, pl, pr = pads
-    oh = out_size_from_pads(h, kh, sh, pt, pb)
-    ow = out_size_from_pads(w, kw, sw, pl, pr)
+    oh, ow = out_hw(h, w, kh, kw, strides, pads)
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     y = np.zeros((n, oh, ow, f), dtype=x.dtype)
     for b in range(n):
@@ -126,8 +125,7 @@ def maxpool2d_forward(x, pool, strides, pads):
     ph, pw = pool
     sh, sw = strides
     pt, pb, pl, pr = pads
-    oh = out_size_from_pads(h, ph, sh, pt, pb)
-    ow = out_size_from_pads(w, pw, sw, pl, pr)
+    oh, ow = out_hw(h, w, ph, pw, strides, pads)
     y = np.empty((n, oh, ow, c), dtype=x.dtype)
     argmax = np.empty((n, oh, ow, c), dtype=np.int32)
     for b in range(n):
@@ -187,8 +185,7 @@ def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_d
     when the pooled output is positive (the ReLU mask), then through the convolution."""
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
-    oh = out_size_from_pads(h, kh, strides[0], pads[0], pads[1])
-    ow = out_size_from_pads(w, kw, strides[1], pads[2], pads[3])
+    oh, ow = out_hw(h, w, kh, kw, strides, pads)
     dpool = activation_backward("relu", y, y, dy)
     dz = maxpool2d_backward(dpool, argmax.astype(np.int32), (n, oh, ow, f), (2, 2), (2, 2),
                             (0, 0, 0, 0))
