@@ -162,11 +162,7 @@ def _download(layout, spec, archive, tried, *, mirror, download):
                                 f"the {spec.name} archive or an extracted {layout.folder} folder",
                                 f"{spec.name} or {layout.folder}/", archive.parent)
 
-    if not download:
-        tried.append("download: not attempted (download=False)")
-        raise not_found()
-    if _paths.offline():
-        tried.append(f"download: not attempted (${_paths.ENV_OFFLINE} is set)")
+    if _paths.download_refused(download, tried):
         raise not_found()
     try:
         fetch(urls[0], archive, md5=spec.md5, size=spec.size, mirrors=urls[1:])

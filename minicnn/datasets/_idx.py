@@ -282,11 +282,7 @@ def _download(ds, files, cache, found, tried, *, mirror, download):
                                 f"a folder holding {', '.join(files[key].name for key in KEYS)}",
                                 f"a {ds.folders[0]}/ folder with them", cache)
 
-    if not download:
-        tried.append("download: not attempted (download=False)")
-        raise not_found()
-    if _paths.offline():
-        tried.append(f"download: not attempted (${_paths.ENV_OFFLINE} is set)")
+    if _paths.download_refused(download, tried):
         raise not_found()
     found = dict(found)
     for key in KEYS:

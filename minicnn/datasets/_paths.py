@@ -50,6 +50,19 @@ def offline():
     return os.environ.get(ENV_OFFLINE, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def download_refused(download, tried):
+    """Why a download may not be attempted (``download=False`` or ``$MINICNN_OFFLINE``),
+    recorded in ``tried``; None when it may."""
+    if not download:
+        reason = "download=False"
+    elif offline():
+        reason = f"${ENV_OFFLINE} is set"
+    else:
+        return None
+    tried.append(f"download: not attempted ({reason})")
+    return reason
+
+
 def mirror_from_env(dataset_var):
     """Return the base URLs configured by environment for one dataset, most specific first."""
     urls = []
