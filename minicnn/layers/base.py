@@ -33,6 +33,12 @@ def unique_name(base: str) -> str:
     return base if count == 0 else f"{base}_{count}"
 
 
+def positive_int(value, arg: str, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{owner}: {arg} must be a positive integer, received {value!r}")
+    return int(value)
+
+
 def as_pair(value, arg: str, owner: str, minimum: int = 1) -> tuple[int, int]:
     """Accept an int or a pair of ints (as Keras does) and return a pair."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -70,9 +76,6 @@ def check_padding(padding, owner: str) -> str:
 class Layer:
     """Base class. Subclasses implement ``_build``, ``compute_output_shape``,
     ``_forward`` and ``_backward``, and ``get_config`` for saving."""
-
-    #: False for layers that only differ between training and inference (no weights)
-    has_weights = False
 
     def __init__(self, input_shape=None, dtype="float32", name=None, trainable=True):
         owner = type(self).__name__
@@ -126,6 +129,13 @@ class Layer:
 
     def _build(self, input_shape):
         pass
+
+    def _set_grads(self, dx, dkernel, dbias):
+        """Store the gradients of a kernel-and-bias layer; return dx."""
+        self.grads["kernel"] = dkernel
+        if "bias" in self.params:
+            self.grads["bias"] = dbias
+        return dx
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

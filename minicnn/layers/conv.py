@@ -1,10 +1,9 @@
 """Conv2D: 2-D convolution (cross-correlation) over NHWC images."""
 from __future__ import annotations
 
-import numpy as np
 
 from .. import activations, initializers, ops
-from .base import Layer, as_pair, check_padding, window_geometry
+from .base import Layer, as_pair, check_padding, positive_int, window_geometry
 
 
 class Conv2D(Layer):
@@ -21,15 +20,11 @@ class Conv2D(Layer):
     each patch (col2im). See :func:`minicnn.ops.reference.conv2d_backward`.
     """
 
-    has_weights = True
-
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  input_shape=None, dtype="float32", name=None, trainable=True, **kwargs):
         owner = "Conv2D"
-        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
-            raise ValueError(f"{owner}: filters must be a positive integer, received {filters!r}")
-        self.filters = int(filters)
+        self.filters = positive_int(filters, "filters", owner)
         self.kernel_size = as_pair(kernel_size, "kernel_size", owner)
         self.strides = as_pair(strides, "strides", owner)
         self.padding = check_padding(padding, owner)
@@ -73,12 +68,6 @@ class Conv2D(Layer):
                 self.compute_input_gradient, y=y))
         dz = dy if self.activation == "linear" else activations.backward(self.activation, z, y, dy)
         return self.backward_preactivation(dz)
-
-    def _set_grads(self, dx, dkernel, dbias):
-        self.grads["kernel"] = dkernel
-        if self.use_bias:
-            self.grads["bias"] = dbias
-        return dx
 
     def backward_preactivation(self, dz):
         """Backward from dL/dz, the gradient before the activation (used for fused softmax-CE)."""

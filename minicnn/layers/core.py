@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import activations, config, initializers, ops
 from .augment import _IDENTITY
-from .base import Layer
+from .base import Layer, positive_int
 from .conv import _reject_kwargs
 
 
@@ -17,14 +17,11 @@ class Dense(Layer):
     ``dx = dz @ kernel.T``.
     """
 
-    has_weights = True
-
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", input_shape=None, dtype="float32", name=None, trainable=True, **kwargs):
+                 bias_initializer="zeros", input_shape=None, dtype="float32", name=None,
+                 trainable=True, **kwargs):
         owner = "Dense"
-        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
-            raise ValueError(f"{owner}: units must be a positive integer, received {units!r}")
-        self.units = int(units)
+        self.units = positive_int(units, "units", owner)
         self.activation = activations.get(activation, owner)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, owner)
@@ -59,12 +56,8 @@ class Dense(Layer):
     def backward_preactivation(self, dz):
         """Backward from dL/dz, the gradient before the activation (used for fused softmax-CE)."""
         x = self._cache[0]
-        dx, dkernel, dbias = ops.dense_backward(x, self.params["kernel"], dz,
-                                                self.compute_input_gradient)
-        self.grads["kernel"] = dkernel
-        if self.use_bias:
-            self.grads["bias"] = dbias
-        return dx
+        return self._set_grads(*ops.dense_backward(x, self.params["kernel"], dz,
+                                                   self.compute_input_gradient))
 
     def get_config(self):
         cfg = super().get_config()
@@ -134,7 +127,8 @@ class Dropout(Layer):
     or, when ``seed`` is given, from the layer's own generator.
     """
 
-    def __init__(self, rate, seed=None, input_shape=None, dtype="float32", name=None, trainable=True):
+    def __init__(self, rate, seed=None, input_shape=None, dtype="float32", name=None,
+                 trainable=True):
         if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) \
                 or not 0 <= rate < 1:
             raise ValueError(f"Dropout: rate must be a float in [0, 1), received {rate!r}")
