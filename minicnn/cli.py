@@ -133,6 +133,9 @@ def cmd_info(stream=None):
                      f"{numba.config.NUMBA_NUM_THREADS}; {os.cpu_count()} CPUs)")),
         ("numba threading layer", config.threading_layer()),
     ]
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    if coretype:
+        rows.append(("OPENBLAS_CORETYPE", f"{coretype} (pins OpenBLAS's kernels; see README FAQ)"))
     width = max(len(k) for k, _ in rows) + 1
     for key, value in rows:
         out.write(f"{key + ':':<{width}} {value}\n")
@@ -142,8 +145,9 @@ def cmd_info(stream=None):
     out.write(f"BLAS and OpenMP libraries (threadpoolctl, {len(libs)} loaded{note}):\n")
     for lib in libs:
         n = lib.get("num_threads")
+        arch = f", {lib['architecture']} kernels" if lib.get("architecture") else ""
         out.write(f"  {lib.get('internal_api')} {lib.get('version') or '(version unknown)'}: "
-                  f"{n} thread{'' if n == 1 else 's'} ({lib.get('user_api')}, "
+                  f"{n} thread{'' if n == 1 else 's'}{arch} ({lib.get('user_api')}, "
                   f"{lib.get('filepath')})\n")
     out.flush()
     return 0

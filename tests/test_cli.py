@@ -237,7 +237,20 @@ def test_info_in_process(capsys):
     for key in ("minicnn:", "numpy:", "numba:", "python:", "backend:", "threads:",
                 "numba threading layer:", "threadpoolctl"):
         assert key in text, key
-    assert re.search(r"^  \S+ .*: \d+ threads? \(", text, re.M), text
+    assert re.search(r"^  \S+ .*: \d+ threads?(, \S+ kernels)? \(", text, re.M), text
+
+
+def test_info_names_the_openblas_kernels_and_a_pinned_coretype(monkeypatch, capsys):
+    pytest.importorskip("scipy.linalg.cython_blas")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert cli.main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^OPENBLAS_CORETYPE: +Haswell \(pins", text, re.M), text
+    # threadpoolctl reports the architecture OpenBLAS chose when it loaded
+    assert re.search(r"^  openblas .*: 1 thread, \w+ kernels \(blas", text, re.M), text
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert cli.main(["info"]) == 0
+    assert "OPENBLAS_CORETYPE" not in capsys.readouterr().out
 
 
 def test_info_console_script():
