@@ -119,8 +119,10 @@ def conv_cases(draw):
     lo_h = kh if padding == "valid" else 1
     lo_w = kw if padding == "valid" else 1
     return dict(
-        n=draw(st.integers(1, 3)), h=draw(st.integers(lo_h, lo_h + 6)),
-        w=draw(st.integers(lo_w, lo_w + 6)), c=draw(st.integers(1, 3)),
+        # c <= 4 takes the numba kernels' transposed-patch path, c >= 5 the row one;
+        # n up to 5 leaves partial groups of images per GEMM
+        n=draw(st.integers(1, 5)), h=draw(st.integers(lo_h, lo_h + 6)),
+        w=draw(st.integers(lo_w, lo_w + 6)), c=draw(st.sampled_from([1, 2, 3, 4, 5, 6])),
         f=draw(st.integers(1, 3)), kh=kh, kw=kw, sh=draw(st.integers(1, 3)),
         sw=draw(st.integers(1, 3)), padding=padding, use_bias=draw(st.booleans()),
         fortran=draw(st.booleans()), dtype=draw(DTYPE_NAMES), seed=draw(SEEDS))
@@ -138,6 +140,8 @@ def _conv_case(n, h, w, c, f, kh, kw, sh, sw, padding, use_bias=True, fortran=Fa
 @example(case=_conv_case(1, 6, 9, 3, 2, 1, 1, 1, 1, "valid", dtype="float32"))   # 1x1
 @example(case=_conv_case(1, 9, 8, 2, 2, 5, 5, 3, 1, "same", dtype="float32"))    # 5x5
 @example(case=_conv_case(2, 8, 5, 1, 2, 5, 2, 2, 3, "valid", use_bias=False))    # non-square
+@example(case=_conv_case(5, 4, 4, 3, 3, 3, 3, 1, 1, "same", dtype="float32"))    # groups, few c
+@example(case=_conv_case(5, 4, 4, 6, 3, 3, 3, 1, 1, "same", dtype="float32"))    # groups, rows
 def test_conv2d_backends_agree(case, error_log):
     dt = np.dtype(case["dtype"])
     rng = np.random.default_rng(case["seed"])
@@ -194,7 +198,7 @@ def fused_cases(draw):
     lo_h = (kh if padding == "valid" else 1) + sh
     lo_w = (kw if padding == "valid" else 1) + sw
     return dict(n=draw(st.integers(1, 3)), h=draw(st.integers(lo_h, lo_h + 6)),
-                w=draw(st.integers(lo_w, lo_w + 6)), c=draw(st.integers(1, 3)),
+                w=draw(st.integers(lo_w, lo_w + 6)), c=draw(st.sampled_from([1, 2, 3, 4, 5, 6])),
                 f=draw(st.integers(1, 3)), kh=kh, kw=kw, sh=sh, sw=sw, padding=padding,
                 use_bias=draw(st.booleans()), need_dx=draw(st.booleans()),
                 dtype=draw(DTYPE_NAMES), seed=draw(SEEDS))
@@ -204,6 +208,8 @@ def fused_cases(draw):
 @given(case=fused_cases())
 @example(case=dict(n=1, h=7, w=9, c=2, f=3, kh=3, kw=3, sh=1, sw=1, padding="valid",
                    use_bias=True, need_dx=True, dtype="float32", seed=0))   # odd conv output
+@example(case=dict(n=3, h=6, w=6, c=6, f=3, kh=3, kw=3, sh=1, sw=1, padding="same",
+                   use_bias=True, need_dx=True, dtype="float32", seed=1))   # row-layout patches
 def test_conv2d_relu_maxpool_backends_agree(case, error_log):
     """maxpool_2x2(relu(conv(x) + bias)) as one op: the composition of the separate ops."""
     dt = np.dtype(case["dtype"])

@@ -16,7 +16,7 @@ would stop Numba from caching it).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 
 @njit(parallel=True, cache=True)
@@ -52,6 +52,73 @@ def _im2col_one(x, b, cols, kh, kw, sh, sw, pt, pl, oh, ow):
                             cols[row, base + ch] = 0
 
 
+# Layers with few input channels (an RGB or grey first layer) use the transposed
+# patch matrix: the row layout copies only ``c`` floats per tap, which costs
+# several times the GEMM for c = 3 (conv1: 14 us of patches against 8 us of GEMM
+# per image), while each row of the transposed one is a contiguous run of output
+# pixels, copied with vector loads and stores.
+_TCOLS_MAX_C = 4
+
+
+@njit(cache=True)
+def _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow):
+    """Transposed patches of image ``b`` into columns ``q_off ..`` of ``ct``:
+    ``ct[(a*kw + d)*c + ch, q_off + i*ow + j] = xp[b, i*sh+a, j*sw+d, ch]``.
+
+    ``xc (c, h*w)`` is scratch for the image in planar layout. Indices are unsigned
+    in the copy loops: a signed index carries Numba's negative-index wraparound,
+    which keeps LLVM from vectorising them.
+    """
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    for r in range(h):
+        for s in range(w):
+            for ch in range(c):
+                xc[ch, r * w + s] = x[b, r, s, ch]
+    for a in range(kh):
+        for d in range(kw):
+            # the output columns j whose input column j*sw + d - pl lies inside [0, w)
+            jlo = 0
+            while jlo < ow and jlo * sw + d - pl < 0:
+                jlo += 1
+            jhi = ow
+            while jhi > jlo and (jhi - 1) * sw + d - pl >= w:
+                jhi -= 1
+            for ch in range(c):
+                t = (a * kw + d) * c + ch
+                for i in range(oh):
+                    r = i * sh + a - pt
+                    q0 = q_off + i * ow
+                    if r < 0 or r >= h:
+                        for j in range(ow):
+                            ct[t, q0 + j] = 0
+                        continue
+                    for j in range(jlo):
+                        ct[t, q0 + j] = 0
+                    for j in range(jhi, ow):
+                        ct[t, q0 + j] = 0
+                    dst = uint64(q0 + jlo)
+                    src = uint64(r * w + jlo * sw + d - pl)
+                    if sw == 1:
+                        for u in range(uint64(jhi - jlo)):
+                            ct[t, dst + u] = xc[ch, src + u]
+                    else:
+                        for u in range(uint64(jhi - jlo)):
+                            ct[t, dst + u] = xc[ch, src + u * uint64(sw)]
+
+
+@njit(cache=True)
+def _patch_buffers(x, nt, rows, kk):
+    """Per-thread patch buffers: flat (nt, rows*kk), viewed as (rows, kk), or as
+    (kk, rows) for few channels, plus the planar scratch image of the latter."""
+    c = x.shape[3]
+    cbuf = np.empty((nt, rows * kk), dtype=x.dtype)
+    if c <= _TCOLS_MAX_C:
+        xcs = np.empty((nt, c, x.shape[1] * x.shape[2]), dtype=x.dtype)
+    else:
+        xcs = np.empty((nt, 0, 0), dtype=x.dtype)
+    return cbuf, xcs
+
+
 @njit(cache=True)
 def _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow):
     """Adjoint of :func:`_im2col_one`, adding into ``dx[b]`` (zeroed here first)."""
@@ -73,6 +140,16 @@ def _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow):
                         dx[b, r, s, ch] += dcols[row, base + ch]
 
 
+@njit(cache=True)
+def _patches_into(x, b, cr, ct, xc, q_off, transposed, kh, kw, sh, sw, pt, pl, oh, ow):
+    """Patches of image ``b`` into rows ``q_off ..`` of ``cr`` (row layout) or into
+    columns ``q_off ..`` of ``ct`` (transposed layout, few channels)."""
+    if transposed:
+        _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow)
+    else:
+        _im2col_one(x, b, cr[q_off:q_off + oh * ow], kh, kw, sh, sw, pt, pl, oh, ow)
+
+
 @njit(parallel=True, cache=True)
 def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, grp):
     """y (n, oh*ow, f) = im2col(x) @ k2 + bias (then max(., 0) if ``relu``).
@@ -84,20 +161,26 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, 
     n = x.shape[0]
     kk, f = k2.shape
     p = oh * ow
+    transposed = x.shape[3] <= _TCOLS_MAX_C
     y = np.empty((n, p, f), dtype=x.dtype)
-    cols = np.empty((nt, grp * p, kk), dtype=x.dtype)
+    cbuf, xcs = _patch_buffers(x, nt, grp * p, kk)
     zs = np.empty((nt, grp * p, f), dtype=x.dtype)
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
-        ct = cols[t]
+        cr = cbuf[t].reshape((grp * p, kk))
+        ct = cbuf[t].reshape((kk, grp * p))
         z = zs[t]
         hi = min(n, (t + 1) * chunk)
         for b0 in range(t * chunk, hi, grp):
             g = min(grp, hi - b0)
             for i in range(g):
-                _im2col_one(x, b0 + i, ct[i * p:(i + 1) * p], kh, kw, sh, sw, pt, pl, oh, ow)
+                _patches_into(x, b0 + i, cr, ct, xcs[t], i * p, transposed,
+                              kh, kw, sh, sw, pt, pl, oh, ow)
             # rows of a partial last group hold stale patches: computed, never copied out
-            np.dot(ct, k2, z)
+            if transposed:
+                np.dot(ct.T, k2, z)
+            else:
+                np.dot(cr, k2, z)
             for i in range(g):
                 for q in range(p):
                     for o in range(f):
@@ -107,21 +190,9 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, 
 
 
 @njit(cache=True)
-def _conv_grads_one(x, b, k2t, dz, cols, tmp, dk, dcols, dx, kh, kw, sh, sw, pt, pl, oh, ow,
-                    need_dx):
-    """Weight gradient (added into ``dk``) and dx[b] of one image from its dz (oh*ow, f)."""
-    _im2col_one(x, b, cols, kh, kw, sh, sw, pt, pl, oh, ow)
-    np.dot(cols.T, dz, tmp)
-    dk += tmp
-    if need_dx:
-        np.dot(dz, k2t, dcols)
-        _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow)
-
-
-@njit(cache=True)
 def _backward_buffers(x, nt, p, kk, f, need_dx):
     """Per-thread work buffers of a conv backward pass (patches, dz, partial gradients)."""
-    cols = np.empty((nt, p, kk), dtype=x.dtype)
+    cbuf, xcs = _patch_buffers(x, nt, p, kk)
     dzs = np.empty((nt, p, f), dtype=x.dtype)
     dk_part = np.zeros((nt, kk, f), dtype=x.dtype)
     db_part = np.zeros((nt, f), dtype=x.dtype)
@@ -132,7 +203,24 @@ def _backward_buffers(x, nt, p, kk, f, need_dx):
     else:
         dx = np.empty((0, 0, 0, 0), dtype=x.dtype)
         dcols = np.empty((nt, 0, 0), dtype=x.dtype)
-    return cols, dzs, dk_part, db_part, tmp, dx, dcols
+    return cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols
+
+
+@njit(cache=True)
+def _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, dcols, dx,
+                kh, kw, sh, sw, pt, pl, oh, ow, need_dx):
+    """Weight gradient (added into ``dk``) and dx of images ``b0 .. b0+g-1`` from their
+    stacked dz; the patches were written into ``cr`` or ``ct`` by the caller."""
+    p = oh * ow
+    if transposed:
+        np.dot(ct, dz, tmp)
+    else:
+        np.dot(cr.T, dz, tmp)
+    dk += tmp
+    if need_dx:
+        np.dot(dz, k2t, dcols)
+        for i in range(g):
+            _col2im_one(dcols[i * p:(i + 1) * p], dx, b0 + i, kh, kw, sh, sw, pt, pl, oh, ow)
 
 
 @njit(cache=True)
@@ -160,40 +248,44 @@ def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
     n = x.shape[0]
     kk, f = k2.shape
     p = oh * ow
-    cols, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, grp * p, kk, f,
-                                                                    need_dx)
+    transposed = x.shape[3] <= _TCOLS_MAX_C
+    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, grp * p, kk, f,
+                                                                          need_dx)
     k2t = k2.T
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
         dz = dzs[t]
-        ct = cols[t]
+        cr = cbuf[t].reshape((grp * p, kk))
+        ct = cbuf[t].reshape((kk, grp * p))
         hi = min(n, (t + 1) * chunk)
         for b0 in range(t * chunk, hi, grp):
             g = min(grp, hi - b0)
-            for i in range(grp):
-                for q in range(p):
-                    r = i * p + q
-                    if i < g:
-                        for o in range(f):
-                            gv = dy[b0 + i, q, o]
-                            if relu and not y[b0 + i, q, o] > zero:
-                                gv = zero
-                            dz[r, o] = gv
-                            db_part[t, o] += gv
-                    else:
-                        for o in range(f):
-                            dz[r, o] = zero
-                        for e in range(kk):
-                            ct[r, e] = zero
+            # branch-free masking, and the bias gradient in its own loop, so both vectorise
             for i in range(g):
-                _im2col_one(x, b0 + i, ct[i * p:(i + 1) * p], kh, kw, sh, sw, pt, pl, oh, ow)
-            np.dot(ct.T, dz, tmp[t])
-            dk_part[t] += tmp[t]
-            if need_dx:
-                np.dot(dz, k2t, dcols[t])
-                for i in range(g):
-                    _col2im_one(dcols[t][i * p:(i + 1) * p], dx, b0 + i, kh, kw, sh, sw, pt, pl,
-                                oh, ow)
+                for q in range(p):
+                    for o in range(f):
+                        gv = dy[b0 + i, q, o]
+                        dz[i * p + q, o] = zero if (relu and not y[b0 + i, q, o] > zero) else gv
+            for r in range(g * p):
+                for o in range(f):
+                    db_part[t, o] += dz[r, o]
+            if g < grp:                  # a partial last group: zero patches add nothing
+                for r in range(g * p, grp * p):
+                    for o in range(f):
+                        dz[r, o] = zero
+                if transposed:
+                    for e in range(kk):
+                        for r in range(g * p, grp * p):
+                            ct[e, r] = zero
+                else:
+                    for r in range(g * p, grp * p):
+                        for e in range(kk):
+                            cr[r, e] = zero
+            for i in range(g):
+                _patches_into(x, b0 + i, cr, ct, xcs[t], i * p, transposed,
+                              kh, kw, sh, sw, pt, pl, oh, ow)
+            _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp[t], dk_part[t], dcols[t], dx,
+                        kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
     dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
 
@@ -212,35 +304,43 @@ def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zer
     p = oh * ow
     ph = oh // 2
     pw = ow // 2
+    transposed = x.shape[3] <= _TCOLS_MAX_C
     y = np.empty((n, ph, pw, f), dtype=x.dtype)
     arg = np.empty((n, ph, pw, f), dtype=np.uint8)
-    cols = np.empty((nt, p, kk), dtype=x.dtype)
+    cbuf, xcs = _patch_buffers(x, nt, p, kk)
     zs = np.empty((nt, p, f), dtype=x.dtype)
     for t in prange(nt):
         z = zs[t]
+        cr = cbuf[t].reshape((p, kk))
+        ct = cbuf[t].reshape((kk, p))
         for b in range(t, n, nt):
-            _im2col_one(x, b, cols[t], kh, kw, sh, sw, pt, pl, oh, ow)
-            np.dot(cols[t], k2, z)
+            _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
+            if transposed:
+                np.dot(ct.T, k2, z)
+            else:
+                np.dot(cr, k2, z)
             for i in range(ph):
                 for j in range(pw):
                     r0 = 2 * i * ow + 2 * j
                     for o in range(f):
+                        # selects, not branches (the winner is data-dependent), so this
+                        # loop vectorises; a NaN wins and stays (first NaN, like max-pool)
                         bo = bias[o]
                         m = z[r0, o] + bo
                         a = 0
                         v = z[r0 + 1, o] + bo
-                        if m == m and (v > m or v != v):
-                            m = v
-                            a = 1
+                        take = (m == m) & ((v > m) | (v != v))
+                        m = v if take else m
+                        a = 1 if take else a
                         v = z[r0 + ow, o] + bo
-                        if m == m and (v > m or v != v):
-                            m = v
-                            a = 2
+                        take = (m == m) & ((v > m) | (v != v))
+                        m = v if take else m
+                        a = 2 if take else a
                         v = z[r0 + ow + 1, o] + bo
-                        if m == m and (v > m or v != v):
-                            m = v
-                            a = 3
-                        y[b, i, j, o] = zero if m <= zero else m   # NaN stays NaN
+                        take = (m == m) & ((v > m) | (v != v))
+                        m = v if take else m
+                        a = 3 if take else a
+                        y[b, i, j, o] = zero if m <= zero else m
                         arg[b, i, j, o] = a
     return y, arg
 
@@ -251,31 +351,43 @@ def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, 
     """Backward of :func:`conv2d_relu_maxpool_forward`, one image at a time.
 
     The pooled gradient goes to its one winner if the pooled output is positive
-    (the ReLU mask), building dz (oh*ow, f) in a thread-local buffer; the bias
-    gradient is summed in the same pass, then the weight gradient and dx follow.
+    (the ReLU mask), building dz (oh*ow, f) in a thread-local buffer: every one of
+    the four window positions is written (g or 0) with selects rather than
+    branches, and the bias gradient is summed in a loop of its own, so both loops
+    vectorise. Then the weight gradient and dx follow.
     """
     n = x.shape[0]
     kk, f = k2.shape
     p = oh * ow
     ph = oh // 2
     pw = ow // 2
-    cols, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, p, kk, f, need_dx)
+    transposed = x.shape[3] <= _TCOLS_MAX_C
+    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, p, kk, f, need_dx)
     k2t = k2.T
     for t in prange(nt):
         dz = dzs[t]
+        cr = cbuf[t].reshape((p, kk))
+        ct = cbuf[t].reshape((kk, p))
         for b in range(t, n, nt):
-            dz[:, :] = zero
+            if oh % 2 or ow % 2:         # an odd last row or column is never a winner
+                dz[:, :] = zero
             for i in range(ph):
                 for j in range(pw):
                     r0 = 2 * i * ow + 2 * j
                     for o in range(f):
-                        if y[b, i, j, o] > zero:
-                            g = dy[b, i, j, o]
-                            a = arg[b, i, j, o]
-                            dz[r0 + (a >> 1) * ow + (a & 1), o] = g
-                            db_part[t, o] += g
-            _conv_grads_one(x, b, k2t, dz, cols[t], tmp[t], dk_part[t], dcols[t], dx,
-                            kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
+                        g = dy[b, i, j, o] if y[b, i, j, o] > zero else zero
+                        a = arg[b, i, j, o]
+                        dz[r0, o] = g if a == 0 else zero
+                        dz[r0 + 1, o] = g if a == 1 else zero
+                        dz[r0 + ow, o] = g if a == 2 else zero
+                        dz[r0 + ow + 1, o] = g if a == 3 else zero
+            for i in range(ph):
+                for j in range(pw):
+                    for o in range(f):
+                        db_part[t, o] += dy[b, i, j, o] if y[b, i, j, o] > zero else zero
+            _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
+            _conv_grads(x, b, 1, k2t, dz, cr, ct, transposed, tmp[t], dk_part[t], dcols[t], dx,
+                        kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
     dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
 
