@@ -458,8 +458,30 @@ def dense_forward(x, kernel, bias, nt):
 
 @njit(parallel=True, cache=True)
 def dense_backward(x, kernel, dy, need_dx, nt):
+    """dx = dy @ kernel.T, dkernel = x.T @ dy, dbias = sum(dy) over the batch.
+
+    With dx wanted and two or more threads, the two GEMMs (the same n*k*u
+    multiply-adds each) run side by side, one per thread, on the whole batch; no
+    partial sums. Splitting the batch instead, each thread running both GEMMs on
+    its half, measured 1.5 ms against 0.25 ms for the seed model's 4096 -> 64 layer
+    (batch 64, two threads): two concurrent dx GEMMs with a 4096-wide output ran
+    no faster than one. Without dx, the batch is split and partial dkernels summed.
+    """
     n, k = x.shape
     u = kernel.shape[1]
+    if need_dx and nt >= 2:
+        dk = np.empty((k, u), dtype=x.dtype)
+        db = np.zeros(u, dtype=x.dtype)
+        dx = np.empty((n, k), dtype=x.dtype)
+        for task in prange(2):
+            if task == 0:
+                np.dot(x.T, dy, dk)
+                for b in range(n):
+                    for j in range(u):
+                        db[j] += dy[b, j]
+            else:
+                np.dot(dy, kernel.T, dx)
+        return dx, dk, db
     chunk = (n + nt - 1) // nt
     dk_part = np.zeros((nt, k, u), dtype=x.dtype)
     db_part = np.zeros((nt, u), dtype=x.dtype)
