@@ -69,8 +69,13 @@ def test_fused_and_layer_by_layer_numba_agree_over_steps():
     w_u, g_u, r_u = one_step("numba", x, y, fuse=False, steps=3)
     for key in g_u:
         assert rel(g_f[key], g_u[key]) < 1e-4, key
+    # Weights after 3 Adam steps: Adam divides by sqrt(v), so a weight whose gradient
+    # is rounding noise (~1e-9) still moves by about learning_rate per step, in the
+    # noise's direction. Any change of float32 summation order (GEMM grouping, thread
+    # split) then shows up as ~1e-5 here (the numba-vs-reference gap is 4.6e-5) while
+    # the gradients above agree to 1e-6; the bound is the one used against the reference.
     for a, b in zip(w_f, w_u):
-        assert rel(a, b) < 1e-5
+        assert rel(a, b) < 1e-4
     assert [r[0] for r in r_f] == pytest.approx([r[0] for r in r_u], rel=1e-5)
 
 
