@@ -146,6 +146,12 @@ def main(argv=None):
         extra["numba"] = numba.__version__
     except Exception:
         pass
+    try:  # the GEMM kernels OpenBLAS picked (OPENBLAS_CORETYPE can pin them)
+        from threadpoolctl import threadpool_info
+        extra["openblas"] = ",".join(sorted({i.get("architecture") or "?" for i in threadpool_info()
+                                             if i.get("internal_api") == "openblas"}))
+    except Exception:
+        pass
 
     emit(dict(
         base,

@@ -59,7 +59,11 @@ for _ in range(epochs):
     model.fit(x, y, epochs=1, batch_size=batch, verbose=0)
     times.append((time.perf_counter() - t) / steps)
 print(json.dumps({{"version": minicnn.__version__, "ms_per_step": [t * 1e3 for t in times],
-                  "note": "threading layer " + minicnn.config.threading_layer()}}))
+                  "note": "threading layer " + minicnn.config.threading_layer() + ", OpenBLAS "
+                          + ",".join(sorted({{i.get("architecture") or "?" for i in
+                                              __import__("threadpoolctl").threadpool_info()
+                                              if i.get("internal_api") == "openblas"}}))
+                          + " kernels"}}))
 """
 
 KERAS = COMMON + r"""
@@ -113,7 +117,7 @@ def epoch(count):
         loss.backward()
         opt.step()
     return loss.item()
-epoch(10 * batch)
+epoch(min(10 * batch, n))
 times = []
 for _ in range(epochs):
     t = time.perf_counter()
@@ -161,10 +165,13 @@ def main(argv=None):
                 continue
             results[name]["ms"] += rec["ms_per_step"]
             results[name]["version"] = rec["version"]
+            results[name]["note"] = rec.get("note")
             print(f"round {rnd + 1}: {name:8s} " + ", ".join(f"{v:.1f}" for v in rec["ms_per_step"])
                   + " ms/step", file=sys.stderr)
     print(f"Seed program training path (fit, batch {args.batch}, {args.threads} threads, "
-          f"{args.steps} steps per epoch, {args.rounds} rounds x {args.epochs} epochs)\n")
+          f"{args.steps} steps per epoch, {args.rounds} rounds x {args.epochs} epochs; "
+          f"OPENBLAS_CORETYPE {os.environ.get('OPENBLAS_CORETYPE') or 'unset'} for every "
+          f"worker; minicnn: {results['minicnn'].get('note') or '-'})\n")
     print("| framework | version | ms/step (median) | images/s | minicnn speed-up |")
     print("|---|---|---:|---:|---:|")
     mine = statistics.median(results["minicnn"]["ms"]) if results["minicnn"]["ms"] else None

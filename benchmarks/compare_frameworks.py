@@ -176,7 +176,9 @@ def machine_info():
     except OSError:
         pass
     return {"cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),
-            "driver_python": platform.python_version()}
+            "driver_python": platform.python_version(),
+            # inherited by every worker; OpenBLAS reads it when it loads (see README FAQ)
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE") or "unset"}
 
 
 def _last_line(text):
@@ -376,7 +378,7 @@ def summarise(args, results):
                     "n_dropped_busy": len(dropped),
                 })
                 for key in ("version", "layout", "method", "params", "python", "numpy",
-                            "threading_layer", "backend", "numba", "torch_threads",
+                            "threading_layer", "backend", "numba", "openblas", "torch_threads",
                             "torch_interop_threads", "tf_intra_op_threads",
                             "tf_inter_op_threads", "tf_enable_onednn_opts"):
                     if key in last:
@@ -420,7 +422,8 @@ def markdown(args, summary, machine):
              f"Threads: {args.threads}. float32, {batches}, input (N, 32, 32, 3), "
              f"10 one-hot classes. {args.rounds} round(s) x {args.steps} timed steps "
              f"(after {args.warmup} warm-up steps) per framework and mode, each run in its "
-             f"own process, frameworks alternating within each round.")
+             f"own process, frameworks alternating within each round. "
+             f"OPENBLAS_CORETYPE for every worker: {machine['openblas_coretype']}.")
     L.append("")
     head = ["framework", "version", "layout"]
     align = ["---", "---", "---"]
@@ -473,7 +476,7 @@ def markdown(args, summary, machine):
                 bits = [f"{s.get('method')}"]
                 if s.get("params") not in (None, SEED_PARAMS):
                     bits.append(f"**{s['params']} parameters, not {SEED_PARAMS}**")
-                for key in ("backend", "threading_layer", "numba", "torch_threads",
+                for key in ("backend", "threading_layer", "numba", "openblas", "torch_threads",
                             "torch_interop_threads", "tf_intra_op_threads",
                             "tf_inter_op_threads", "tf_enable_onednn_opts"):
                     if key in s:
