@@ -52,12 +52,26 @@ def _im2col_one(x, b, cols, kh, kw, sh, sw, pt, pl, oh, ow):
                             cols[row, base + ch] = 0
 
 
-# Layers with few input channels (an RGB or grey first layer) use the transposed
-# patch matrix: the row layout copies only ``c`` floats per tap, which costs
-# several times the GEMM for c = 3 (conv1: 14 us of patches against 8 us of GEMM
-# per image), while each row of the transposed one is a contiguous run of output
-# pixels, copied with vector loads and stores.
+# Two layouts of the patch matrix of one image:
+# - rows, (oh*ow, kk) with kk = kh*kw*c: one row per output pixel, ``c`` contiguous
+#   floats per tap; the forward GEMM is ``cols @ k2``.
+# - transposed, (kk, oh*ow): one row per (tap, channel), a run of output pixels.
+# Which one is faster depends on the pass (benchmarks/RESULTS.md, section 3):
+# - few channels (an RGB or grey first layer): the row layout copies 3 floats per
+#   tap (conv1: 14 us of patches against 8 us of GEMM per image); the transposed one
+#   copies whole runs of pixels with vector loads and stores (3 us). Both passes.
+# - the weight gradient, any c: OpenBLAS runs ``ct @ dz`` (both operands in row-major
+#   order) at about 215 GFLOP/s on one thread and ``cols.T @ dz`` at 165-175; for
+#   stride 1 and a full-width output the transposed patches are long runs of the
+#   planar image, cheap enough to win (conv2 backward -0.4 ms per thread).
+# - the forward GEMM prefers the row layout (``ct.T @ k2`` is the slower path again).
 _TCOLS_MAX_C = 4
+
+
+@njit(cache=True)
+def _transposed_patches(c, sh, sw, w, ow, backward):
+    """True where the transposed patch layout is the faster one (see above)."""
+    return c <= _TCOLS_MAX_C or (backward and sh == 1 and sw == 1 and ow == w)
 
 
 @njit(cache=True)
@@ -65,16 +79,28 @@ def _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow):
     """Transposed patches of image ``b`` into columns ``q_off ..`` of ``ct``:
     ``ct[(a*kw + d)*c + ch, q_off + i*ow + j] = xp[b, i*sh+a, j*sw+d, ch]``.
 
-    ``xc (c, h*w)`` is scratch for the image in planar layout. Indices are unsigned
-    in the copy loops: a signed index carries Numba's negative-index wraparound,
-    which keeps LLVM from vectorising them.
+    ``xc (c, h*w)`` is scratch for the image in planar layout. With stride 1 and
+    ``ow == w`` a row of ``ct`` is the planar channel shifted by a constant, copied
+    as one run, then the columns and rows that fall in the padding are zeroed;
+    otherwise it is copied one output row at a time. Indices are unsigned in the
+    copy loops: a signed index carries Numba's negative-index wraparound, which
+    keeps LLVM from vectorising them.
     """
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    p = oh * ow
     for r in range(h):
         for s in range(w):
             for ch in range(c):
                 xc[ch, r * w + s] = x[b, r, s, ch]
+    one_run = sh == 1 and sw == 1 and ow == w
     for a in range(kh):
+        # the output rows i whose input row i*sh + a - pt lies inside [0, h)
+        ilo = 0
+        while ilo < oh and ilo * sh + a - pt < 0:
+            ilo += 1
+        ihi = oh
+        while ihi > ilo and (ihi - 1) * sh + a - pt >= h:
+            ihi -= 1
         for d in range(kw):
             # the output columns j whose input column j*sw + d - pl lies inside [0, w)
             jlo = 0
@@ -85,19 +111,34 @@ def _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow):
                 jhi -= 1
             for ch in range(c):
                 t = (a * kw + d) * c + ch
-                for i in range(oh):
-                    r = i * sh + a - pt
+                for q in range(ilo * ow):
+                    ct[t, q_off + q] = 0
+                for q in range(ihi * ow, p):
+                    ct[t, q_off + q] = 0
+                if one_run:
+                    # q -> q + off for every valid row at once; the elements this
+                    # reads across a row end are padding columns, zeroed below
+                    off = (a - pt) * w + (d - pl)
+                    lo = max(ilo * ow, -off)
+                    hi = min(ihi * ow, h * w - off)
+                    dst = uint64(q_off + lo)
+                    src = uint64(lo + off)
+                    for u in range(uint64(max(hi - lo, 0))):
+                        ct[t, dst + u] = xc[ch, src + u]
+                    for i in range(ilo, ihi):
+                        for j in range(jlo):
+                            ct[t, q_off + i * ow + j] = 0
+                        for j in range(jhi, ow):
+                            ct[t, q_off + i * ow + j] = 0
+                    continue
+                for i in range(ilo, ihi):
                     q0 = q_off + i * ow
-                    if r < 0 or r >= h:
-                        for j in range(ow):
-                            ct[t, q0 + j] = 0
-                        continue
                     for j in range(jlo):
                         ct[t, q0 + j] = 0
                     for j in range(jhi, ow):
                         ct[t, q0 + j] = 0
                     dst = uint64(q0 + jlo)
-                    src = uint64(r * w + jlo * sw + d - pl)
+                    src = uint64((i * sh + a - pt) * w + jlo * sw + d - pl)
                     if sw == 1:
                         for u in range(uint64(jhi - jlo)):
                             ct[t, dst + u] = xc[ch, src + u]
@@ -107,13 +148,12 @@ def _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow):
 
 
 @njit(cache=True)
-def _patch_buffers(x, nt, rows, kk):
-    """Per-thread patch buffers: flat (nt, rows*kk), viewed as (rows, kk), or as
-    (kk, rows) for few channels, plus the planar scratch image of the latter."""
-    c = x.shape[3]
+def _patch_buffers(x, nt, rows, kk, transposed):
+    """Per-thread patch buffers: flat (nt, rows*kk), viewed as (rows, kk) or (kk, rows),
+    plus the planar scratch image the transposed layout is copied from."""
     cbuf = np.empty((nt, rows * kk), dtype=x.dtype)
-    if c <= _TCOLS_MAX_C:
-        xcs = np.empty((nt, c, x.shape[1] * x.shape[2]), dtype=x.dtype)
+    if transposed:
+        xcs = np.empty((nt, x.shape[3], x.shape[1] * x.shape[2]), dtype=x.dtype)
     else:
         xcs = np.empty((nt, 0, 0), dtype=x.dtype)
     return cbuf, xcs
@@ -161,9 +201,9 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, 
     n = x.shape[0]
     kk, f = k2.shape
     p = oh * ow
-    transposed = x.shape[3] <= _TCOLS_MAX_C
+    transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, False)
     y = np.empty((n, p, f), dtype=x.dtype)
-    cbuf, xcs = _patch_buffers(x, nt, grp * p, kk)
+    cbuf, xcs = _patch_buffers(x, nt, grp * p, kk, transposed)
     zs = np.empty((nt, grp * p, f), dtype=x.dtype)
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
@@ -190,9 +230,9 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, 
 
 
 @njit(cache=True)
-def _backward_buffers(x, nt, p, kk, f, need_dx):
+def _backward_buffers(x, nt, p, kk, f, need_dx, transposed):
     """Per-thread work buffers of a conv backward pass (patches, dz, partial gradients)."""
-    cbuf, xcs = _patch_buffers(x, nt, p, kk)
+    cbuf, xcs = _patch_buffers(x, nt, p, kk, transposed)
     dzs = np.empty((nt, p, f), dtype=x.dtype)
     dk_part = np.zeros((nt, kk, f), dtype=x.dtype)
     db_part = np.zeros((nt, f), dtype=x.dtype)
@@ -248,9 +288,9 @@ def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
     n = x.shape[0]
     kk, f = k2.shape
     p = oh * ow
-    transposed = x.shape[3] <= _TCOLS_MAX_C
+    transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, True)
     cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, grp * p, kk, f,
-                                                                          need_dx)
+                                                                          need_dx, transposed)
     k2t = k2.T
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
@@ -304,10 +344,10 @@ def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zer
     p = oh * ow
     ph = oh // 2
     pw = ow // 2
-    transposed = x.shape[3] <= _TCOLS_MAX_C
+    transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, False)
     y = np.empty((n, ph, pw, f), dtype=x.dtype)
     arg = np.empty((n, ph, pw, f), dtype=np.uint8)
-    cbuf, xcs = _patch_buffers(x, nt, p, kk)
+    cbuf, xcs = _patch_buffers(x, nt, p, kk, transposed)
     zs = np.empty((nt, p, f), dtype=x.dtype)
     for t in prange(nt):
         z = zs[t]
@@ -361,8 +401,9 @@ def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, 
     p = oh * ow
     ph = oh // 2
     pw = ow // 2
-    transposed = x.shape[3] <= _TCOLS_MAX_C
-    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, p, kk, f, need_dx)
+    transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, True)
+    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, p, kk, f, need_dx,
+                                                                          transposed)
     k2t = k2.T
     for t in prange(nt):
         dz = dzs[t]
