@@ -16,6 +16,7 @@ from ._shapes import out_hw
 from .reference import _flat_inplace
 
 config._apply_thread_policy()
+config._tune_malloc()
 
 _c = np.ascontiguousarray
 
