@@ -75,16 +75,29 @@ def _transposed_patches(c, sh, sw, w, ow, backward):
 
 
 @njit(cache=True)
+def _inside(n_out, stride, offset, n_in):
+    """``(lo, hi)``: the outputs ``k`` in ``[lo, hi)`` are those whose input index
+    ``k*stride + offset`` lies inside ``[0, n_in)`` (they are contiguous)."""
+    lo = 0
+    while lo < n_out and lo * stride + offset < 0:
+        lo += 1
+    hi = n_out
+    while hi > lo and (hi - 1) * stride + offset >= n_in:
+        hi -= 1
+    return lo, hi
+
+
+@njit(cache=True)
 def _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow):
     """Transposed patches of image ``b`` into columns ``q_off ..`` of ``ct``:
     ``ct[(a*kw + d)*c + ch, q_off + i*ow + j] = xp[b, i*sh+a, j*sw+d, ch]``.
 
     ``xc (c, h*w)`` is scratch for the image in planar layout. With stride 1 and
     ``ow == w`` a row of ``ct`` is the planar channel shifted by a constant, copied
-    as one run, then the columns and rows that fall in the padding are zeroed;
-    otherwise it is copied one output row at a time. Indices are unsigned in the
-    copy loops: a signed index carries Numba's negative-index wraparound, which
-    keeps LLVM from vectorising them.
+    as one run, then the columns that fall in the padding are zeroed; otherwise it
+    is copied one output row at a time. Indices are unsigned in the copy loops: a
+    signed index carries Numba's negative-index wraparound, which keeps LLVM from
+    vectorising them.
     """
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     p = oh * ow
@@ -94,21 +107,9 @@ def _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow):
                 xc[ch, r * w + s] = x[b, r, s, ch]
     one_run = sh == 1 and sw == 1 and ow == w
     for a in range(kh):
-        # the output rows i whose input row i*sh + a - pt lies inside [0, h)
-        ilo = 0
-        while ilo < oh and ilo * sh + a - pt < 0:
-            ilo += 1
-        ihi = oh
-        while ihi > ilo and (ihi - 1) * sh + a - pt >= h:
-            ihi -= 1
+        ilo, ihi = _inside(oh, sh, a - pt, h)       # output rows inside the image
         for d in range(kw):
-            # the output columns j whose input column j*sw + d - pl lies inside [0, w)
-            jlo = 0
-            while jlo < ow and jlo * sw + d - pl < 0:
-                jlo += 1
-            jhi = ow
-            while jhi > jlo and (jhi - 1) * sw + d - pl >= w:
-                jhi -= 1
+            jlo, jhi = _inside(ow, sw, d - pl, w)   # output columns inside the image
             for ch in range(c):
                 t = (a * kw + d) * c + ch
                 for q in range(ilo * ow):
@@ -116,8 +117,8 @@ def _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow):
                 for q in range(ihi * ow, p):
                     ct[t, q_off + q] = 0
                 if one_run:
-                    # q -> q + off for every valid row at once; the elements this
-                    # reads across a row end are padding columns, zeroed below
+                    # q -> q + off for every row inside at once; what this reads
+                    # across a row end lands in padding columns, zeroed below
                     off = (a - pt) * w + (d - pl)
                     lo = max(ilo * ow, -off)
                     hi = min(ihi * ow, h * w - off)
@@ -125,26 +126,21 @@ def _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow):
                     src = uint64(lo + off)
                     for u in range(uint64(max(hi - lo, 0))):
                         ct[t, dst + u] = xc[ch, src + u]
+                else:
                     for i in range(ilo, ihi):
-                        for j in range(jlo):
-                            ct[t, q_off + i * ow + j] = 0
-                        for j in range(jhi, ow):
-                            ct[t, q_off + i * ow + j] = 0
-                    continue
-                for i in range(ilo, ihi):
-                    q0 = q_off + i * ow
+                        dst = uint64(q_off + i * ow + jlo)
+                        src = uint64((i * sh + a - pt) * w + jlo * sw + d - pl)
+                        if sw == 1:
+                            for u in range(uint64(jhi - jlo)):
+                                ct[t, dst + u] = xc[ch, src + u]
+                        else:
+                            for u in range(uint64(jhi - jlo)):
+                                ct[t, dst + u] = xc[ch, src + u * uint64(sw)]
+                for i in range(ilo, ihi):                # padding columns
                     for j in range(jlo):
-                        ct[t, q0 + j] = 0
+                        ct[t, q_off + i * ow + j] = 0
                     for j in range(jhi, ow):
-                        ct[t, q0 + j] = 0
-                    dst = uint64(q0 + jlo)
-                    src = uint64((i * sh + a - pt) * w + jlo * sw + d - pl)
-                    if sw == 1:
-                        for u in range(uint64(jhi - jlo)):
-                            ct[t, dst + u] = xc[ch, src + u]
-                    else:
-                        for u in range(uint64(jhi - jlo)):
-                            ct[t, dst + u] = xc[ch, src + u * uint64(sw)]
+                        ct[t, q_off + i * ow + j] = 0
 
 
 @njit(cache=True)
