@@ -204,22 +204,6 @@ def blas_threads():
     return out
 
 
-def blas_kernels():
-    """``"OpenBLAS <arch>, ..."`` for every BLAS loaded, plus OPENBLAS_CORETYPE if it is set.
-
-    OpenBLAS picks its GEMM kernels when it loads; ``OPENBLAS_CORETYPE`` overrides the
-    choice. On this project's machine the environment pins ``Haswell`` (AVX2) kernels,
-    which run GEMMs at about half the rate of the ``SkylakeX`` (AVX-512) ones that
-    OpenBLAS picks by itself, so every result must say which kernels it ran.
-    """
-    from threadpoolctl import threadpool_info
-    archs = sorted({f"{info.get('internal_api')} {info.get('architecture') or '?'}"
-                    for info in threadpool_info() if info.get("user_api") == "blas"})
-    text = ", ".join(archs) or "none loaded"
-    coretype = os.environ.get("OPENBLAS_CORETYPE")
-    return text + (f" (OPENBLAS_CORETYPE={coretype})" if coretype else " (OPENBLAS_CORETYPE unset)")
-
-
 def machine_info():
     """What the numbers were measured on, as a dict of short strings and numbers."""
     import numba
@@ -249,7 +233,7 @@ def machine_info():
         "threads": minicnn.get_num_threads(),
         "threading_layer": layer,
         "blas_threads": blas_threads(),
-        "blas_kernels": blas_kernels(),
+        "blas_kernels": config.openblas_kernels(),
         "loadavg": tuple(round(v, 2) for v in load),
     }
 

@@ -121,6 +121,7 @@ def _base_info(case_):
         "threads": minicnn.get_num_threads(),
         "threading_layer": _INFO["threading_layer"],
         "blas_threads": blas_threads(),
+        "openblas_kernels": _INFO["blas_kernels"],
         "numba": numba.__version__,
         "numpy": np.__version__,
     }

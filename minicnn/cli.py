@@ -417,7 +417,8 @@ def cmd_bench(args, stream=None):
     roof1 = _gemm_gflops(1)
     roof_n = _gemm_gflops(threads)
     out.write(f"Roof: NumPy float32 GEMM 1024x1024, best of 5: {roof1:.1f} GFLOP/s on 1 thread, "
-              f"{roof_n:.1f} GFLOP/s on {threads} threads\n\n")
+              f"{roof_n:.1f} GFLOP/s on {threads} threads\n")
+    out.write(f"OpenBLAS kernels: {config.openblas_kernels()}\n\n")
     summary = []
     for backend in backends:
         rows, step_ms, infer_ms = bench_backend(backend, args.batch_size, args.repeats,

@@ -184,6 +184,17 @@ def malloc_status() -> str:
     return _malloc_status
 
 
+def openblas_kernels() -> str:
+    """The kernels each loaded OpenBLAS picked (threadpoolctl's architecture), and
+    OPENBLAS_CORETYPE when it pins them; every benchmark should say which ran."""
+    from threadpoolctl import threadpool_info
+    archs = sorted({f"{lib.get('architecture') or '?'} (OpenBLAS {lib.get('version')})"
+                    for lib in threadpool_info() if lib.get("internal_api") == "openblas"})
+    pin = os.environ.get("OPENBLAS_CORETYPE")
+    return (", ".join(archs) or "none loaded") + (f"; pinned by OPENBLAS_CORETYPE={pin}"
+                                                  if pin else "")
+
+
 def set_num_threads(n: int) -> None:
     """Set the number of threads minicnn uses.
 

@@ -296,6 +296,7 @@ def test_bench_two_backends(capsys):
                      "--backend", "numba,numpy"]) == 0
     text = capsys.readouterr().out
     assert re.search(r"Roof: NumPy float32 GEMM 1024x1024.*GFLOP/s on 1 thread", text)
+    assert re.search(r"^OpenBLAS kernels: \w+ \(OpenBLAS [\d.]+\)", text, re.M), text
     for backend in ("numba", "numpy"):
         assert f"backend {backend}, batch 4" in text
         assert re.search(rf"^{backend}\s+[\d.]+\s+\d+\s+[\d.]+x$", text, re.M), backend
