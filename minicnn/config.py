@@ -176,7 +176,7 @@ def _tune_malloc() -> str:
             ok = False
         _malloc_status = (f"glibc mmap threshold {MALLOC_MMAP_THRESHOLD >> 20} MiB, trim "
                           f"threshold {MALLOC_TRIM_THRESHOLD >> 20} MiB (MINICNN_MALLOPT=0 "
-                          "to leave malloc alone)" if ok else "mallopt failed; left alone")
+                          "to leave malloc alone)" if ok else "mallopt failed")
     return _malloc_status
 
 

@@ -179,7 +179,7 @@ def _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow):
 @njit(cache=True)
 def _patches_into(x, b, cr, ct, xc, q_off, transposed, kh, kw, sh, sw, pt, pl, oh, ow):
     """Patches of image ``b`` into rows ``q_off ..`` of ``cr`` (row layout) or into
-    columns ``q_off ..`` of ``ct`` (transposed layout, few channels)."""
+    columns ``q_off ..`` of ``ct`` (transposed layout, see :func:`_transposed_patches`)."""
     if transposed:
         _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow)
     else:
