@@ -136,11 +136,12 @@ def _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow):
                         else:
                             for u in range(uint64(jhi - jlo)):
                                 ct[t, dst + u] = xc[ch, src + u * uint64(sw)]
-                for i in range(ilo, ihi):                # padding columns
-                    for j in range(jlo):
-                        ct[t, q_off + i * ow + j] = 0
-                    for j in range(jhi, ow):
-                        ct[t, q_off + i * ow + j] = 0
+                if jlo > 0 or jhi < ow:                  # padding columns
+                    for i in range(ilo, ihi):
+                        for j in range(jlo):
+                            ct[t, q_off + i * ow + j] = 0
+                        for j in range(jhi, ow):
+                            ct[t, q_off + i * ow + j] = 0
 
 
 @njit(cache=True)
