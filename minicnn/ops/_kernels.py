@@ -157,6 +157,21 @@ def _patch_buffers(x, nt, rows, kk, transposed):
 
 
 @njit(cache=True)
+def _patch_views(cbuf, t, rows, kk):
+    """Thread ``t``'s patch buffer viewed as rows ``(rows, kk)`` and transposed ``(kk, rows)``."""
+    return cbuf[t].reshape((rows, kk)), cbuf[t].reshape((kk, rows))
+
+
+@njit(cache=True)
+def _patches_times_kernel(cr, ct, transposed, k2, z):
+    """``z = patches @ k2``, from whichever layout holds the patches."""
+    if transposed:
+        np.dot(ct.T, k2, z)
+    else:
+        np.dot(cr, k2, z)
+
+
+@njit(cache=True)
 def _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow):
     """Adjoint of :func:`_im2col_one`, adding into ``dx[b]`` (zeroed here first)."""
     h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
@@ -204,8 +219,7 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, 
     zs = np.empty((nt, grp * p, f), dtype=x.dtype)
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
-        cr = cbuf[t].reshape((grp * p, kk))
-        ct = cbuf[t].reshape((kk, grp * p))
+        cr, ct = _patch_views(cbuf, t, grp * p, kk)
         z = zs[t]
         hi = min(n, (t + 1) * chunk)
         for b0 in range(t * chunk, hi, grp):
@@ -214,10 +228,7 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, 
                 _patches_into(x, b0 + i, cr, ct, xcs[t], i * p, transposed,
                               kh, kw, sh, sw, pt, pl, oh, ow)
             # rows of a partial last group hold stale patches: computed, never copied out
-            if transposed:
-                np.dot(ct.T, k2, z)
-            else:
-                np.dot(cr, k2, z)
+            _patches_times_kernel(cr, ct, transposed, k2, z)
             for i in range(g):
                 for q in range(p):
                     for o in range(f):
@@ -292,8 +303,7 @@ def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
         dz = dzs[t]
-        cr = cbuf[t].reshape((grp * p, kk))
-        ct = cbuf[t].reshape((kk, grp * p))
+        cr, ct = _patch_views(cbuf, t, grp * p, kk)
         hi = min(n, (t + 1) * chunk)
         for b0 in range(t * chunk, hi, grp):
             g = min(grp, hi - b0)
@@ -348,14 +358,10 @@ def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zer
     zs = np.empty((nt, p, f), dtype=x.dtype)
     for t in prange(nt):
         z = zs[t]
-        cr = cbuf[t].reshape((p, kk))
-        ct = cbuf[t].reshape((kk, p))
+        cr, ct = _patch_views(cbuf, t, p, kk)
         for b in range(t, n, nt):
             _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
-            if transposed:
-                np.dot(ct.T, k2, z)
-            else:
-                np.dot(cr, k2, z)
+            _patches_times_kernel(cr, ct, transposed, k2, z)
             for i in range(ph):
                 for j in range(pw):
                     r0 = 2 * i * ow + 2 * j
@@ -404,8 +410,7 @@ def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, 
     k2t = k2.T
     for t in prange(nt):
         dz = dzs[t]
-        cr = cbuf[t].reshape((p, kk))
-        ct = cbuf[t].reshape((kk, p))
+        cr, ct = _patch_views(cbuf, t, p, kk)
         for b in range(t, n, nt):
             if oh % 2 or ow % 2:         # an odd last row or column is never a winner
                 dz[:, :] = zero
