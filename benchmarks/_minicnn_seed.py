@@ -136,7 +136,8 @@ def main(argv=None):
     extra = {}
     if config is not None:
         for key, fn in (("backend", "get_backend"), ("numba_threads", "get_num_threads"),
-                        ("threading_layer", "threading_layer")):
+                        ("threading_layer", "threading_layer"),
+                        ("openblas", "openblas_kernels")):   # OPENBLAS_CORETYPE can pin them
             try:
                 extra[key] = getattr(config, fn)()
             except Exception as exc:  # report, don't fail the run over metadata
@@ -144,12 +145,6 @@ def main(argv=None):
     try:
         import numba
         extra["numba"] = numba.__version__
-    except Exception:
-        pass
-    try:  # the GEMM kernels OpenBLAS picked (OPENBLAS_CORETYPE can pin them)
-        from threadpoolctl import threadpool_info
-        extra["openblas"] = ",".join(sorted({i.get("architecture") or "?" for i in threadpool_info()
-                                             if i.get("internal_api") == "openblas"}))
     except Exception:
         pass
 

@@ -59,11 +59,8 @@ for _ in range(epochs):
     model.fit(x, y, epochs=1, batch_size=batch, verbose=0)
     times.append((time.perf_counter() - t) / steps)
 print(json.dumps({{"version": minicnn.__version__, "ms_per_step": [t * 1e3 for t in times],
-                  "note": "threading layer " + minicnn.config.threading_layer() + ", OpenBLAS "
-                          + ",".join(sorted({{i.get("architecture") or "?" for i in
-                                              __import__("threadpoolctl").threadpool_info()
-                                              if i.get("internal_api") == "openblas"}}))
-                          + " kernels"}}))
+                  "note": "threading layer " + minicnn.config.threading_layer()
+                          + ", OpenBLAS kernels " + minicnn.config.openblas_kernels()}}))
 """
 
 KERAS = COMMON + r"""
