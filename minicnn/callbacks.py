@@ -1,4 +1,8 @@
-"""Callbacks for :meth:`minicnn.models.Sequential.fit`, with Keras's names and hooks."""
+"""Callbacks for :meth:`minicnn.Model.fit`, with Keras's names and hooks.
+
+``fit`` calls every callback through one :class:`CallbackList`, in the order given, with
+:class:`History` last.
+"""
 from __future__ import annotations
 
 import math
@@ -33,6 +37,45 @@ class Callback:
     def on_epoch_end(self, epoch, logs=None): pass
     def on_train_batch_begin(self, batch, logs=None): pass
     def on_train_batch_end(self, batch, logs=None): pass
+
+
+class CallbackList:
+    """Calls each hook on every callback in order (Keras's ``CallbackList``).
+
+    ``CallbackList(callbacks, model=m, params=p)`` gives each callback the model and the
+    training parameters; then ``callback_list.on_epoch_end(epoch, logs)`` (and every other
+    hook of :class:`Callback`) runs that hook on each callback.
+    """
+
+    def __init__(self, callbacks, model=None, params=None):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if model is not None:
+                cb.set_model(model)
+            if params is not None:
+                cb.set_params(params)
+
+    def _dispatch(self, hook, *args):
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args)
+
+    def on_train_begin(self, logs=None):
+        self._dispatch("on_train_begin", logs)
+
+    def on_train_end(self, logs=None):
+        self._dispatch("on_train_end", logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._dispatch("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._dispatch("on_epoch_end", epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._dispatch("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._dispatch("on_train_batch_end", batch, logs)
 
 
 class History(Callback):

@@ -201,33 +201,11 @@ def _gradcheck_cases():
     ]
 
 
-class _FusedConvPool:
-    """Conv2D(relu) + MaxPooling2D(2, 2) run as the fused training step of the numba
-    backend, seen through the layer interface that :func:`gradcheck.check_layer` uses."""
-
-    def __init__(self):
-        from .layers import Conv2D, MaxPooling2D, fused
-        self.conv = Conv2D(3, 3, padding="same", activation="relu", dtype="float64")
-        self.pool = MaxPooling2D(2, dtype="float64")
-        self._step = fused.ConvReluPool(self.conv, self.pool)
-        self.built, self.dtype = False, np.dtype(np.float64)
-
-    def build(self, input_shape):
-        self.conv.build(input_shape)
-        self.pool.build(self.conv.output_shape)
-        self.built = True
-
-    params = property(lambda self: self.conv.params)
-    grads = property(lambda self: self.conv.grads)
-    compute_input_gradient = property(
-        lambda self: self.conv.compute_input_gradient,
-        lambda self, v: setattr(self.conv, "compute_input_gradient", v))
-
-    def forward(self, x, training=False):
-        return self._step.forward(x, training)
-
-    def backward(self, dy):
-        return self._step.backward(dy)
+def _fused_conv_pool():
+    """Conv2D(relu) + MaxPooling2D(2, 2) as the fused step of the numba backend."""
+    from .layers import Conv2D, MaxPooling2D, fused
+    return fused.ConvReluPool(Conv2D(3, 3, padding="same", activation="relu",
+                                        dtype="float64"), MaxPooling2D(2, dtype="float64"))
 
 
 def _prepare(layer, input_shape, batch, rng):
@@ -259,7 +237,7 @@ def gradcheck_rows(backend):
     with config.use_backend(backend):
         cases = _gradcheck_cases()
         if backend == "numba":
-            cases.append(("Conv2D relu + MaxPooling2D (fused step)", _FusedConvPool(),
+            cases.append(("Conv2D relu + MaxPooling2D (fused step)", _fused_conv_pool(),
                           (6, 6, 2), 2, None, False))
         for i, (desc, layer, shape, batch, x, training) in enumerate(cases):
             rng = np.random.default_rng(100 + i)
@@ -354,7 +332,8 @@ def bench_backend(backend, batch_size, repeats, warmup):
         model.compile(optimizer="adam", loss="categorical_crossentropy")
         for _ in range(max(warmup, 1)):          # pays for the JIT: never timed
             model.train_on_batch(x, y)
-        steps = model._steps()
+        # the plan fit runs (fused steps on numba); the seed model is a chain of steps
+        steps = [layer for layer, _, _ in model.steps()]
         fwd = [[] for _ in steps]
         bwd = [[] for _ in steps]
         loss_t, update_t, whole, infer = [], [], [], []
@@ -365,31 +344,31 @@ def bench_backend(backend, batch_size, repeats, warmup):
                 h = step.forward(h, training=True)
                 fwd[i].append(time.perf_counter() - t)
             t = time.perf_counter()
-            (_, dy), fused_loss = model._loss_and_grad(h, y)
+            _, dy, dz = model.compute_loss(h, y)
             loss_t.append(time.perf_counter() - t)
             for i in reversed(range(len(steps))):
                 t = time.perf_counter()
-                if i == len(steps) - 1 and fused_loss:
-                    dy = steps[i].backward_preactivation(dy)
+                if i == len(steps) - 1 and dz is not None:
+                    dy = steps[i].backward_preactivation(dz)
                 else:
                     dy = steps[i].backward(dy)
                 bwd[i].append(time.perf_counter() - t)
                 if dy is None:
                     break
             t = time.perf_counter()
-            model._apply_gradients()
+            model.apply_gradients()
             update_t.append(time.perf_counter() - t)
         for _ in range(repeats):
             t = time.perf_counter()
             model.train_on_batch(x, y)
             whole.append(time.perf_counter() - t)
-        model._run(x, training=False)
+        model.predict_on_batch(x)
         for _ in range(repeats):
             t = time.perf_counter()
-            model._run(x, training=False)
+            model.predict_on_batch(x)
             infer.append(time.perf_counter() - t)
         for i, step in enumerate(steps):
-            shape = (step.pool if hasattr(step, "pool") else step).output_shape
+            shape = step.output_shape
             f_flops, b_flops = _step_flops(step, batch_size)
             rows.append((step.name, shape, _median_ms(fwd[i]), f_flops,
                          _median_ms(bwd[i]) if bwd[i] else 0.0, b_flops if bwd[i] else 0.0))

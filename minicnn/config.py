@@ -242,6 +242,14 @@ def get_rng() -> np.random.Generator:
     return _rng
 
 
+def set_rng(generator: np.random.Generator) -> None:
+    """Make ``generator`` minicnn's generator (a resumed run continues its random draws)."""
+    global _rng
+    if not isinstance(generator, np.random.Generator):
+        raise ValueError(f"set_rng: expected a numpy Generator, received {generator!r}")
+    _rng = generator
+
+
 def set_random_seed(seed: int) -> None:
     """Reseed minicnn's generator so that init, shuffling and dropout repeat exactly."""
     global _rng

@@ -1,11 +1,15 @@
 """Cross-entropy losses, stable and with the fused softmax gradient.
 
-``loss.forward(y_pred, y_true) -> (loss, dL/dy_pred)`` where ``loss`` is the
-batch mean. When the model's last layer ends in softmax and the loss is a
-cross-entropy, :class:`minicnn.models.Sequential` calls
-``loss.from_logits_forward(z, y_true)`` on the pre-softmax ``z`` instead: the
-loss comes from a log-sum-exp and the gradient is the fused ``(p - y) / n``,
-never the softmax Jacobian times the cross-entropy gradient.
+``loss.forward(y_pred, y_true, sample_weight=None) -> (loss, dL/dy_pred)`` where
+``loss`` is the batch mean. When the model's output layer ends in softmax and
+``loss.fuses_with('softmax')`` (a cross-entropy on probabilities), the model calls
+``loss.from_logits_forward(z, y_true, sample_weight)`` on the pre-softmax ``z``
+(``layer.preactivation()``) instead: the loss comes from a log-sum-exp and the
+gradient is the fused ``(p - y) / n``, never the softmax Jacobian times the
+cross-entropy gradient.
+
+``sample_weight (n,)`` weights each example's loss; the mean divides by ``n``, not by
+the sum of the weights (Keras's default 'sum_over_batch_size' reduction).
 """
 from __future__ import annotations
 
@@ -25,25 +29,47 @@ class Loss:
     def __init__(self, from_logits=False):
         self.from_logits = bool(from_logits)
 
-    def __call__(self, y_true, y_pred):
+    def __call__(self, y_true, y_pred, sample_weight=None):
         """The mean loss (a float), Keras's argument order."""
-        return float(self.forward(np.asarray(y_pred), np.asarray(y_true))[0])
+        return float(self.forward(np.asarray(y_pred), np.asarray(y_true), sample_weight)[0])
 
     def check_targets(self, y_true, n_classes, arg="y"):
         """Raise ValueError when ``y_true`` cannot be the targets of ``n_classes`` outputs."""
+
+    def fuses_with(self, activation) -> bool:
+        """True when this loss, given the output of ``activation``, can be computed from
+        the pre-activation instead (with a fused gradient)."""
+        return False
+
+    @staticmethod
+    def _weights(sample_weight, n, dtype):
+        """``sample_weight`` as an ``(n,)`` array of ``dtype``, or None."""
+        if sample_weight is None:
+            return None
+        w = np.asarray(sample_weight)
+        if w.ndim == 2 and w.shape[1] == 1:
+            w = w[:, 0]
+        if w.shape != (n,) or not np.issubdtype(w.dtype, np.number):
+            raise ValueError(f"sample_weight must be a numeric array of shape ({n},), "
+                             f"received shape {w.shape} dtype {w.dtype}")
+        return np.ascontiguousarray(w, dtype=dtype)
 
     def get_config(self):
         return {"class_name": type(self).__name__, "from_logits": self.from_logits}
 
 
 class _CrossEntropy(Loss):
-    def from_logits_forward(self, logits, y_true):
-        """Loss and fused gradient ``(softmax(z) - y) / n`` from logits ``z (n, k)``."""
-        return ops.softmax_cross_entropy(logits, self._target(y_true, logits), self.sparse)
+    def fuses_with(self, activation) -> bool:
+        return activation == "softmax" and not self.from_logits
 
-    def forward(self, y_pred, y_true):
+    def from_logits_forward(self, logits, y_true, sample_weight=None):
+        """Loss and fused gradient ``w * (softmax(z) - y) / n`` from logits ``z (n, k)``."""
+        w = self._weights(sample_weight, logits.shape[0], logits.dtype)
+        return ops.softmax_cross_entropy(logits, self._target(y_true, logits), self.sparse, w)
+
+    def forward(self, y_pred, y_true, sample_weight=None):
         if self.from_logits:
-            return self.from_logits_forward(y_pred, y_true)
+            return self.from_logits_forward(y_pred, y_true, sample_weight)
         # probabilities: -mean sum y log p, as Keras: p renormalised then clipped
         dt = y_pred.dtype.type
         n = y_pred.shape[0]
@@ -53,6 +79,9 @@ class _CrossEntropy(Loss):
         t = self._target(y_true, y_pred)
         if self.sparse:
             t = np.eye(y_pred.shape[-1], dtype=y_pred.dtype)[t]
+        w = self._weights(sample_weight, n, y_pred.dtype)
+        if w is not None:
+            t = t * w[:, None]           # the loss is linear in the targets
         loss = -np.sum(t * np.log(clipped)) / n
         # d/dp of -sum t log p, zero where the clip is active; then through p = y / sum(y)
         dp = np.where(clipped == p, -t / clipped, dt(0)) / dt(n)

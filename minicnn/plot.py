@@ -113,8 +113,8 @@ def filters(layer, path=None):
     -------
     Figure with ``f`` axes titled '0', '1', ... (the filter index).
     """
-    if hasattr(layer, "layers") and not hasattr(layer, "params"):
-        conv = next((l for l in layer.layers if _kernel4(l) is not None), None)
+    if hasattr(layer, "walk_layers"):          # a model
+        conv = next((l for l in layer.walk_layers() if _kernel4(l) is not None), None)
         if conv is None:
             raise ValueError(f"plot.filters: the model has no layer with a 4-D kernel "
                              f"(kh, kw, c, f); received layers "

@@ -170,12 +170,12 @@ def test_fit_returns_history_with_keras_keys_and_epochs():
 def _record_batches(model):
     """Wrap the model's batch runner; return the list of (rows, training) it receives."""
     seen = []
-    run = model._run
+    run = model.call
 
     def recording(x, training=False):
         seen.append((np.array(x), training))
         return run(x, training=training)
-    model._run = recording
+    model.call = recording
     return seen
 
 
@@ -252,12 +252,12 @@ def test_fit_casts_float64_batch_by_batch_never_the_whole_dataset():
     model = compiled()
     x, y = data(n=1200)                     # 1.8 MB of float64; a float32 copy is 0.9 MB
     seen = []
-    run = model._run
+    run = model.call
 
     def recording(xb, training=False):
         seen.append((len(xb), xb.dtype))
         return run(xb, training=training)
-    model._run = recording
+    model.call = recording
     model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)      # compile kernels first
     seen.clear()
     tracemalloc.start()

@@ -1,13 +1,19 @@
-"""Layers with hand-written forward and backward passes (Keras names and signatures)."""
+"""Layers with hand-written forward and backward passes (Keras names and signatures).
+
+To write your own, subclass :class:`Layer` (see :mod:`minicnn.layers.base`).
+"""
 from .augment import RandomFlip, RandomTranslation
 from .base import Layer
 from .conv import Conv2D
 from .core import Activation, Dense, Dropout, Flatten, ReLU
+from .input_layer import Input, InputLayer, KerasTensor
+from .merging import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from .pooling import MaxPooling2D
 
 #: every layer class by name, for saving and loading models
 LAYER_CLASSES = {cls.__name__: cls for cls in (
     Conv2D, MaxPooling2D, Dense, Flatten, Activation, ReLU, Dropout, RandomFlip,
-    RandomTranslation)}
+    RandomTranslation, InputLayer, Add, Subtract, Multiply, Average, Maximum, Minimum,
+    Concatenate)}
 
-__all__ = ["Layer", "LAYER_CLASSES"] + sorted(LAYER_CLASSES)
+__all__ = ["Layer", "LAYER_CLASSES", "Input", "KerasTensor"] + sorted(LAYER_CLASSES)

@@ -10,19 +10,44 @@ import numpy as np
 from .. import config
 from .base import Layer
 
-_IDENTITY = "identity"   # cache marker of an inference-mode pass
 _FILL_MODES = {"constant": "constant", "reflect": "symmetric", "nearest": "edge"}
 
 
-class _RandomGather(Layer):
-    def __init__(self, seed=None, input_shape=None, dtype="float32", name=None, trainable=True):
-        self.seed = seed
-        self._rng = None if seed is None else np.random.default_rng(seed)
-        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
+class RandomLayer(Layer):
+    """A layer that draws random numbers in training (Dropout, augmentation).
+
+    It draws from ``self.generator`` when the layer was given a ``seed`` (its own
+    ``np.random.Generator``), else from minicnn's global generator
+    (:func:`minicnn.utils.set_random_seed`). :meth:`reseed` restarts the own generator
+    from ``seed``; models save and restore ``generator``'s state.
+    """
+
+    def __init__(self, seed=None, input_shape=None, dtype="float32", name=None, trainable=True,
+                 **kwargs):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise ValueError(f"{type(self).__name__}: seed must be a non-negative integer or "
+                             f"None, received {seed!r}")
+        self.seed = None if seed is None else int(seed)
+        self.generator = None
+        self.reseed()
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable,
+                         **kwargs)
+
+    def reseed(self):
+        """Restart the layer's own generator from ``seed`` (no-op without a seed)."""
+        self.generator = None if self.seed is None else np.random.default_rng(self.seed)
 
     def rng(self):
-        return self._rng if self._rng is not None else config.get_rng()
+        return self.generator if self.generator is not None else config.get_rng()
 
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["seed"] = self.seed
+        return cfg
+
+
+class _RandomGather(RandomLayer):
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
             raise ValueError(f"{self.name}: expects images (h, w, c), received input_shape "
@@ -33,23 +58,23 @@ class _RandomGather(Layer):
         """Return ``rows (n, h)`` and ``cols (n, w)``; -1 means 'outside: fill with 0'."""
         raise NotImplementedError
 
-    def _forward(self, x, training):
+    def call(self, x, training=False):
         n, h, w, _ = x.shape
         if not training:
-            self._cache, self._cache_batch = _IDENTITY, n
+            self._gather = None
             return x.copy()
         rows, cols = self._indices(n, h, w)
         b = np.arange(n)[:, None, None]
         valid = (rows[:, :, None] >= 0) & (cols[:, None, :] >= 0)
         y = x[b, np.maximum(rows, 0)[:, :, None], np.maximum(cols, 0)[:, None, :]]
         y[~valid] = 0
-        self._cache, self._cache_batch = (x.shape, rows, cols, valid), n
+        self._gather = (x.shape, rows, cols, valid)
         return y
 
-    def _backward(self, dy):
-        if self._cache is _IDENTITY:       # inference pass: identity
+    def backward(self, dy):
+        if self._gather is None:       # inference pass: identity
             return dy.copy()
-        shape, rows, cols, valid = self._cache
+        shape, rows, cols, valid = self._gather
         n = shape[0]
         dx = np.zeros(shape, dtype=dy.dtype)
         b = np.broadcast_to(np.arange(n)[:, None, None], valid.shape)
@@ -57,11 +82,6 @@ class _RandomGather(Layer):
         c = np.broadcast_to(cols[:, None, :], valid.shape)
         np.add.at(dx, (b[valid], r[valid], c[valid]), dy[valid])
         return dx
-
-    def get_config(self):
-        cfg = super().get_config()
-        cfg["seed"] = self.seed
-        return cfg
 
 
 class RandomFlip(_RandomGather):

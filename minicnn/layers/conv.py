@@ -1,9 +1,8 @@
 """Conv2D: 2-D convolution (cross-correlation) over NHWC images."""
 from __future__ import annotations
 
-
 from .. import activations, initializers, ops
-from .base import Layer, as_pair, check_padding, positive_int, window_geometry
+from .base import Layer, as_pair, check_padding, positive_int, reject_kwargs, window_geometry
 
 
 class Conv2D(Layer):
@@ -20,6 +19,8 @@ class Conv2D(Layer):
     each patch (col2im). See :func:`minicnn.ops.reference.conv2d_backward`.
     """
 
+    _cache = None      # (x, z, y) of the last forward; z is None when the op fused the ReLU
+
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  input_shape=None, dtype="float32", name=None, trainable=True, **kwargs):
@@ -32,48 +33,56 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, owner)
         self.bias_initializer = initializers.get(bias_initializer, owner)
-        _reject_kwargs(owner, kwargs)
+        reject_kwargs(owner, kwargs)
         super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
     def compute_output_shape(self, input_shape):
         oh, ow, self.pads = window_geometry(self, input_shape, self.kernel_size, "kernel_size")
         return (oh, ow, self.filters)
 
-    def _build(self, input_shape):
+    def build(self, input_shape):
         kh, kw = self.kernel_size
-        c = input_shape[2]
-        self.params["kernel"] = initializers.initialize(
-            self.kernel_initializer, (kh, kw, c, self.filters), self.dtype)
+        self.add_weight("kernel", (kh, kw, input_shape[2], self.filters), self.kernel_initializer)
         if self.use_bias:
-            self.params["bias"] = initializers.initialize(self.bias_initializer, (self.filters,),
-                                                          self.dtype)
+            self.add_weight("bias", (self.filters,), self.bias_initializer)
 
-    def _forward(self, x, training):
+    def call(self, x, training=False):
         kernel, bias = self.params["kernel"], self.params.get("bias")
         if self.activation == "relu":
             # bias and ReLU fused into the convolution op; y > 0 is the ReLU mask
             y = ops.conv2d_forward(x, kernel, bias, self.strides, self.pads, relu=True)
-            self._cache, self._cache_batch = (x, None, y), x.shape[0]
+            self._cache = (x, None, y)
             return y
         z = ops.conv2d_forward(x, kernel, bias, self.strides, self.pads)
         y = z if self.activation == "linear" else activations.forward(self.activation, z)
-        self._cache, self._cache_batch = (x, z, y), x.shape[0]
+        self._cache = (x, z, y)
         return y
 
-    def _backward(self, dy):
+    def backward(self, dy):
         x, z, y = self._cache
         if self.activation == "relu":
-            return self._set_grads(*ops.conv2d_backward(
+            return self.set_kernel_grads(*ops.conv2d_backward(
                 x, self.params["kernel"], dy, self.strides, self.pads,
                 self.compute_input_gradient, y=y))
         dz = dy if self.activation == "linear" else activations.backward(self.activation, z, y, dy)
         return self.backward_preactivation(dz)
 
+    def preactivation(self):
+        return None if self._cache is None else self._cache[1]
+
     def backward_preactivation(self, dz):
         """Backward from dL/dz, the gradient before the activation (used for fused softmax-CE)."""
         x = self._cache[0]
-        return self._set_grads(*ops.conv2d_backward(x, self.params["kernel"], dz, self.strides,
-                                                    self.pads, self.compute_input_gradient))
+        return self.set_kernel_grads(*ops.conv2d_backward(x, self.params["kernel"], dz,
+                                                          self.strides, self.pads,
+                                                          self.compute_input_gradient))
+
+    def set_kernel_grads(self, dx, dkernel, dbias):
+        """Store the gradients of the kernel (and bias); return dx."""
+        self.grads["kernel"] = dkernel
+        if "bias" in self.params:
+            self.grads["bias"] = dbias
+        return dx
 
     def get_config(self):
         cfg = super().get_config()
@@ -82,8 +91,3 @@ class Conv2D(Layer):
                    use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
                    bias_initializer=self.bias_initializer)
         return cfg
-
-
-def _reject_kwargs(owner, kwargs):
-    if kwargs:
-        raise ValueError(f"{owner}: unexpected argument(s) {', '.join(sorted(kwargs))}")

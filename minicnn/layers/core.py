@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import activations, config, initializers, ops
-from .augment import _IDENTITY
-from .base import Layer, positive_int
-from .conv import _reject_kwargs
+from .. import activations, initializers, ops
+from .augment import RandomLayer
+from .base import Layer, positive_int, reject_kwargs
 
 
 class Dense(Layer):
@@ -17,6 +16,8 @@ class Dense(Layer):
     ``dx = dz @ kernel.T``.
     """
 
+    _cache = None      # (x, z, y) of the last forward
+
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", input_shape=None, dtype="float32", name=None,
                  trainable=True, **kwargs):
@@ -26,7 +27,7 @@ class Dense(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, owner)
         self.bias_initializer = initializers.get(bias_initializer, owner)
-        _reject_kwargs(owner, kwargs)
+        reject_kwargs(owner, kwargs)
         super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
     def compute_output_shape(self, input_shape):
@@ -35,29 +36,33 @@ class Dense(Layer):
                              f"input_shape {tuple(input_shape)}; add a Flatten layer before it")
         return (self.units,)
 
-    def _build(self, input_shape):
-        self.params["kernel"] = initializers.initialize(
-            self.kernel_initializer, (input_shape[0], self.units), self.dtype)
+    def build(self, input_shape):
+        self.add_weight("kernel", (input_shape[0], self.units), self.kernel_initializer)
         if self.use_bias:
-            self.params["bias"] = initializers.initialize(self.bias_initializer, (self.units,),
-                                                          self.dtype)
+            self.add_weight("bias", (self.units,), self.bias_initializer)
 
-    def _forward(self, x, training):
+    def call(self, x, training=False):
         z = ops.dense_forward(x, self.params["kernel"], self.params.get("bias"))
         y = z if self.activation == "linear" else activations.forward(self.activation, z)
-        self._cache, self._cache_batch = (x, z, y), x.shape[0]
+        self._cache = (x, z, y)
         return y
 
-    def _backward(self, dy):
+    def backward(self, dy):
         x, z, y = self._cache
         dz = dy if self.activation == "linear" else activations.backward(self.activation, z, y, dy)
         return self.backward_preactivation(dz)
 
+    def preactivation(self):
+        return None if self._cache is None else self._cache[1]
+
     def backward_preactivation(self, dz):
         """Backward from dL/dz, the gradient before the activation (used for fused softmax-CE)."""
-        x = self._cache[0]
-        return self._set_grads(*ops.dense_backward(x, self.params["kernel"], dz,
-                                                   self.compute_input_gradient))
+        dx, dkernel, dbias = ops.dense_backward(self._cache[0], self.params["kernel"], dz,
+                                                self.compute_input_gradient)
+        self.grads["kernel"] = dkernel
+        if self.use_bias:
+            self.grads["bias"] = dbias
+        return dx
 
     def get_config(self):
         cfg = super().get_config()
@@ -73,29 +78,37 @@ class Flatten(Layer):
     def compute_output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
 
-    def _forward(self, x, training):
-        self._cache, self._cache_batch = x.shape, x.shape[0]
+    def call(self, x, training=False):
+        self._x_shape = x.shape
         return np.ascontiguousarray(x).reshape(x.shape[0], -1)
 
-    def _backward(self, dy):
-        return dy.reshape(self._cache)
+    def backward(self, dy):
+        return dy.reshape(self._x_shape)
 
 
 class Activation(Layer):
-    """Apply an activation by name: relu, softmax, sigmoid, tanh or linear."""
+    """Apply an activation by name (see :data:`minicnn.activations.ACTIVATIONS`)."""
+
+    _cache = None      # (x, y) of the last forward
 
     def __init__(self, activation, input_shape=None, dtype="float32", name=None, trainable=True):
         self.activation = activations.get(activation, "Activation")
         super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
-    def _forward(self, x, training):
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, x, training=False):
         y = activations.forward(self.activation, x)
-        self._cache, self._cache_batch = (x, y), x.shape[0]
+        self._cache = (x, y)
         return y
 
-    def _backward(self, dy):
+    def backward(self, dy):
         x, y = self._cache
         return activations.backward(self.activation, x, y, dy)
+
+    def preactivation(self):
+        return None if self._cache is None else self._cache[0]
 
     def backward_preactivation(self, dz):
         return dz
@@ -119,7 +132,7 @@ class ReLU(Activation):
         return cfg
 
 
-class Dropout(Layer):
+class Dropout(RandomLayer):
     """Inverted dropout: in training, zero each unit with probability ``rate`` and
     scale the kept ones by ``1 / (1 - rate)``; at inference, the identity.
 
@@ -128,30 +141,30 @@ class Dropout(Layer):
     """
 
     def __init__(self, rate, seed=None, input_shape=None, dtype="float32", name=None,
-                 trainable=True):
+                 trainable=True, **kwargs):
         if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) \
                 or not 0 <= rate < 1:
             raise ValueError(f"Dropout: rate must be a float in [0, 1), received {rate!r}")
         self.rate = float(rate)
-        self.seed = seed
-        self._rng = None if seed is None else np.random.default_rng(seed)
-        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
+        super().__init__(seed=seed, input_shape=input_shape, dtype=dtype, name=name,
+                         trainable=trainable, **kwargs)
 
-    def _forward(self, x, training):
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, x, training=False):
         if not training or self.rate == 0:
-            self._cache, self._cache_batch = _IDENTITY, x.shape[0]
+            self._mask = None
             return x.copy()
-        rng = self._rng if self._rng is not None else config.get_rng()
-        mask = rng.random(x.shape, dtype=np.float32) >= self.rate
-        self._cache, self._cache_batch = mask, x.shape[0]
-        return ops.dropout_forward(x, mask, 1.0 / (1.0 - self.rate))
+        self._mask = self.rng().random(x.shape, dtype=np.float32) >= self.rate
+        return ops.dropout_forward(x, self._mask, 1.0 / (1.0 - self.rate))
 
-    def _backward(self, dy):
-        if self._cache is _IDENTITY:
+    def backward(self, dy):
+        if self._mask is None:           # inference pass: the identity
             return dy.copy()
-        return ops.dropout_forward(dy, self._cache, 1.0 / (1.0 - self.rate))
+        return ops.dropout_forward(dy, self._mask, 1.0 / (1.0 - self.rate))
 
     def get_config(self):
         cfg = super().get_config()
-        cfg.update(rate=self.rate, seed=self.seed)
+        cfg["rate"] = self.rate
         return cfg

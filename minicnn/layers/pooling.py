@@ -16,26 +16,27 @@ class MaxPooling2D(Layer):
     """
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", input_shape=None,
-                 dtype="float32", name=None, trainable=True):
+                 dtype="float32", name=None, trainable=True, **kwargs):
         owner = "MaxPooling2D"
         self.pool_size = as_pair(pool_size, "pool_size", owner)
         self.strides = self.pool_size if strides is None else as_pair(strides, "strides", owner)
         self.padding = check_padding(padding, owner)
-        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
+        super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable,
+                         **kwargs)
 
     def compute_output_shape(self, input_shape):
         oh, ow, self.pads = window_geometry(self, input_shape, self.pool_size, "pool_size")
         return (oh, ow, input_shape[2])
 
-    def _forward(self, x, training):
+    def call(self, x, training=False):
         y, argmax = ops.maxpool2d_forward(x, self.pool_size, self.strides, self.pads)
-        self._cache, self._cache_batch = (x.shape, argmax), x.shape[0]
+        self._x_shape, self._argmax = x.shape, argmax
         return y
 
-    def _backward(self, dy):
+    def backward(self, dy):
         if not self.compute_input_gradient:
             return None
-        x_shape, argmax = self._cache
+        x_shape, argmax = self._x_shape, self._argmax
         return ops.maxpool2d_backward(dy, argmax, x_shape, self.pool_size, self.strides, self.pads)
 
     def get_config(self):

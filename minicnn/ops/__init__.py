@@ -68,8 +68,17 @@ def activation_backward(name, x, y, dy):
     return backend_module().activation_backward(name, x, y, dy)
 
 
-def softmax_cross_entropy(logits, target, sparse):
-    return backend_module().softmax_cross_entropy(logits, target, sparse)
+def softmax_cross_entropy(logits, target, sparse, weights=None):
+    return backend_module().softmax_cross_entropy(logits, target, sparse, weights)
+
+
+def fusions():
+    """The fused steps the active backend implements (e.g. ``'conv2d_relu_maxpool'``).
+
+    The model's planner fuses a pattern only when the backend names it here; on the
+    other backends the layers run one by one, so a learner steps through each.
+    """
+    return frozenset(getattr(backend_module(), "FUSIONS", ()))
 
 
 def dropout_forward(x, mask, scale):

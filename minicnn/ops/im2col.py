@@ -165,7 +165,7 @@ def activation_backward(name, x, y, dy):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def softmax_cross_entropy(logits, target, sparse):
+def softmax_cross_entropy(logits, target, sparse, weights=None):
     n, k = logits.shape
     shifted = logits - logits.max(axis=1, keepdims=True)
     lse = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -173,12 +173,16 @@ def softmax_cross_entropy(logits, target, sparse):
     p = np.exp(logp)
     if sparse:
         idx = np.asarray(target, dtype=np.intp).reshape(-1)
-        loss = -logp[np.arange(n), idx].sum() / n
+        rows = -logp[np.arange(n), idx]
         p[np.arange(n), idx] -= 1
         dlogits = p / logits.dtype.type(n)
     else:
-        loss = -(target * logp).sum() / n
+        rows = -(target * logp).sum(axis=1)
         dlogits = (p - target) / logits.dtype.type(n)
+    if weights is not None:
+        rows = rows * weights
+        dlogits *= weights[:, None]
+    loss = rows.sum() / n
     return logits.dtype.type(loss), dlogits.astype(logits.dtype, copy=False)
 
 

@@ -24,6 +24,10 @@ _c = np.ascontiguousarray
 _GROUP_ROWS = 256
 
 
+#: fused steps this backend implements (see :func:`minicnn.ops.fusions`)
+FUSIONS = ("conv2d_relu_maxpool",)
+
+
 def _group(n, nt, rows_per_image):
     """Images per GEMM in the plain conv kernels: about 256 patch rows (the seed model's
     conv3, 8x8 outputs, stacks 4 images; bigger layers keep 1), never more than a
@@ -143,7 +147,7 @@ def activation_backward(name, x, y, dy):
     return dx.reshape(dy.shape)
 
 
-def softmax_cross_entropy(logits, target, sparse):
+def softmax_cross_entropy(logits, target, sparse, weights=None):
     dt = logits.dtype.type
     n = logits.shape[0]
     if sparse:
@@ -152,6 +156,9 @@ def softmax_cross_entropy(logits, target, sparse):
     else:
         rows, d = K.softmax_cross_entropy(_c(logits), _c(target, dtype=logits.dtype),
                                           dt(1) / dt(n))
+    if weights is not None:
+        rows = rows * weights
+        d *= weights[:, None]
     return dt(rows.sum() / dt(n)), d
 
 

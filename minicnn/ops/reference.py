@@ -289,15 +289,18 @@ def activation_backward(name, x, y, dy):
 
 
 # ----------------------------------------------------------------------------- loss
-def softmax_cross_entropy(logits, target, sparse):
+def softmax_cross_entropy(logits, target, sparse, weights=None):
     """Mean softmax cross-entropy from logits, and its fused gradient.
 
     logits : (n, k). target : (n, k) one-hot (or soft) labels, or (n,) int labels if ``sparse``.
+    weights : optional (n,) per-sample weights ``w`` (``sample_weight``/``class_weight``).
 
-    ``loss = -1/n sum_b sum_k t[b, k] * log softmax(z[b])_k`` with the stable
+    ``loss = -1/n sum_b w[b] sum_k t[b, k] * log softmax(z[b])_k`` with the stable
     log-sum-exp ``log softmax(z)_k = z_k - m - log sum_j exp(z_j - m)``,
-    ``m = max_j z_j``. The gradient is the fused ``(softmax(z) - t) / n``: the
-    softmax Jacobian and the CE gradient multiplied out once, on paper.
+    ``m = max_j z_j``, and ``w = 1`` without weights. Dividing by ``n`` and not by
+    ``sum w`` is Keras's 'sum_over_batch_size' reduction. The gradient is the fused
+    ``w[b] * (softmax(z[b]) - t[b]) / n``: the softmax Jacobian and the CE gradient
+    multiplied out once, on paper.
     """
     n, k = logits.shape
     dlogits = np.empty_like(logits)
@@ -312,8 +315,9 @@ def softmax_cross_entropy(logits, target, sparse):
             t[int(target[b])] = 1
         else:
             t = target[b]
-        total += -np.sum(t * (z - lse))
-        dlogits[b] = (p - t) / n
+        wb = 1.0 if weights is None else weights[b]
+        total += -wb * np.sum(t * (z - lse))
+        dlogits[b] = wb * (p - t) / n
     return logits.dtype.type(total / n), dlogits
 
 

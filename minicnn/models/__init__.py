@@ -1,0 +1,14 @@
+"""Models: :class:`Model` (a graph of layers, Keras's Functional API), :class:`Sequential`
+(a chain of layers) and :func:`load_model`.
+
+The model holds the structure and the passes; training lives in :mod:`minicnn.trainer`
+and the file format in :mod:`minicnn.saving`.
+"""
+from ..saving import load_model
+from .functional import METRICS, Model, ModelNotCompiledError
+from .sequential import Sequential
+
+#: model classes by the name a saved architecture uses
+MODEL_CLASSES = {"Sequential": Sequential, "Functional": Model, "Model": Model}
+
+__all__ = ["Model", "Sequential", "load_model", "ModelNotCompiledError", "METRICS"]
