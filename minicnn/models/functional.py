@@ -160,6 +160,7 @@ class Model(Trainer, Layer):
         self.built = True
         self._plans = {}
         self._last_steps = None
+        self._needs_grad = self._gradient_flags(self._plan(fused_steps=False))
 
     @property
     def layers(self):
