@@ -30,6 +30,8 @@ def get(name, owner: str = "initializer") -> str:
 
 
 def fans(shape) -> tuple[int, int]:
+    if len(shape) == 0:          # a scalar weight
+        return 1, 1
     if len(shape) == 1:
         return shape[0], shape[0]
     if len(shape) == 2:
@@ -67,4 +69,4 @@ def initialize(name, shape, dtype=np.float32, rng=None) -> np.ndarray:
         out = _truncated_normal(rng, np.sqrt(2.0 / (fan_in + fan_out)), shape)
     else:  # he_normal
         out = _truncated_normal(rng, np.sqrt(2.0 / fan_in), shape)
-    return np.ascontiguousarray(out, dtype=dtype)
+    return np.array(out, dtype=dtype, order="C")     # ascontiguousarray makes a scalar 1-d
