@@ -333,3 +333,14 @@ def test_graph_model_save_and_load_round_trip(tmp_path):
     model.train_on_batch(x, y)
     back.train_on_batch(x, y)
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), back.get_weights()))
+
+
+def test_residual_network_example_trains(capsys):
+    import runpy
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[1] / "examples" / "residual_network.py"
+    main = runpy.run_path(str(example))["main"]
+    acc = main(["--epochs", "1"])
+    out = capsys.readouterr().out
+    assert "Connected to" in out and "block2_add (Add)" in out and "Test accuracy" in out
+    assert acc > 0.15                                 # 10 classes: chance is 0.1
