@@ -249,3 +249,120 @@ class ModelCheckpoint(Callback):
             self.model.save(path)
         if self.verbose:
             print(f"Epoch {epoch + 1}: saved model to {path}")
+
+
+def _set_learning_rate(owner, model, value):
+    if not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: the learning rate must be a positive number, "
+                         f"received {value!r}")
+    try:
+        model.optimizer.learning_rate = float(value)
+    except TypeError as exc:
+        raise ValueError(f"{owner}: {exc}") from None
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)`` (0-based
+    epoch, the current rate), or ``schedule(epoch)``, as Keras does; the epoch logs get
+    'learning_rate'."""
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise ValueError(f"LearningRateScheduler: schedule must be callable, "
+                             f"received {schedule!r}")
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = self.model.optimizer.learning_rate
+        try:
+            new = self.schedule(epoch, lr)
+        except TypeError:                      # the one-argument form
+            new = self.schedule(epoch)
+        _set_learning_rate("LearningRateScheduler", self.model, new)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {new}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved by more
+    than ``min_delta`` for ``patience`` epochs; wait ``cooldown`` epochs after a reduction;
+    never go below ``min_lr``. Keras's arguments and defaults; the epoch logs get
+    'learning_rate'."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+        super().__init__()
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 0 < factor < 1:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), received {factor!r}")
+        for arg, val in (("patience", patience), ("cooldown", cooldown)):
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
+                raise ValueError(f"ReduceLROnPlateau: {arg} must be a non-negative int, "
+                                 f"received {val!r}")
+        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
+        self.verbose, self.mode = verbose, _mode_for(monitor, mode)
+        self.min_delta, self.cooldown, self.min_lr = abs(float(min_delta)), int(cooldown), \
+            float(min_lr)
+
+    def on_train_begin(self, logs=None):
+        _check_monitor("ReduceLROnPlateau", self.monitor, self.params)
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        current = logs.get(self.monitor)
+        if current is not None:
+            if self.cooldown_counter > 0:
+                self.cooldown_counter -= 1
+                self.wait = 0
+            if _improved(self.mode, current, self.best, self.min_delta):
+                self.best, self.wait = current, 0
+            elif self.cooldown_counter <= 0:
+                self.wait += 1
+                if self.wait >= self.patience:
+                    old = float(self.model.optimizer.learning_rate)
+                    if old > self.min_lr:
+                        new = max(old * self.factor, self.min_lr)
+                        _set_learning_rate("ReduceLROnPlateau", self.model, new)
+                        if self.verbose:
+                            print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning "
+                                  f"rate to {new}.")
+                        self.cooldown_counter, self.wait = self.cooldown, 0
+        logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+class CSVLogger(Callback):
+    """Write one CSV row per epoch (``epoch`` then every log, in a fixed column order) to
+    ``filename``; with ``append=True`` continue an existing file."""
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        self.filename, self.sep, self.append = os.fspath(filename), separator, bool(append)
+        self.keys = None
+
+    def on_train_begin(self, logs=None):
+        exists = self.append and os.path.isfile(self.filename)
+        self.keys = None
+        if exists:
+            with open(self.filename, encoding="utf-8") as fh:
+                first = fh.readline().strip()
+            self.keys = first.split(self.sep)[1:] if first else None
+        self.file = open(self.filename, "a" if self.append else "w", encoding="utf-8",
+                         newline="")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+            self.file.write(self.sep.join(["epoch"] + self.keys) + "\n")
+        row = [str(epoch)] + [repr(float(logs[k])) if k in logs else "NA" for k in self.keys]
+        self.file.write(self.sep.join(row) + "\n")
+        self.file.flush()
+
+    def on_train_end(self, logs=None):
+        self.file.close()

@@ -26,7 +26,10 @@ class Loss:
     name = "loss"
     sparse = False
 
-    def __init__(self, from_logits=False):
+    def __init__(self, from_logits=False, reduction="sum_over_batch_size", name=None):
+        if reduction != "sum_over_batch_size":
+            raise ValueError(f"{type(self).__name__}: only reduction='sum_over_batch_size' (the "
+                             f"Keras default) is supported, received {reduction!r}")
         self.from_logits = bool(from_logits)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -102,9 +105,32 @@ class _CrossEntropy(Loss):
 
 
 class CategoricalCrossentropy(_CrossEntropy):
-    """``-mean_b sum_k y[b, k] log p[b, k]`` with one-hot (or soft) labels ``y (n, k)``."""
+    """``-mean_b sum_k y[b, k] log p[b, k]`` with one-hot (or soft) labels ``y (n, k)``.
+
+    ``label_smoothing=s`` trains on ``y * (1 - s) + s / k`` instead of ``y`` (Keras's rule).
+    """
 
     name = "categorical_crossentropy"
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, **kwargs):
+        super().__init__(from_logits, **kwargs)
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0 <= label_smoothing <= 1:
+            raise ValueError(f"CategoricalCrossentropy: label_smoothing must be in [0, 1], "
+                             f"received {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def _target(self, y_true, ref):
+        t = super()._target(y_true, ref)
+        if self.label_smoothing:
+            s = ref.dtype.type(self.label_smoothing)
+            t = t * (1 - s) + s / ref.dtype.type(ref.shape[-1])
+        return t
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["label_smoothing"] = self.label_smoothing
+        return cfg
 
     def check_targets(self, y, n_classes, arg="y"):
         y = np.asarray(y)
@@ -153,4 +179,5 @@ def from_config(cfg) -> Loss:
     classes = {cls.__name__: cls for cls in LOSSES.values()}
     if cfg.get("class_name") not in classes:
         raise ValueError(f"unknown loss class {cfg.get('class_name')!r}")
-    return classes[cfg["class_name"]](from_logits=cfg.get("from_logits", False))
+    kwargs = {k: v for k, v in cfg.items() if k in ("from_logits", "label_smoothing")}
+    return classes[cfg["class_name"]](**kwargs)

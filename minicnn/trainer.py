@@ -465,6 +465,8 @@ class Trainer:
             if val is not None and (epoch + 1) in validate_at:
                 val_logs = self._evaluate(*val, val_batch_size, "fit (validation)")
                 logs.update(("val_" + k, v) for k, v in val_logs.items())
+            if self.optimizer.schedule is not None:     # the rate of the next step
+                logs["learning_rate"] = float(self.optimizer.learning_rate)
             elapsed = time.perf_counter() - t0
             callback_list.on_epoch_end(epoch, logs)
             bar.finish(logs, elapsed)

@@ -190,6 +190,7 @@ class Layer:
         self._params: dict[str, np.ndarray] = {}
         self._grads: dict[str, np.ndarray] = {}
         self._frozen: set[str] = set()
+        self._regularizers: dict = {}
         self.output_shape = None
         self.built = False
         #: False when nothing below the layer needs dL/dx (set by the model): backward may
@@ -246,12 +247,13 @@ class Layer:
         self._grads = dict(value)
 
     def add_weight(self, name=None, shape=(), initializer="glorot_uniform", trainable=True,
-                   dtype=None):
+                   dtype=None, regularizer=None):
         """Create a weight array, store it in ``self.params[name]`` and return it.
 
         ``initializer``: a name from :mod:`minicnn.initializers`; ``trainable=False``
-        keeps the optimizer away from it (BatchNormalization's moving statistics).
-        The array is updated in place by training and loading, so the reference you
+        keeps the optimizer away from it (BatchNormalization's moving statistics);
+        ``regularizer`` (:mod:`minicnn.regularizers`) adds its penalty to the loss and its
+        gradient to ``grads[name]`` in training. The array is updated in place by training and loading, so the reference you
         keep (``self.w = self.add_weight(...)``) stays valid.
         """
         owner = f"{self.name}.add_weight"
@@ -272,7 +274,19 @@ class Layer:
         self._grads[name] = np.zeros_like(value)
         if not trainable:
             self._frozen.add(name)
+        if regularizer is not None:
+            from .. import regularizers
+            self._regularizers[name] = regularizers.get(regularizer, owner)
         return value
+
+    def regularization_loss(self) -> float:
+        """The sum of the penalties of this layer's regularized weights."""
+        return float(sum(reg(self._params[k]) for k, reg in self._regularizers.items()))
+
+    def add_regularization_gradients(self):
+        """Add each regularized weight's ``dR/dw`` to its gradient (after backward)."""
+        for key, reg in self._regularizers.items():
+            self._grads[key] = self._grads[key] + reg.gradient(self._params[key])
 
     def is_trainable_weight(self, key) -> bool:
         """True when the optimizer updates weight ``key`` (the layer is trainable and the
@@ -320,7 +334,7 @@ class Layer:
         """Forget the weights and the shapes of :meth:`build` (``input_shape``: the one given
         to the constructor, if any), as if the layer had never been built."""
         self.input_shape = input_shape
-        self._params, self._grads, self._frozen = {}, {}, set()
+        self._params, self._grads, self._frozen, self._regularizers = {}, {}, set(), {}
         self.output_shape = None
         self.built = False
         self._last_batch = None

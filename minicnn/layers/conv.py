@@ -1,7 +1,7 @@
 """Conv2D: 2-D convolution (cross-correlation) over NHWC images."""
 from __future__ import annotations
 
-from .. import activations, initializers, ops
+from .. import activations, initializers, ops, regularizers
 from .base import Layer, as_pair, check_padding, positive_int, reject_kwargs, window_geometry
 
 
@@ -23,7 +23,8 @@ class Conv2D(Layer):
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 input_shape=None, dtype="float32", name=None, trainable=True, **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, input_shape=None,
+                 dtype="float32", name=None, trainable=True, **kwargs):
         owner = "Conv2D"
         self.filters = positive_int(filters, "filters", owner)
         self.kernel_size = as_pair(kernel_size, "kernel_size", owner)
@@ -33,6 +34,8 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, owner)
         self.bias_initializer = initializers.get(bias_initializer, owner)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer, owner)
+        self.bias_regularizer = regularizers.get(bias_regularizer, owner)
         reject_kwargs(owner, kwargs)
         super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
@@ -42,9 +45,11 @@ class Conv2D(Layer):
 
     def build(self, input_shape):
         kh, kw = self.kernel_size
-        self.add_weight("kernel", (kh, kw, input_shape[2], self.filters), self.kernel_initializer)
+        self.add_weight("kernel", (kh, kw, input_shape[2], self.filters), self.kernel_initializer,
+                        regularizer=self.kernel_regularizer)
         if self.use_bias:
-            self.add_weight("bias", (self.filters,), self.bias_initializer)
+            self.add_weight("bias", (self.filters,), self.bias_initializer,
+                            regularizer=self.bias_regularizer)
 
     def call(self, x, training=False):
         kernel, bias = self.params["kernel"], self.params.get("bias")
@@ -89,5 +94,7 @@ class Conv2D(Layer):
         cfg.update(filters=self.filters, kernel_size=list(self.kernel_size),
                    strides=list(self.strides), padding=self.padding, activation=self.activation,
                    use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
-                   bias_initializer=self.bias_initializer)
+                   bias_initializer=self.bias_initializer,
+                   kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+                   bias_regularizer=regularizers.serialize(self.bias_regularizer))
         return cfg

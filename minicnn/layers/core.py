@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import activations, initializers, ops
+from .. import activations, initializers, ops, regularizers
 from .augment import RandomLayer
 from .base import Layer, positive_int, reject_kwargs
 
@@ -19,7 +19,8 @@ class Dense(Layer):
     _cache = None      # (x, z, y) of the last forward
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", input_shape=None, dtype="float32", name=None,
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 input_shape=None, dtype="float32", name=None,
                  trainable=True, **kwargs):
         owner = "Dense"
         self.units = positive_int(units, "units", owner)
@@ -27,6 +28,8 @@ class Dense(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer, owner)
         self.bias_initializer = initializers.get(bias_initializer, owner)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer, owner)
+        self.bias_regularizer = regularizers.get(bias_regularizer, owner)
         reject_kwargs(owner, kwargs)
         super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
@@ -37,9 +40,11 @@ class Dense(Layer):
         return (self.units,)
 
     def build(self, input_shape):
-        self.add_weight("kernel", (input_shape[0], self.units), self.kernel_initializer)
+        self.add_weight("kernel", (input_shape[0], self.units), self.kernel_initializer,
+                        regularizer=self.kernel_regularizer)
         if self.use_bias:
-            self.add_weight("bias", (self.units,), self.bias_initializer)
+            self.add_weight("bias", (self.units,), self.bias_initializer,
+                            regularizer=self.bias_regularizer)
 
     def call(self, x, training=False):
         z = ops.dense_forward(x, self.params["kernel"], self.params.get("bias"))
@@ -68,7 +73,9 @@ class Dense(Layer):
         cfg = super().get_config()
         cfg.update(units=self.units, activation=self.activation, use_bias=self.use_bias,
                    kernel_initializer=self.kernel_initializer,
-                   bias_initializer=self.bias_initializer)
+                   bias_initializer=self.bias_initializer,
+                   kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+                   bias_regularizer=regularizers.serialize(self.bias_regularizer))
         return cfg
 
 

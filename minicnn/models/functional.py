@@ -493,7 +493,8 @@ class Model(Trainer, Layer):
         When the output layer ends in softmax, the loss fuses with it
         (``loss.fuses_with('softmax')``) and nothing else reads the output, the loss is
         computed from the layer's pre-activation ``z`` and the gradient is the fused
-        ``dL/dz = w * (softmax(z) - y) / n``; otherwise from ``y_pred``.
+        ``dL/dz = w * (softmax(z) - y) / n``; otherwise from ``y_pred``. The loss includes
+        the weights' regularization penalties (their gradients are added after backward).
         """
         if not self._single_output:
             raise ValueError(f"{self.name}: training models with several outputs is not "
@@ -505,9 +506,13 @@ class Model(Trainer, Layer):
             z = producer.preactivation()
             if z is not None:
                 loss, dz = self.loss.from_logits_forward(z, y, sample_weight)
-                return loss, None, dz
+                return loss + self.regularization_loss(), None, dz
         loss, dy = self.loss.forward(y_pred, y, sample_weight)
-        return loss, dy, None
+        return loss + self.regularization_loss(), dy, None
+
+    def regularization_loss(self) -> float:
+        """The penalties of every regularized weight (``kernel_regularizer=``)."""
+        return float(sum(layer.regularization_loss() for layer in self.walk_layers()))
 
     def compute_gradients(self, x, y, sample_weight=None):
         """Forward (training mode, the plan), loss and backward on one batch; no update.
@@ -519,6 +524,8 @@ class Model(Trainer, Layer):
         y_pred = self.call(x, training=True)
         loss, dy, dz = self.compute_loss(y_pred, y, sample_weight)
         self._backward_plan([dy], preactivation_dz=dz)
+        for layer in self.walk_layers():
+            layer.add_regularization_gradients()
         return float(loss), y_pred
 
     def backprop(self, x, y, sample_weight=None):
