@@ -92,7 +92,7 @@ def _class_for(name, custom_objects):
 
 
 _TUPLE_KEYS = ("kernel_size", "strides", "pool_size", "input_shape", "height_factor",
-               "width_factor", "shape")
+               "width_factor", "shape", "padding")
 
 
 def layer_from_config(entry, custom_objects=None):

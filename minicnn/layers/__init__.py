@@ -9,11 +9,12 @@ from .core import Activation, Dense, Dropout, Flatten, ReLU
 from .input_layer import Input, InputLayer, KerasTensor
 from .merging import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from .pooling import MaxPooling2D
+from .preprocessing import Rescaling, Softmax, ZeroPadding2D
 
 #: every layer class by name, for saving and loading models
 LAYER_CLASSES = {cls.__name__: cls for cls in (
     Conv2D, MaxPooling2D, Dense, Flatten, Activation, ReLU, Dropout, RandomFlip,
     RandomTranslation, InputLayer, Add, Subtract, Multiply, Average, Maximum, Minimum,
-    Concatenate)}
+    Concatenate, Rescaling, ZeroPadding2D, Softmax)}
 
 __all__ = ["Layer", "LAYER_CLASSES", "Input", "KerasTensor"] + sorted(LAYER_CLASSES)
