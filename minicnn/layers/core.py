@@ -139,6 +139,34 @@ class ReLU(Activation):
         return cfg
 
 
+class LeakyReLU(Layer):
+    """``y = x`` where ``x > 0``, ``negative_slope * x`` elsewhere (Keras 3's default slope
+    0.3); backward ``dx = dy`` or ``negative_slope * dy``."""
+
+    def __init__(self, negative_slope=0.3, **kwargs):
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) \
+                or negative_slope < 0:
+            raise ValueError(f"LeakyReLU: negative_slope must be a number >= 0, received "
+                             f"{negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+        super().__init__(**kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, x, training=False):
+        self._x = x
+        return ops.leaky_relu_forward(x, self.negative_slope)
+
+    def backward(self, dy):
+        return ops.leaky_relu_backward(self._x, dy, self.negative_slope)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["negative_slope"] = self.negative_slope
+        return cfg
+
+
 class Dropout(RandomLayer):
     """Inverted dropout: in training, zero each unit with probability ``rate`` and
     scale the kept ones by ``1 / (1 - rate)``; at inference, the identity.
