@@ -3,7 +3,7 @@
 Layers call these functions, never a backend module directly. Each function
 here forwards to the same-named function of the backend chosen with
 :func:`minicnn.set_backend` (``reference``: :mod:`.reference`, ``numpy``:
-:mod:`.im2col`, ``numba``: :mod:`.numba_ops`). The reference module's
+:mod:`.numpy_ops`, ``numba``: :mod:`.numba_ops`). The reference module's
 docstrings give the math and shapes of each op.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import importlib
 from .. import config
 from ._shapes import conv_geometry, conv_out_size, out_hw, out_size_from_pads  # noqa: F401
 
-_MODULES = {"reference": ".reference", "numpy": ".im2col", "numba": ".numba_ops"}
+_MODULES = {"reference": ".reference", "numpy": ".numpy_ops", "numba": ".numba_ops"}
 _loaded = {}
 
 
