@@ -29,7 +29,8 @@ BACKENDS = ("reference", "numpy", "numba")
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-9}
 DTYPE_NAMES = st.sampled_from(["float32", "float64"])
 SEEDS = st.integers(0, 2**32 - 1)
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "linear", "softmax")
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "linear", "softmax", "gelu", "swish", "elu",
+               "leaky_relu")
 
 
 def norm(a) -> float:
@@ -633,9 +634,24 @@ xd, kd = f32(3, 5), f32(5, 4)
 ops.dense_forward(xd, kd, f32(4))
 for need_dx in (True, False):
     ops.dense_backward(xd, kd, f32(3, 4), need_dx)
-for name in ("relu", "sigmoid", "tanh", "linear", "softmax"):
+for name in ("relu", "sigmoid", "tanh", "linear", "softmax", "gelu", "swish", "elu",
+             "leaky_relu"):
     ya = ops.activation_forward(name, xd)
     ops.activation_backward(name, xd, ya, f32(3, 5))
+ops.leaky_relu_backward(xd, f32(3, 5), 0.3)
+ops.leaky_relu_forward(xd, 0.3)
+for pool, strides, pads in (((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (1, 1), (1, 1, 1, 1))):
+    ya = ops.avgpool2d_forward(x, pool, strides, pads)
+    ops.avgpool2d_backward(f32(*ya.shape), x.shape, pool, strides, pads)
+ops.global_avgpool_backward(ops.global_avgpool_forward(x), x.shape)
+yg, argg = ops.global_maxpool_forward(x)
+ops.global_maxpool_backward(yg, argg, x.shape)
+for xb in (xd, x):
+    gamma, beta = f32(xb.shape[-1]), f32(xb.shape[-1])
+    yb, mean, var, xhat, inv_std = ops.batchnorm_train_forward(xb, gamma, beta, 1e-3)
+    ops.batchnorm_train_forward(xb, None, None, 1e-3)
+    ops.batchnorm_inference_forward(xb, gamma, beta, mean, var, 1e-3)
+    ops.batchnorm_backward(f32(*xb.shape), xhat, gamma, inv_std)
 ops.softmax_cross_entropy(xd, np.eye(5, dtype=np.float32)[[0, 1, 2]], False)
 ops.softmax_cross_entropy(xd, np.array([0, 1, 2]), True)
 ops.dropout_forward(xd, rng.random((3, 5)) > 0.5, 2.0)

@@ -21,12 +21,24 @@ conv2d_relu_maxpool_backward = register("conv2d_relu_maxpool_backward")
 # pooling
 maxpool2d_forward = register("maxpool2d_forward")
 maxpool2d_backward = register("maxpool2d_backward")
+avgpool2d_forward = register("avgpool2d_forward")
+avgpool2d_backward = register("avgpool2d_backward")
+global_avgpool_forward = register("global_avgpool_forward")
+global_avgpool_backward = register("global_avgpool_backward")
+global_maxpool_forward = register("global_maxpool_forward")
+global_maxpool_backward = register("global_maxpool_backward")
+# batch normalisation
+batchnorm_train_forward = register("batchnorm_train_forward")
+batchnorm_inference_forward = register("batchnorm_inference_forward")
+batchnorm_backward = register("batchnorm_backward")
 # dense
 dense_forward = register("dense_forward")
 dense_backward = register("dense_backward")
 # activations
 activation_forward = register("activation_forward")
 activation_backward = register("activation_backward")
+leaky_relu_forward = register("leaky_relu_forward")
+leaky_relu_backward = register("leaky_relu_backward")
 # loss
 softmax_cross_entropy = register("softmax_cross_entropy")
 # dropout

@@ -7,6 +7,8 @@ only ever compiles float32 signatures. Same signatures and conventions as
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -15,10 +17,11 @@ from ._kernels import conv as conv_k
 from ._kernels import dense as dense_k
 from ._kernels import elementwise as elementwise_k
 from ._kernels import loss as loss_k
+from ._kernels import norm as norm_k
 from ._kernels import optim as optim_k
 from ._kernels import pool as pool_k
 from ._shapes import out_hw
-from .reference import _flat_inplace
+from .reference import LEAKY_RELU_SLOPE, _flat_inplace
 
 config._apply_thread_policy()
 config._tune_malloc()
@@ -102,6 +105,74 @@ def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
                                      pads[0], pads[2])
 
 
+def avgpool2d_forward(x, pool, strides, pads):
+    n, h, w, c = x.shape
+    ph, pw = pool
+    oh, ow = out_hw(h, w, ph, pw, strides, pads)
+    return pool_k.avgpool2d_forward(_c(x), ph, pw, *strides, pads[0], pads[2], oh, ow,
+                                    x.dtype.type(1))
+
+
+def avgpool2d_backward(dy, x_shape, pool, strides, pads):
+    _, h, w, _ = x_shape
+    return pool_k.avgpool2d_backward(_c(dy), h, w, *pool, *strides, pads[0], pads[2],
+                                     dy.dtype.type(1))
+
+
+def global_avgpool_forward(x):
+    _, h, w, _ = x.shape
+    return pool_k.global_avgpool_forward(_c(x), x.dtype.type(h * w))
+
+
+def global_avgpool_backward(dy, x_shape):
+    _, h, w, _ = x_shape
+    return pool_k.global_avgpool_backward(_c(dy), h, w, dy.dtype.type(h * w))
+
+
+def global_maxpool_forward(x):
+    return pool_k.global_maxpool_forward(_c(x))
+
+
+def global_maxpool_backward(dy, argmax, x_shape):
+    _, h, w, _ = x_shape
+    return pool_k.global_maxpool_backward(_c(dy), _c(argmax, dtype=np.int32), h, w)
+
+
+def _channel_vector(v, c, dtype, fill):
+    """A ``(c,)`` parameter in ``dtype``: ``v``, or ``fill`` everywhere when it is None."""
+    return np.full(c, fill, dtype=dtype) if v is None else _c(v, dtype=dtype)
+
+
+def batchnorm_train_forward(x, gamma, beta, epsilon):
+    dt = x.dtype.type
+    c = x.shape[-1]
+    rows = _c(x).reshape(-1, c)
+    y, mean, var, xhat, inv_std = norm_k.batchnorm_train_forward(
+        rows, _channel_vector(gamma, c, x.dtype, 1), _channel_vector(beta, c, x.dtype, 0),
+        dt(rows.shape[0]), dt(epsilon), dt(1), _threads(rows.shape[0]))
+    return y.reshape(x.shape), mean, var, xhat.reshape(x.shape), inv_std
+
+
+def batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon):
+    dt = x.dtype.type
+    c = x.shape[-1]
+    rows = _c(x).reshape(-1, c)
+    inv_std = dt(1) / np.sqrt(_c(var, dtype=x.dtype) + dt(epsilon))
+    y = norm_k.batchnorm_inference_forward(
+        rows, _channel_vector(gamma, c, x.dtype, 1), _channel_vector(beta, c, x.dtype, 0),
+        _c(mean, dtype=x.dtype), inv_std, _threads(rows.shape[0]))
+    return y.reshape(x.shape)
+
+
+def batchnorm_backward(dy, xhat, gamma, inv_std):
+    c = dy.shape[-1]
+    rows = _c(dy).reshape(-1, c)
+    dx, dgamma, dbeta = norm_k.batchnorm_backward(
+        rows, _c(xhat, dtype=dy.dtype).reshape(-1, c), _channel_vector(gamma, c, dy.dtype, 1),
+        _c(inv_std, dtype=dy.dtype), dy.dtype.type(rows.shape[0]), _threads(rows.shape[0]))
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
 def dense_forward(x, kernel, bias):
     return dense_k.dense_forward(_c(x), _c(kernel), _bias_or_zeros(bias, kernel.shape[1], x.dtype),
                            _threads(x.shape[0]))
@@ -126,6 +197,14 @@ def activation_forward(name, x):
         y = elementwise_k.tanh_forward(flat)
     elif name == "softmax":
         y = elementwise_k.softmax_forward(_c(x).reshape(-1, x.shape[-1]), dt(0))
+    elif name == "gelu":
+        y = elementwise_k.gelu_forward(flat, dt(0.5), dt(1), dt(1 / math.sqrt(2)))
+    elif name in ("swish", "silu"):
+        y = elementwise_k.swish_forward(flat, dt(1))
+    elif name == "elu":
+        y = elementwise_k.elu_forward(flat, dt(0))
+    elif name == "leaky_relu":
+        return leaky_relu_forward(x, LEAKY_RELU_SLOPE)
     else:
         raise ValueError(f"unknown activation {name!r}")
     return y.reshape(x.shape)
@@ -145,9 +224,30 @@ def activation_backward(name, x, y, dy):
     elif name == "softmax":
         k = dy.shape[-1]
         dx = elementwise_k.softmax_backward(_c(y).reshape(-1, k), _c(dy).reshape(-1, k), dt(0))
+    elif name == "gelu":
+        dx = elementwise_k.gelu_backward(_c(x, dtype=dy.dtype).reshape(-1), fdy, dt(0.5), dt(1),
+                                         dt(1 / math.sqrt(2)), dt(1 / math.sqrt(2 * math.pi)))
+    elif name in ("swish", "silu"):
+        dx = elementwise_k.swish_backward(_c(x, dtype=dy.dtype).reshape(-1), fdy, dt(1))
+    elif name == "elu":
+        dx = elementwise_k.elu_backward(_c(x, dtype=dy.dtype).reshape(-1), fdy, dt(0))
+    elif name == "leaky_relu":
+        return leaky_relu_backward(x, dy, LEAKY_RELU_SLOPE)
     else:
         raise ValueError(f"unknown activation {name!r}")
     return dx.reshape(dy.shape)
+
+
+def leaky_relu_forward(x, slope):
+    dt = x.dtype.type
+    return elementwise_k.leaky_relu_forward(_c(x).reshape(-1), dt(slope), dt(0)).reshape(x.shape)
+
+
+def leaky_relu_backward(x, dy, slope):
+    dt = dy.dtype.type
+    return elementwise_k.leaky_relu_backward(_c(x, dtype=dy.dtype).reshape(-1),
+                                             _c(dy).reshape(-1), dt(slope),
+                                             dt(0)).reshape(dy.shape)
 
 
 def softmax_cross_entropy(logits, target, sparse):

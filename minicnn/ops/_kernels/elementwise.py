@@ -8,6 +8,8 @@ no input is modified.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -71,6 +73,98 @@ def tanh_backward(y, dy, one):
     dx = np.empty_like(dy)
     for i in prange(y.size):
         dx[i] = dy[i] * (one - y[i] * y[i])
+    return dx
+
+
+@njit(cache=True)
+def _sigmoid(v, one):
+    """The logistic of one number, in two branches so that exp never overflows."""
+    if v >= one - one:
+        return one / (one + np.exp(-v))
+    e = np.exp(v)
+    return e / (one + e)
+
+
+@njit(parallel=True, cache=True)
+def gelu_forward(x, half, one, inv_sqrt2):
+    """Exact GELU: ``y[i] = x[i]/2 (1 + erf(x[i] / sqrt 2))``; ``half``, ``one`` and
+    ``inv_sqrt2 = 1/sqrt(2)`` in x's dtype (``math.erf`` of a float32 is float32)."""
+    y = np.empty_like(x)
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = half * v * (one + math.erf(v * inv_sqrt2))
+    return y
+
+
+@njit(parallel=True, cache=True)
+def gelu_backward(x, dy, half, one, inv_sqrt2, inv_sqrt_2pi):
+    """``dx[i] = dy[i] (Phi(x[i]) + x[i] phi(x[i]))`` with ``Phi(v) = (1 + erf(v/sqrt 2))/2``
+    and ``phi(v) = exp(-v**2/2) / sqrt(2 pi)``; constants in x's dtype. Returns new ``dx``."""
+    dx = np.empty_like(dy)
+    for i in prange(x.size):
+        v = x[i]
+        cdf = half * (one + math.erf(v * inv_sqrt2))
+        pdf = np.exp(-half * v * v) * inv_sqrt_2pi
+        dx[i] = dy[i] * (cdf + v * pdf)
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def swish_forward(x, one):
+    """Swish / SiLU: ``y[i] = x[i] s(x[i])`` with the logistic ``s``. Returns new ``y``."""
+    y = np.empty_like(x)
+    for i in prange(x.size):
+        y[i] = x[i] * _sigmoid(x[i], one)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def swish_backward(x, dy, one):
+    """``dx[i] = dy[i] s (1 + x[i] (1 - s))`` with ``s = s(x[i])``. Returns new ``dx``."""
+    dx = np.empty_like(dy)
+    for i in prange(x.size):
+        s = _sigmoid(x[i], one)
+        dx[i] = dy[i] * (s * (one + x[i] * (one - s)))
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def elu_forward(x, zero):
+    """ELU with alpha 1: ``y[i] = x[i]`` if ``x[i] > 0`` else ``expm1(x[i])``; new ``y``."""
+    y = np.empty_like(x)
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v if v > zero else np.expm1(v)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def elu_backward(x, dy, zero):
+    """``dx[i] = dy[i]`` if ``x[i] > 0`` else ``dy[i] exp(x[i])``. Returns new ``dx``."""
+    dx = np.empty_like(dy)
+    for i in prange(x.size):
+        v = x[i]
+        dx[i] = dy[i] if v > zero else dy[i] * np.exp(v)
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def leaky_relu_forward(x, slope, zero):
+    """``y[i] = x[i]`` if ``x[i] > 0`` else ``slope * x[i]`` (NaN stays NaN); ``slope`` in
+    x's dtype. Returns new ``y``."""
+    y = np.empty_like(x)
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v if v > zero else slope * v
+    return y
+
+
+@njit(parallel=True, cache=True)
+def leaky_relu_backward(x, dy, slope, zero):
+    """``dx[i] = dy[i]`` if ``x[i] > 0`` else ``slope * dy[i]``. Returns new ``dx``."""
+    dx = np.empty_like(dy)
+    for i in prange(x.size):
+        dx[i] = dy[i] if x[i] > zero else slope * dy[i]
     return dx
 
 
