@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from . import ops
 
-ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
+ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "swish", "silu", "elu",
+               "leaky_relu")
 
 
 def get(name, owner: str = "activation") -> str:

@@ -3,7 +3,7 @@
 The backend decides which implementation of every op runs:
 
 - ``'reference'``: plain loops, the readable text of backprop (slow on purpose);
-- ``'numpy'``: vectorised im2col / col2im with NumPy;
+- ``'numpy'``: vectorised NumPy, convolution as im2col / col2im (:mod:`minicnn.ops.numpy_ops`);
 - ``'numba'``: parallel JIT kernels (the default).
 
 It is chosen, in order of precedence, by :func:`use_backend` (a context

@@ -1,75 +1,51 @@
 """Ops: every forward and backward computation, on the active backend.
 
 Layers call these functions, never a backend module directly. Each function
-here forwards to the same-named function of the backend chosen with
+here is a dispatcher made by :func:`._registry.register`: it carries the
+signature and docstring (math and shapes) of the reference implementation and
+forwards to the same-named function of the backend chosen with
 :func:`minicnn.set_backend` (``reference``: :mod:`.reference`, ``numpy``:
-:mod:`.im2col`, ``numba``: :mod:`.numba_ops`). The reference module's
-docstrings give the math and shapes of each op.
+:mod:`.numpy_ops`, ``numba``: :mod:`.numba_ops`). ``OPS`` maps every op name to
+its dispatcher.
 """
 from __future__ import annotations
 
-import importlib
-
-from .. import config
+from ._registry import OPS, backend_module, register  # noqa: F401
 from ._shapes import conv_geometry, conv_out_size, out_hw, out_size_from_pads  # noqa: F401
 
-_MODULES = {"reference": ".reference", "numpy": ".im2col", "numba": ".numba_ops"}
-_loaded = {}
-
-
-def backend_module(name=None):
-    """The module implementing the ops of backend ``name`` (default: the active one)."""
-    name = config.get_backend() if name is None else config._check_backend(name)
-    mod = _loaded.get(name)
-    if mod is None:
-        mod = importlib.import_module(_MODULES[name], __name__)
-        _loaded[name] = mod
-    return mod
-
-
-def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
-    return backend_module().conv2d_forward(x, kernel, bias, strides, pads, relu)
-
-
-def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
-    return backend_module().conv2d_backward(x, kernel, dy, strides, pads, need_dx, y)
-
-
-def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
-    return backend_module().conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads)
-
-
-def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
-    return backend_module().conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads,
-                                                         need_dx)
-
-
-def maxpool2d_forward(x, pool, strides, pads):
-    return backend_module().maxpool2d_forward(x, pool, strides, pads)
-
-
-def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
-    return backend_module().maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads)
-
-
-def dense_forward(x, kernel, bias):
-    return backend_module().dense_forward(x, kernel, bias)
-
-
-def dense_backward(x, kernel, dy, need_dx=True):
-    return backend_module().dense_backward(x, kernel, dy, need_dx)
-
-
-def activation_forward(name, x):
-    return backend_module().activation_forward(name, x)
-
-
-def activation_backward(name, x, y, dy):
-    return backend_module().activation_backward(name, x, y, dy)
-
-
-def softmax_cross_entropy(logits, target, sparse, weights=None):
-    return backend_module().softmax_cross_entropy(logits, target, sparse, weights)
+# convolution
+conv2d_forward = register("conv2d_forward")
+conv2d_backward = register("conv2d_backward")
+conv2d_relu_maxpool_forward = register("conv2d_relu_maxpool_forward")
+conv2d_relu_maxpool_backward = register("conv2d_relu_maxpool_backward")
+# pooling
+maxpool2d_forward = register("maxpool2d_forward")
+maxpool2d_backward = register("maxpool2d_backward")
+avgpool2d_forward = register("avgpool2d_forward")
+avgpool2d_backward = register("avgpool2d_backward")
+global_avgpool_forward = register("global_avgpool_forward")
+global_avgpool_backward = register("global_avgpool_backward")
+global_maxpool_forward = register("global_maxpool_forward")
+global_maxpool_backward = register("global_maxpool_backward")
+# batch normalisation
+batchnorm_train_forward = register("batchnorm_train_forward")
+batchnorm_inference_forward = register("batchnorm_inference_forward")
+batchnorm_backward = register("batchnorm_backward")
+# dense
+dense_forward = register("dense_forward")
+dense_backward = register("dense_backward")
+# activations
+activation_forward = register("activation_forward")
+activation_backward = register("activation_backward")
+leaky_relu_forward = register("leaky_relu_forward")
+leaky_relu_backward = register("leaky_relu_backward")
+# loss
+softmax_cross_entropy = register("softmax_cross_entropy")
+# dropout
+dropout_forward = register("dropout_forward")
+# optimizers (in place)
+adam_update = register("adam_update")
+sgd_update = register("sgd_update")
 
 
 def fusions():
@@ -79,15 +55,3 @@ def fusions():
     other backends the layers run one by one, so a learner steps through each.
     """
     return frozenset(getattr(backend_module(), "FUSIONS", ()))
-
-
-def dropout_forward(x, mask, scale):
-    return backend_module().dropout_forward(x, mask, scale)
-
-
-def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, t):
-    return backend_module().adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, t)
-
-
-def sgd_update(param, grad, velocity, lr, momentum, nesterov):
-    return backend_module().sgd_update(param, grad, velocity, lr, momentum, nesterov)

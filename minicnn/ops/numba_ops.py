@@ -1,4 +1,4 @@
-"""The numba backend: thin validating wrappers around :mod:`minicnn.ops._kernels`.
+"""The numba backend: thin validating wrappers around the kernels of :mod:`minicnn.ops._kernels`.
 
 Each wrapper makes its arrays C-contiguous, reshapes them to what the kernel
 expects and converts every scalar to the arrays' dtype, so a float32 model
@@ -7,13 +7,21 @@ only ever compiles float32 signatures. Same signatures and conventions as
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
 from .. import config
-from . import _kernels as K
+from ._kernels import conv as conv_k
+from ._kernels import dense as dense_k
+from ._kernels import elementwise as elementwise_k
+from ._kernels import loss as loss_k
+from ._kernels import norm as norm_k
+from ._kernels import optim as optim_k
+from ._kernels import pool as pool_k
 from ._shapes import out_hw
-from .reference import _flat_inplace
+from .reference import LEAKY_RELU_SLOPE, _flat_inplace
 
 config._apply_thread_policy()
 config._tune_malloc()
@@ -55,8 +63,8 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
     n, f = x.shape[0], kernel.shape[3]
     k2, geo = _conv_args(x, kernel, strides, pads)
     nt = _threads(n)
-    y = K.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
-                         x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]))
+    y = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
+                              x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]))
     return y.reshape(n, geo[6], geo[7], f)
 
 
@@ -67,20 +75,21 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
     dy3 = _c(dy).reshape(n, p, f)
     y3 = dy3 if y is None else _c(y).reshape(n, p, f)
     nt = _threads(n)
-    dx, dk, db = K.conv2d_backward(_c(x), k2, dy3, y3, *geo, bool(need_dx), y is not None,
-                                   x.dtype.type(0), nt, _group(n, nt, p))
+    dx, dk, db = conv_k.conv2d_backward(_c(x), k2, dy3, y3, *geo, bool(need_dx), y is not None,
+                                        x.dtype.type(0), nt, _group(n, nt, p))
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 
 def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
     k2, geo = _conv_args(x, kernel, strides, pads)
-    return K.conv2d_relu_maxpool_forward(_c(x), k2, _bias_or_zeros(bias, kernel.shape[3], x.dtype),
-                                         *geo, x.dtype.type(0), _threads(x.shape[0]))
+    return conv_k.conv2d_relu_maxpool_forward(_c(x), k2,
+                                              _bias_or_zeros(bias, kernel.shape[3], x.dtype),
+                                              *geo, x.dtype.type(0), _threads(x.shape[0]))
 
 
 def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
     k2, geo = _conv_args(x, kernel, strides, pads)
-    dx, dk, db = K.conv2d_relu_maxpool_backward(
+    dx, dk, db = conv_k.conv2d_relu_maxpool_backward(
         _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo, bool(need_dx),
         x.dtype.type(0), _threads(x.shape[0]))
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
@@ -90,23 +99,92 @@ def maxpool2d_forward(x, pool, strides, pads):
     n, h, w, c = x.shape
     ph, pw = pool
     oh, ow = out_hw(h, w, ph, pw, strides, pads)
-    return K.maxpool2d_forward(_c(x), ph, pw, *strides, pads[0], pads[2], oh, ow)
+    return pool_k.maxpool2d_forward(_c(x), ph, pw, *strides, pads[0], pads[2], oh, ow)
 
 
 def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
     _, h, w, _ = x_shape
     sh, sw = strides
-    return K.maxpool2d_backward(_c(dy), _c(argmax, dtype=np.int32), h, w, pool[1], sh, sw,
-                                pads[0], pads[2])
+    return pool_k.maxpool2d_backward(_c(dy), _c(argmax, dtype=np.int32), h, w, pool[1], sh, sw,
+                                     pads[0], pads[2])
+
+
+def avgpool2d_forward(x, pool, strides, pads):
+    n, h, w, c = x.shape
+    ph, pw = pool
+    oh, ow = out_hw(h, w, ph, pw, strides, pads)
+    return pool_k.avgpool2d_forward(_c(x), ph, pw, *strides, pads[0], pads[2], oh, ow,
+                                    x.dtype.type(1))
+
+
+def avgpool2d_backward(dy, x_shape, pool, strides, pads):
+    _, h, w, _ = x_shape
+    return pool_k.avgpool2d_backward(_c(dy), h, w, *pool, *strides, pads[0], pads[2],
+                                     dy.dtype.type(1))
+
+
+def global_avgpool_forward(x):
+    _, h, w, _ = x.shape
+    return pool_k.global_avgpool_forward(_c(x), x.dtype.type(h * w))
+
+
+def global_avgpool_backward(dy, x_shape):
+    _, h, w, _ = x_shape
+    return pool_k.global_avgpool_backward(_c(dy), h, w, dy.dtype.type(h * w))
+
+
+def global_maxpool_forward(x):
+    return pool_k.global_maxpool_forward(_c(x))
+
+
+def global_maxpool_backward(dy, argmax, x_shape):
+    _, h, w, _ = x_shape
+    return pool_k.global_maxpool_backward(_c(dy), _c(argmax, dtype=np.int32), h, w)
+
+
+def _channel_vector(v, c, dtype, fill):
+    """A ``(c,)`` parameter in ``dtype``: ``v``, or ``fill`` everywhere when it is None."""
+    return np.full(c, fill, dtype=dtype) if v is None else _c(v, dtype=dtype)
+
+
+def batchnorm_train_forward(x, gamma, beta, epsilon):
+    dt = x.dtype.type
+    c = x.shape[-1]
+    rows = _c(x).reshape(-1, c)
+    y, mean, var, xhat, inv_std = norm_k.batchnorm_train_forward(
+        rows, _channel_vector(gamma, c, x.dtype, 1), _channel_vector(beta, c, x.dtype, 0),
+        dt(rows.shape[0]), dt(epsilon), dt(1), _threads(rows.shape[0]))
+    return y.reshape(x.shape), mean, var, xhat.reshape(x.shape), inv_std
+
+
+def batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon):
+    dt = x.dtype.type
+    c = x.shape[-1]
+    rows = _c(x).reshape(-1, c)
+    inv_std = dt(1) / np.sqrt(_c(var, dtype=x.dtype) + dt(epsilon))
+    y = norm_k.batchnorm_inference_forward(
+        rows, _channel_vector(gamma, c, x.dtype, 1), _channel_vector(beta, c, x.dtype, 0),
+        _c(mean, dtype=x.dtype), inv_std, _threads(rows.shape[0]))
+    return y.reshape(x.shape)
+
+
+def batchnorm_backward(dy, xhat, gamma, inv_std):
+    c = dy.shape[-1]
+    rows = _c(dy).reshape(-1, c)
+    dx, dgamma, dbeta = norm_k.batchnorm_backward(
+        rows, _c(xhat, dtype=dy.dtype).reshape(-1, c), _channel_vector(gamma, c, dy.dtype, 1),
+        _c(inv_std, dtype=dy.dtype), dy.dtype.type(rows.shape[0]), _threads(rows.shape[0]))
+    return dx.reshape(dy.shape), dgamma, dbeta
 
 
 def dense_forward(x, kernel, bias):
-    return K.dense_forward(_c(x), _c(kernel), _bias_or_zeros(bias, kernel.shape[1], x.dtype),
+    return dense_k.dense_forward(_c(x), _c(kernel), _bias_or_zeros(bias, kernel.shape[1], x.dtype),
                            _threads(x.shape[0]))
 
 
 def dense_backward(x, kernel, dy, need_dx=True):
-    dx, dk, db = K.dense_backward(_c(x), _c(kernel), _c(dy), bool(need_dx), _threads(x.shape[0]))
+    dx, dk, db = dense_k.dense_backward(_c(x), _c(kernel), _c(dy), bool(need_dx),
+                                        _threads(x.shape[0]))
     return (dx if need_dx else None), dk, db
 
 
@@ -116,13 +194,21 @@ def activation_forward(name, x):
     if name == "linear":
         return x.copy()
     if name == "relu":
-        y = K.relu_forward(flat, dt(0))
+        y = elementwise_k.relu_forward(flat, dt(0))
     elif name == "sigmoid":
-        y = K.sigmoid_forward(flat, dt(1))
+        y = elementwise_k.sigmoid_forward(flat, dt(1))
     elif name == "tanh":
-        y = K.tanh_forward(flat)
+        y = elementwise_k.tanh_forward(flat)
     elif name == "softmax":
-        y = K.softmax_forward(_c(x).reshape(-1, x.shape[-1]), dt(0))
+        y = elementwise_k.softmax_forward(_c(x).reshape(-1, x.shape[-1]), dt(0))
+    elif name == "gelu":
+        y = elementwise_k.gelu_forward(flat, dt(0.5), dt(1), dt(1 / math.sqrt(2)))
+    elif name in ("swish", "silu"):
+        y = elementwise_k.swish_forward(flat, dt(1))
+    elif name == "elu":
+        y = elementwise_k.elu_forward(flat, dt(0))
+    elif name == "leaky_relu":
+        return leaky_relu_forward(x, LEAKY_RELU_SLOPE)
     else:
         raise ValueError(f"unknown activation {name!r}")
     return y.reshape(x.shape)
@@ -134,17 +220,38 @@ def activation_backward(name, x, y, dy):
     if name == "linear":
         return dy.copy()
     if name == "relu":
-        dx = K.relu_backward(_c(x).reshape(-1), fdy, dt(0))
+        dx = elementwise_k.relu_backward(_c(x).reshape(-1), fdy, dt(0))
     elif name == "sigmoid":
-        dx = K.sigmoid_backward(_c(y).reshape(-1), fdy, dt(1))
+        dx = elementwise_k.sigmoid_backward(_c(y).reshape(-1), fdy, dt(1))
     elif name == "tanh":
-        dx = K.tanh_backward(_c(y).reshape(-1), fdy, dt(1))
+        dx = elementwise_k.tanh_backward(_c(y).reshape(-1), fdy, dt(1))
     elif name == "softmax":
         k = dy.shape[-1]
-        dx = K.softmax_backward(_c(y).reshape(-1, k), _c(dy).reshape(-1, k), dt(0))
+        dx = elementwise_k.softmax_backward(_c(y).reshape(-1, k), _c(dy).reshape(-1, k), dt(0))
+    elif name == "gelu":
+        dx = elementwise_k.gelu_backward(_c(x, dtype=dy.dtype).reshape(-1), fdy, dt(0.5), dt(1),
+                                         dt(1 / math.sqrt(2)), dt(1 / math.sqrt(2 * math.pi)))
+    elif name in ("swish", "silu"):
+        dx = elementwise_k.swish_backward(_c(x, dtype=dy.dtype).reshape(-1), fdy, dt(1))
+    elif name == "elu":
+        dx = elementwise_k.elu_backward(_c(x, dtype=dy.dtype).reshape(-1), fdy, dt(0))
+    elif name == "leaky_relu":
+        return leaky_relu_backward(x, dy, LEAKY_RELU_SLOPE)
     else:
         raise ValueError(f"unknown activation {name!r}")
     return dx.reshape(dy.shape)
+
+
+def leaky_relu_forward(x, slope):
+    dt = x.dtype.type
+    return elementwise_k.leaky_relu_forward(_c(x).reshape(-1), dt(slope), dt(0)).reshape(x.shape)
+
+
+def leaky_relu_backward(x, dy, slope):
+    dt = dy.dtype.type
+    return elementwise_k.leaky_relu_backward(_c(x, dtype=dy.dtype).reshape(-1),
+                                             _c(dy).reshape(-1), dt(slope),
+                                             dt(0)).reshape(dy.shape)
 
 
 def softmax_cross_entropy(logits, target, sparse, weights=None):
@@ -152,10 +259,10 @@ def softmax_cross_entropy(logits, target, sparse, weights=None):
     n = logits.shape[0]
     if sparse:
         labels = _c(target, dtype=np.int64).reshape(-1)
-        rows, d = K.sparse_softmax_cross_entropy(_c(logits), labels, dt(1) / dt(n), dt(1))
+        rows, d = loss_k.sparse_softmax_cross_entropy(_c(logits), labels, dt(1) / dt(n), dt(1))
     else:
-        rows, d = K.softmax_cross_entropy(_c(logits), _c(target, dtype=logits.dtype),
-                                          dt(1) / dt(n))
+        rows, d = loss_k.softmax_cross_entropy(_c(logits), _c(target, dtype=logits.dtype),
+                                               dt(1) / dt(n))
     if weights is not None:
         rows = rows * weights
         d *= weights[:, None]
@@ -164,19 +271,19 @@ def softmax_cross_entropy(logits, target, sparse, weights=None):
 
 def dropout_forward(x, mask, scale):
     dt = x.dtype.type
-    y = K.dropout_forward(_c(x).reshape(-1), _c(mask).reshape(-1), dt(scale))
+    y = elementwise_k.dropout_forward(_c(x).reshape(-1), _c(mask).reshape(-1), dt(scale))
     return y.reshape(x.shape)
 
 
 def adam_update(param, grad, m, v, lr, beta_1, beta_2, epsilon, t):
     dt = param.dtype.type
     alpha = dt(lr * np.sqrt(1.0 - beta_2 ** t) / (1.0 - beta_1 ** t))
-    K.adam_update(_flat_inplace(param, "param"), _c(grad, dtype=param.dtype).reshape(-1),
-                  _flat_inplace(m, "m"), _flat_inplace(v, "v"),
-                  alpha, dt(beta_1), dt(beta_2), dt(epsilon), dt(1))
+    optim_k.adam_update(_flat_inplace(param, "param"), _c(grad, dtype=param.dtype).reshape(-1),
+                        _flat_inplace(m, "m"), _flat_inplace(v, "v"),
+                        alpha, dt(beta_1), dt(beta_2), dt(epsilon), dt(1))
 
 
 def sgd_update(param, grad, velocity, lr, momentum, nesterov):
     dt = param.dtype.type
-    K.sgd_update(_flat_inplace(param, "param"), _c(grad, dtype=param.dtype).reshape(-1),
-                 _flat_inplace(velocity, "velocity"), dt(lr), dt(momentum), bool(nesterov))
+    optim_k.sgd_update(_flat_inplace(param, "param"), _c(grad, dtype=param.dtype).reshape(-1),
+                       _flat_inplace(velocity, "velocity"), dt(lr), dt(momentum), bool(nesterov))

@@ -18,9 +18,16 @@ Conventions (shared by all backends)
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._shapes import out_hw
+
+#: The slope of ``'leaky_relu'`` used as an activation name: Keras 3's
+#: ``keras.activations.leaky_relu(x, negative_slope=0.2)`` (the ``LeakyReLU`` layer's
+#: default is 0.3; that layer calls :func:`leaky_relu_forward` with its own slope).
+LEAKY_RELU_SLOPE = 0.2
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -192,6 +199,305 @@ def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_d
     return conv2d_backward(x, kernel, dz, strides, pads, need_dx)
 
 
+# ----------------------------------------------------------------------------- average pooling
+def _window_cells(i, j, h, w, pool, strides, pads):
+    """The positions ``(r, s)`` inside an ``h x w`` image of output ``(i, j)``'s window,
+    in row-major window order."""
+    ph, pw = pool
+    sh, sw = strides
+    pt, _, pl, _ = pads
+    cells = []
+    for a in range(ph):
+        for d in range(pw):
+            r, s = i * sh + a - pt, j * sw + d - pl
+            if 0 <= r < h and 0 <= s < w:
+                cells.append((r, s))
+    return cells
+
+
+def avgpool2d_forward(x, pool, strides, pads):
+    """Average pooling, NHWC, over the window positions inside the image.
+
+    TensorFlow's 'same' average: padded positions are not counted, so a window that
+    hangs over the border averages fewer numbers (PyTorch's
+    ``count_include_pad=False``).
+
+    Parameters
+    ----------
+    x : (n, h, w, c)
+    pool : (ph, pw); strides : (sh, sw); pads : (top, bottom, left, right), as for
+        :func:`maxpool2d_forward` (from :func:`minicnn.ops.conv_geometry`)
+
+    Returns
+    -------
+    y : (n, oh, ow, c), ``y[b, i, j, c] = 1/|W_ij| sum_{(r, s) in W_ij} x[b, r, s, c]`` with
+        ``W_ij = {(i*sh + a - top, j*sw + d - left) : 0 <= a < ph, 0 <= d < pw}``
+        restricted to the image (never empty for pads from ``conv_geometry``).
+    """
+    n, h, w, c = x.shape
+    oh, ow = out_hw(h, w, *pool, strides, pads)
+    y = np.empty((n, oh, ow, c), dtype=x.dtype)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                cells = _window_cells(i, j, h, w, pool, strides, pads)
+                for ch in range(c):
+                    total = x.dtype.type(0)
+                    for r, s in cells:
+                        total += x[b, r, s, ch]
+                    y[b, i, j, ch] = total / x.dtype.type(len(cells))
+    return y
+
+
+def avgpool2d_backward(dy, x_shape, pool, strides, pads):
+    """Gradient of :func:`avgpool2d_forward`: each dy is shared equally by its window.
+
+    ``dx[b, r, s, c] += dy[b, i, j, c] / |W_ij|`` for every ``(r, s)`` in ``W_ij``;
+    overlapping windows add up. dy : (n, oh, ow, c); returns dx : ``x_shape`` = (n, h, w, c).
+    """
+    n, h, w, c = x_shape
+    _, oh, ow, _ = dy.shape
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                cells = _window_cells(i, j, h, w, pool, strides, pads)
+                for ch in range(c):
+                    share = dy[b, i, j, ch] / dy.dtype.type(len(cells))
+                    for r, s in cells:
+                        dx[b, r, s, ch] += share
+    return dx
+
+
+# ----------------------------------------------------------------------------- global pooling
+def global_avgpool_forward(x):
+    """Mean over the image of every channel: x (n, h, w, c) -> y (n, c),
+    ``y[b, c] = 1/(h*w) sum_{r, s} x[b, r, s, c]``."""
+    n, h, w, c = x.shape
+    y = np.empty((n, c), dtype=x.dtype)
+    for b in range(n):
+        for ch in range(c):
+            total = x.dtype.type(0)
+            for r in range(h):
+                for s in range(w):
+                    total += x[b, r, s, ch]
+            y[b, ch] = total / x.dtype.type(h * w)
+    return y
+
+
+def global_avgpool_backward(dy, x_shape):
+    """Gradient of :func:`global_avgpool_forward`: ``dx[b, r, s, c] = dy[b, c] / (h*w)``.
+
+    dy : (n, c); returns dx : ``x_shape`` = (n, h, w, c).
+    """
+    n, h, w, c = x_shape
+    dx = np.empty(x_shape, dtype=dy.dtype)
+    for b in range(n):
+        for ch in range(c):
+            dx[b, :, :, ch] = dy[b, ch] / dy.dtype.type(h * w)
+    return dx
+
+
+def global_maxpool_forward(x):
+    """Maximum over the image of every channel: x (n, h, w, c) -> (y, argmax).
+
+    y : (n, c), ``y[b, c] = max_{r, s} x[b, r, s, c]``.
+    argmax : (n, c) int32, the flat position ``r * w + s`` of the first maximum in
+        row-major order, which receives the whole gradient; the first NaN wins over
+        numbers, as in :func:`maxpool2d_forward`.
+    """
+    n, h, w, c = x.shape
+    y = np.empty((n, c), dtype=x.dtype)
+    argmax = np.empty((n, c), dtype=np.int32)
+    for b in range(n):
+        for ch in range(c):
+            best, best_k = x[b, 0, 0, ch], 0
+            for k in range(1, h * w):
+                v = x[b, k // w, k % w, ch]
+                if best == best and (v > best or v != v):
+                    best, best_k = v, k
+            y[b, ch] = best
+            argmax[b, ch] = best_k
+    return y, argmax
+
+
+def global_maxpool_backward(dy, argmax, x_shape):
+    """Gradient of :func:`global_maxpool_forward`: ``dx[b, r, s, c] = dy[b, c]`` at the one
+    position ``r * w + s == argmax[b, c]``, 0 elsewhere. dy, argmax : (n, c)."""
+    n, h, w, c = x_shape
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    for b in range(n):
+        for ch in range(c):
+            r, s = divmod(int(argmax[b, ch]), w)
+            dx[b, r, s, ch] = dy[b, ch]
+    return dx
+
+
+# ----------------------------------------------------------------------------- batch normalisation
+def _channel_rows(a):
+    """``a`` as ``(m, c)``: every axis but the last (channels) flattened into rows."""
+    return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
+
+
+def _ones_if_none(v, c, dtype, fill):
+    return np.full(c, fill, dtype=dtype) if v is None else np.asarray(v, dtype=dtype)
+
+
+def batchnorm_train_forward(x, gamma, beta, epsilon):
+    """Batch normalisation in training mode: per channel, over every axis but the last.
+
+    Works for ``(n, c)`` after Dense and NHWC ``(n, h, w, c)`` after Conv2D; each
+    channel's statistics run over its ``m = x.size // c`` values. The forward graph,
+    node by node (:func:`batchnorm_backward_graph` walks it back)::
+
+        mu      = 1/m sum x                 (c,)
+        xmu     = x - mu
+        sq      = xmu ** 2
+        var     = 1/m sum sq                (c,)  biased, as Keras and TensorFlow normalise
+        sqrtvar = sqrt(var + epsilon)
+        ivar    = 1 / sqrtvar               (c,)  returned as inv_std
+        xhat    = xmu * ivar
+        y       = gamma * xhat + beta
+
+    Parameters
+    ----------
+    x : (..., c)
+    gamma : (c,) or None (``scale=False``: 1); beta : (c,) or None (``center=False``: 0)
+    epsilon : float, added to the variance
+
+    Returns
+    -------
+    y : like x;  mean : (c,);  var : (c,) the biased batch variance;
+    xhat : like x;  inv_std : (c,) ``1 / sqrt(var + epsilon)``.
+    The layer keeps ``xhat`` and ``inv_std`` for :func:`batchnorm_backward` and
+    updates its moving statistics from ``mean`` and ``var``.
+    """
+    dt = x.dtype.type
+    rows = _channel_rows(x)
+    m, c = rows.shape
+    g = _ones_if_none(gamma, c, x.dtype, 1)
+    bt = _ones_if_none(beta, c, x.dtype, 0)
+    eps = dt(epsilon)
+    mean = np.empty(c, dtype=x.dtype)
+    var = np.empty(c, dtype=x.dtype)
+    inv_std = np.empty(c, dtype=x.dtype)
+    xhat = np.empty_like(rows)
+    y = np.empty_like(rows)
+    for ch in range(c):
+        column = rows[:, ch]
+        mu = np.sum(column) / dt(m)
+        xmu = column - mu
+        sq = xmu * xmu
+        var[ch] = np.sum(sq) / dt(m)
+        sqrtvar = np.sqrt(var[ch] + eps)
+        inv_std[ch] = dt(1) / sqrtvar
+        xhat[:, ch] = xmu * inv_std[ch]
+        y[:, ch] = g[ch] * xhat[:, ch] + bt[ch]
+        mean[ch] = mu
+    return y.reshape(x.shape), mean, var, xhat.reshape(x.shape), inv_std
+
+
+def batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon):
+    """Batch normalisation with given statistics (the layer's moving mean and variance).
+
+    ``y = gamma * ((x - mean) * inv_std) + beta`` with ``inv_std = 1 / sqrt(var + epsilon)``,
+    per channel (the last axis). x : (..., c); gamma, beta : (c,) or None (1 and 0);
+    mean, var : (c,); returns y like x.
+    """
+    dt = x.dtype.type
+    rows = _channel_rows(x)
+    m, c = rows.shape
+    g = _ones_if_none(gamma, c, x.dtype, 1)
+    bt = _ones_if_none(beta, c, x.dtype, 0)
+    y = np.empty_like(rows)
+    for ch in range(c):
+        inv_std = dt(1) / np.sqrt(dt(var[ch]) + dt(epsilon))
+        for r in range(m):
+            y[r, ch] = g[ch] * ((rows[r, ch] - dt(mean[ch])) * inv_std) + bt[ch]
+    return y.reshape(x.shape)
+
+
+def batchnorm_backward(dy, xhat, gamma, inv_std):
+    """Gradients of :func:`batchnorm_train_forward`, through the batch mean and variance.
+
+    With ``m`` values per channel and sums over every axis but the last::
+
+        dbeta  = sum dy
+        dgamma = sum dy * xhat
+        dxhat  = dy * gamma
+        dx     = inv_std / m * (m * dxhat - sum dxhat - xhat * sum(dxhat * xhat))
+
+    the closed form of the staged backward of :func:`batchnorm_backward_graph` (the
+    three terms: the direct path through ``xhat``, the path through ``mu``, and the
+    path through ``var``, where ``dvar`` collapses to ``-inv_std**3 / 2 * sum dxhat*xmu``).
+
+    Parameters
+    ----------
+    dy, xhat : (..., c);  gamma : (c,) or None (1);  inv_std : (c,), from the forward
+
+    Returns
+    -------
+    dx : like dy;  dgamma : (c,);  dbeta : (c,) (both returned even when the layer has no
+    gamma or beta: it ignores them)
+    """
+    dt = dy.dtype.type
+    d_rows, xh_rows = _channel_rows(dy), _channel_rows(xhat)
+    m, c = d_rows.shape
+    g = _ones_if_none(gamma, c, dy.dtype, 1)
+    dx = np.empty_like(d_rows)
+    dgamma = np.empty(c, dtype=dy.dtype)
+    dbeta = np.empty(c, dtype=dy.dtype)
+    for ch in range(c):
+        dbeta[ch] = np.sum(d_rows[:, ch])
+        dgamma[ch] = np.sum(d_rows[:, ch] * xh_rows[:, ch])
+        dxhat = d_rows[:, ch] * g[ch]
+        dx[:, ch] = inv_std[ch] / dt(m) * (dt(m) * dxhat - np.sum(dxhat)
+                                           - xh_rows[:, ch] * np.sum(dxhat * xh_rows[:, ch]))
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def batchnorm_backward_graph(dy, x, gamma, epsilon):
+    """The backward of :func:`batchnorm_train_forward` node by node (CS231n's staged graph).
+
+    Not a registered op: the teaching text beside the closed form of
+    :func:`batchnorm_backward`, which the tests hold equal to it. Recomputes the forward
+    graph from ``x``, then walks it back; every ``d<node>`` is dL/d<node>. Returns
+    ``(dx, dgamma, dbeta)``.
+    """
+    dt = x.dtype.type
+    rows, d_rows = _channel_rows(x), _channel_rows(dy)
+    m, c = rows.shape
+    gamma = _ones_if_none(gamma, c, x.dtype, 1)
+    # forward, keeping every node
+    mu = np.sum(rows, axis=0) / dt(m)
+    xmu = rows - mu
+    sq = xmu ** 2
+    var = np.sum(sq, axis=0) / dt(m)
+    sqrtvar = np.sqrt(var + dt(epsilon))
+    ivar = dt(1) / sqrtvar
+    xhat = xmu * ivar
+    # backward: y = gamma * xhat + beta
+    dbeta = np.sum(d_rows, axis=0)
+    dgamma = np.sum(d_rows * xhat, axis=0)
+    dxhat = d_rows * gamma
+    # xhat = xmu * ivar: two inputs, xmu (first path) and ivar
+    divar = np.sum(dxhat * xmu, axis=0)
+    dxmu1 = dxhat * ivar
+    # ivar = 1 / sqrtvar;  sqrtvar = sqrt(var + eps)
+    dsqrtvar = -divar / sqrtvar ** 2
+    dvar = dsqrtvar / (dt(2) * sqrtvar)
+    # var = 1/m sum sq;  sq = xmu ** 2 (the second path into xmu)
+    dsq = np.ones_like(rows) * dvar / dt(m)
+    dxmu2 = dt(2) * xmu * dsq
+    # xmu = x - mu: into x directly, and into mu
+    dx1 = dxmu1 + dxmu2
+    dmu = -np.sum(dx1, axis=0)
+    # mu = 1/m sum x
+    dx2 = np.ones_like(rows) * dmu / dt(m)
+    dx = dx1 + dx2
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
 # ----------------------------------------------------------------------------- dense
 def dense_forward(x, kernel, bias):
     """Fully connected layer: ``y[b, u] = sum_k x[b, k] * kernel[k, u] + bias[u]``.
@@ -228,28 +534,58 @@ def dense_backward(x, kernel, dy, need_dx=True):
 
 
 # ----------------------------------------------------------------------------- activations
+def _sigmoid(v):
+    """``1 / (1 + exp(-v))`` of one number, in two branches so that exp never overflows."""
+    if v >= 0:
+        return 1 / (1 + np.exp(-v))
+    e = np.exp(v)
+    return e / (1 + e)
+
+
+def _elementwise(fn, *arrays):
+    """``fn`` applied element by element to arrays of one shape; the first one's dtype."""
+    flats = [np.ascontiguousarray(a).reshape(-1) for a in arrays]
+    out = np.empty(arrays[0].shape, dtype=arrays[0].dtype)
+    flat_out = out.reshape(-1)
+    for k in range(flat_out.size):
+        flat_out[k] = fn(*(f[k] for f in flats))
+    return out
+
+
+def _gelu(v):
+    # math.erf works on a Python float: the product is rounded back to x's dtype on store
+    return 0.5 * v * (1 + math.erf(v / math.sqrt(2)))
+
+
+def _gelu_slope(v):
+    cdf = 0.5 * (1 + math.erf(v / math.sqrt(2)))
+    pdf = math.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)
+    return cdf + v * pdf
+
+
 def activation_forward(name, x):
     """Elementwise activations and softmax over the last axis.
 
-    relu: ``max(x, 0)``; sigmoid: ``1 / (1 + exp(-x))``; tanh; linear: ``x``;
-    softmax: ``exp(x - max x) / sum exp(x - max x)`` along the last axis.
+    relu: ``max(x, 0)``; sigmoid: ``s(x) = 1 / (1 + exp(-x))``; tanh; linear: ``x``;
+    softmax: ``exp(x - max x) / sum exp(x - max x)`` along the last axis;
+    gelu (exact, Keras's ``approximate=False``): ``x Phi(x) = x/2 (1 + erf(x / sqrt 2))``;
+    swish, silu (one function): ``x s(x)``; elu (alpha 1): ``x`` if ``x > 0`` else
+    ``exp(x) - 1``; leaky_relu: :func:`leaky_relu_forward` with ``LEAKY_RELU_SLOPE`` (0.2).
     """
     if name == "linear":
         return x.copy()
     if name == "relu":
         return np.where(x <= 0, np.zeros_like(x), x)   # NaN stays NaN
     if name == "sigmoid":
-        y = np.empty(x.shape, dtype=x.dtype)
-        flat_x, flat_y = np.ascontiguousarray(x).reshape(-1), y.reshape(-1)
-        for k in range(flat_x.size):
-            v = flat_x[k]
-            # two branches so that exp never overflows
-            if v >= 0:
-                flat_y[k] = 1 / (1 + np.exp(-v))
-            else:
-                e = np.exp(v)
-                flat_y[k] = e / (1 + e)
-        return y
+        return _elementwise(_sigmoid, x)
+    if name == "gelu":
+        return _elementwise(_gelu, x)
+    if name in ("swish", "silu"):
+        return _elementwise(lambda v: v * _sigmoid(v), x)
+    if name == "elu":
+        return _elementwise(lambda v: v if v > 0 else np.expm1(v), x)
+    if name == "leaky_relu":
+        return leaky_relu_forward(x, LEAKY_RELU_SLOPE)
     if name == "tanh":
         return np.tanh(x)
     if name == "softmax":
@@ -268,12 +604,26 @@ def activation_backward(name, x, y, dy):
     relu: ``dy * (x > 0)`` (the derivative at 0 is taken as 0, as TensorFlow does);
     sigmoid: ``dy * y * (1 - y)``; tanh: ``dy * (1 - y**2)``; linear: ``dy``;
     softmax (per row): ``dx = y * (dy - sum(dy * y))``, the Jacobian-vector product
-    ``J^T dy`` with ``J = diag(y) - y y^T``.
+    ``J^T dy`` with ``J = diag(y) - y y^T``;
+    gelu: ``dy * (Phi(x) + x phi(x))``, ``phi(x) = exp(-x**2 / 2) / sqrt(2 pi)``;
+    swish, silu: ``dy * s(x) (1 + x (1 - s(x)))``; elu: ``dy`` if ``x > 0`` else
+    ``dy * exp(x)``; leaky_relu: :func:`leaky_relu_backward` with ``LEAKY_RELU_SLOPE``.
     """
     if name == "linear":
         return dy.copy()
     if name == "relu":
         return np.where(x > 0, dy, np.zeros_like(dy))
+    if name == "gelu":
+        return _elementwise(lambda g, v: g * _gelu_slope(v), dy, x)
+    if name in ("swish", "silu"):
+        def swish_slope(g, v):
+            s_v = _sigmoid(v)
+            return g * (s_v * (1 + v * (1 - s_v)))
+        return _elementwise(swish_slope, dy, x)
+    if name == "elu":
+        return _elementwise(lambda g, v: g if v > 0 else g * np.exp(v), dy, x)
+    if name == "leaky_relu":
+        return leaky_relu_backward(x, dy, LEAKY_RELU_SLOPE)
     if name == "sigmoid":
         return dy * y * (1 - y)
     if name == "tanh":
@@ -286,6 +636,22 @@ def activation_backward(name, x, y, dy):
             dx[r] = rows_y[r] * (rows_dy[r] - np.dot(rows_dy[r], rows_y[r]))
         return dx.reshape(dy.shape)
     raise ValueError(f"unknown activation {name!r}")
+
+
+def leaky_relu_forward(x, slope):
+    """Leaky ReLU: ``y = x`` where ``x > 0``, ``slope * x`` elsewhere; x of any shape.
+
+    Keras 3: the ``LeakyReLU`` layer defaults to ``negative_slope=0.3``, the activation
+    name ``'leaky_relu'`` to 0.2 (``LEAKY_RELU_SLOPE``). A NaN stays NaN.
+    """
+    a = x.dtype.type(slope)
+    return _elementwise(lambda v: v if v > 0 else a * v, x)
+
+
+def leaky_relu_backward(x, dy, slope):
+    """``dx = dy`` where ``x > 0``, ``slope * dy`` elsewhere (the slope at 0, as TensorFlow)."""
+    a = dy.dtype.type(slope)
+    return _elementwise(lambda g, v: g if v > 0 else a * g, dy, x)
 
 
 # ----------------------------------------------------------------------------- loss

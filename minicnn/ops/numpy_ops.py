@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+from scipy.special import erf
 
 from ._shapes import out_hw
+from .reference import LEAKY_RELU_SLOPE
 
 
 def _pad(x, pads, value=0):
@@ -96,6 +98,12 @@ def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_d
     return conv2d_backward(x, kernel, dz, strides, pads, need_dx)
 
 
+def _inside_counts(size, k, s, before, out):
+    """``(out, k)`` bool: which of the ``k`` taps of each output read inside ``[0, size)``."""
+    pos = np.arange(out)[:, None] * s + np.arange(k)[None, :] - before
+    return (pos >= 0) & (pos < size)
+
+
 def maxpool2d_forward(x, pool, strides, pads):
     n, h, w, c = x.shape
     ph, pw = pool
@@ -105,6 +113,15 @@ def maxpool2d_forward(x, pool, strides, pads):
     win = _windows(xp, ph, pw, sh, sw, oh, ow).reshape(n, oh, ow, ph * pw, c)
     argmax = np.argmax(win, axis=3).astype(np.int32)   # argmax returns the first maximum
     y = np.take_along_axis(win, argmax[:, :, :, None, :].astype(np.intp), axis=3)[:, :, :, 0, :]
+    if any(pads) and np.any(y == -np.inf):
+        # a window whose numbers inside the image are all -inf ties with its -inf
+        # padding: the first -inf inside the image wins, never a padded position
+        rows = _inside_counts(h, ph, sh, pads[0], oh)          # (oh, ph)
+        cols = _inside_counts(w, pw, sw, pads[2], ow)          # (ow, pw)
+        inside = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(oh, ow, ph * pw)
+        hit = (win == y[:, :, :, None, :]) & inside[None, :, :, :, None]
+        tied = y == -np.inf
+        argmax = np.where(tied, np.argmax(hit, axis=3), argmax).astype(np.int32)
     return np.ascontiguousarray(y), argmax
 
 
@@ -120,6 +137,103 @@ def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
             hit = argmax == a * pw + d
             dxp[:, a:a + sh * (oh - 1) + 1:sh, d:d + sw * (ow - 1) + 1:sw, :] += np.where(hit, dy, 0)
     return np.ascontiguousarray(dxp[:, pt:pt + h, pl:pl + w, :])
+
+
+def _window_counts(h, w, pool, strides, pads, oh, ow, dtype):
+    """``(oh, ow)``: how many positions of each window lie inside the image."""
+    rows = _inside_counts(h, pool[0], strides[0], pads[0], oh).sum(axis=1)
+    cols = _inside_counts(w, pool[1], strides[1], pads[2], ow).sum(axis=1)
+    return np.outer(rows, cols).astype(dtype)
+
+
+def avgpool2d_forward(x, pool, strides, pads):
+    n, h, w, c = x.shape
+    ph, pw = pool
+    sh, sw = strides
+    oh, ow = out_hw(h, w, ph, pw, strides, pads)
+    win = _windows(np.ascontiguousarray(_pad(x, pads)), ph, pw, sh, sw, oh, ow)
+    counts = _window_counts(h, w, pool, strides, pads, oh, ow, x.dtype)
+    return win.sum(axis=(3, 4)) / counts[None, :, :, None]
+
+
+def avgpool2d_backward(dy, x_shape, pool, strides, pads):
+    n, h, w, c = x_shape
+    ph, pw = pool
+    sh, sw = strides
+    pt, pb, pl, pr = pads
+    _, oh, ow, _ = dy.shape
+    share = dy / _window_counts(h, w, pool, strides, pads, oh, ow, dy.dtype)[None, :, :, None]
+    # the padded border collects shares of padded positions; it is cut off below
+    dxp = np.zeros((n, h + pt + pb, w + pl + pr, c), dtype=dy.dtype)
+    for a in range(ph):
+        for d in range(pw):
+            dxp[:, a:a + sh * (oh - 1) + 1:sh, d:d + sw * (ow - 1) + 1:sw, :] += share
+    return np.ascontiguousarray(dxp[:, pt:pt + h, pl:pl + w, :])
+
+
+def global_avgpool_forward(x):
+    n, h, w, c = x.shape
+    return x.sum(axis=(1, 2)) / x.dtype.type(h * w)
+
+
+def global_avgpool_backward(dy, x_shape):
+    n, h, w, c = x_shape
+    share = dy / dy.dtype.type(h * w)
+    return np.ascontiguousarray(np.broadcast_to(share[:, None, None, :], x_shape))
+
+
+def global_maxpool_forward(x):
+    n, h, w, c = x.shape
+    rows = x.reshape(n, h * w, c)
+    argmax = np.argmax(rows, axis=1)                  # the first maximum, or the first NaN
+    y = np.take_along_axis(rows, argmax[:, None, :], axis=1)[:, 0, :]
+    return np.ascontiguousarray(y), argmax.astype(np.int32)
+
+
+def global_maxpool_backward(dy, argmax, x_shape):
+    n, h, w, c = x_shape
+    dx = np.zeros((n, h * w, c), dtype=dy.dtype)
+    np.put_along_axis(dx, np.asarray(argmax, dtype=np.intp)[:, None, :], dy[:, None, :], axis=1)
+    return dx.reshape(x_shape)
+
+
+def _rows_and_affine(x, gamma, beta):
+    c = x.shape[-1]
+    g = np.ones(c, dtype=x.dtype) if gamma is None else np.asarray(gamma, dtype=x.dtype)
+    b = np.zeros(c, dtype=x.dtype) if beta is None else np.asarray(beta, dtype=x.dtype)
+    return x.reshape(-1, c), g, b
+
+
+def batchnorm_train_forward(x, gamma, beta, epsilon):
+    dt = x.dtype.type
+    rows, g, b = _rows_and_affine(x, gamma, beta)
+    m = dt(rows.shape[0])
+    mean = rows.sum(axis=0) / m
+    xmu = rows - mean
+    var = (xmu * xmu).sum(axis=0) / m
+    inv_std = dt(1) / np.sqrt(var + dt(epsilon))
+    xhat = xmu * inv_std
+    y = g * xhat + b
+    return y.reshape(x.shape), mean, var, xhat.reshape(x.shape), inv_std
+
+
+def batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon):
+    dt = x.dtype.type
+    rows, g, b = _rows_and_affine(x, gamma, beta)
+    inv_std = dt(1) / np.sqrt(np.asarray(var, dtype=x.dtype) + dt(epsilon))
+    return (g * ((rows - np.asarray(mean, dtype=x.dtype)) * inv_std) + b).reshape(x.shape)
+
+
+def batchnorm_backward(dy, xhat, gamma, inv_std):
+    dt = dy.dtype.type
+    d_rows, g, _ = _rows_and_affine(dy, gamma, None)
+    xh_rows = xhat.reshape(d_rows.shape)
+    m = dt(d_rows.shape[0])
+    dbeta = d_rows.sum(axis=0)
+    dgamma = (d_rows * xh_rows).sum(axis=0)
+    # sum(dxhat) = gamma * dbeta and sum(dxhat * xhat) = gamma * dgamma
+    dx = (g * inv_std / m) * (m * d_rows - dbeta - xh_rows * dgamma)
+    return dx.reshape(dy.shape), dgamma, dbeta
 
 
 def dense_forward(x, kernel, bias):
@@ -140,15 +254,28 @@ def activation_forward(name, x):
     if name == "relu":
         return np.maximum(x, 0)
     if name == "sigmoid":
-        # exp(-|x|) never overflows; both branches of the logistic from it
-        e = np.exp(-np.abs(x))
-        return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        return _sigmoid(x)
     if name == "tanh":
         return np.tanh(x)
     if name == "softmax":
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
+    if name == "gelu":
+        dt = x.dtype.type
+        return dt(0.5) * x * (dt(1) + erf(x * dt(1 / np.sqrt(2.0))))
+    if name in ("swish", "silu"):
+        return x * _sigmoid(x)
+    if name == "elu":
+        return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+    if name == "leaky_relu":
+        return leaky_relu_forward(x, LEAKY_RELU_SLOPE)
     raise ValueError(f"unknown activation {name!r}")
+
+
+def _sigmoid(x):
+    # exp(-|x|) never overflows; both branches of the logistic from it
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
 def activation_backward(name, x, y, dy):
@@ -162,7 +289,27 @@ def activation_backward(name, x, y, dy):
         return dy * (1 - y * y)
     if name == "softmax":
         return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+    if name == "gelu":
+        dt = x.dtype.type
+        cdf = dt(0.5) * (dt(1) + erf(x * dt(1 / np.sqrt(2.0))))
+        pdf = np.exp(dt(-0.5) * x * x) * dt(1 / np.sqrt(2 * np.pi))
+        return dy * (cdf + x * pdf)
+    if name in ("swish", "silu"):
+        s = _sigmoid(x)
+        return dy * (s * (1 + x * (1 - s)))
+    if name == "elu":
+        return np.where(x > 0, dy, dy * np.exp(np.minimum(x, 0)))
+    if name == "leaky_relu":
+        return leaky_relu_backward(x, dy, LEAKY_RELU_SLOPE)
     raise ValueError(f"unknown activation {name!r}")
+
+
+def leaky_relu_forward(x, slope):
+    return np.where(x > 0, x, x * x.dtype.type(slope))
+
+
+def leaky_relu_backward(x, dy, slope):
+    return np.where(x > 0, dy, dy * dy.dtype.type(slope))
 
 
 def softmax_cross_entropy(logits, target, sparse, weights=None):

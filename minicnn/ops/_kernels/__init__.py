@@ -1,0 +1,46 @@
+"""Private Numba kernels of the numba backend, one module per op family.
+
+Call them through :mod:`minicnn.ops.numba_ops`, which validates and prepares
+the arguments (contiguous arrays, scalars already in the array dtype, so no
+float64 signature is ever compiled for float32 data).
+
+- :mod:`.patches`: im2col / col2im of one image, in the row and the transposed layout;
+- :mod:`.conv`: convolution forward and backward, and conv + ReLU + 2x2 max-pool fused;
+- :mod:`.pool`: max and average pooling, global pooling;
+- :mod:`.dense`: the fully connected layer;
+- :mod:`.elementwise`: activations (flat arrays, softmax by rows) and dropout;
+- :mod:`.norm`: batch normalisation;
+- :mod:`.loss`: softmax cross-entropy;
+- :mod:`.optim`: in-place Adam and SGD steps;
+- :mod:`.partials`: the serial sum of per-thread partial gradients.
+
+Parallel design: one ``prange`` region per pass. ``prange(nt)`` hands each of
+the ``nt`` threads one iteration; thread ``t`` walks images ``t, t + nt, ...``
+one at a time, so the patches of one image stay in its L2 cache and each
+thread calls single-threaded BLAS (``np.dot``). Every ``prange`` iteration
+writes only its own output rows or its own slot of a per-thread partial
+buffer; partial weight gradients are summed serially afterwards. The thread
+count ``nt`` is an argument (``numba.get_num_threads()`` read inside a kernel
+would stop Numba from caching it).
+
+Scalars such as 0 and 1 arrive as arguments typed like the arrays (``zero``,
+``one``): a Python int or float mixed with float32 would make Numba compute
+in float64.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def _warm(a):
+    """Write ``a[i] = i`` in a parallel loop; ``a`` is a float64 vector, returned."""
+    for i in prange(a.shape[0]):
+        a[i] = i
+    return a
+
+
+def warm_threading():
+    """Run a trivial parallel kernel so that Numba chooses its threading layer."""
+    _warm(np.zeros(4))

@@ -1,0 +1,263 @@
+"""Convolution kernels: forward, backward, and conv + bias + ReLU + 2x2 max-pool fused.
+
+Shapes: ``x (n, h, w, c)`` NHWC; ``k2 (kh*kw*c, f)`` is the Keras kernel
+``(kh, kw, c, f)`` reshaped; outputs and output gradients are ``(n, oh*ow, f)``
+(the wrapper reshapes them to ``(n, oh, ow, f)``). Geometry arguments as in
+:mod:`.patches`; ``zero`` is 0 in x's dtype, ``nt`` the number of threads and
+``grp`` the images stacked per GEMM.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .partials import _sum_partials
+from .patches import (_col2im_one, _patch_buffers, _patch_views, _patches_into,
+                      _patches_times_kernel, _transposed_patches)
+
+
+@njit(parallel=True, cache=True)
+def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, grp):
+    """y (n, oh*ow, f) = im2col(x) @ k2 + bias (then max(., 0) if ``relu``).
+
+    Each thread takes a contiguous share of the batch, ``grp`` images per GEMM
+    (see :func:`conv2d_backward`); the GEMM writes a thread-local buffer and the
+    bias and ReLU are applied on the way out to ``y``.
+
+    ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``bias (f,)`` (zeros for none), one dtype;
+    ``relu`` bool; returns a new ``y (n, oh*ow, f)``.
+    """
+    n = x.shape[0]
+    kk, f = k2.shape
+    p = oh * ow
+    transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, False)
+    y = np.empty((n, p, f), dtype=x.dtype)
+    cbuf, xcs = _patch_buffers(x, nt, grp * p, kk, transposed)
+    zs = np.empty((nt, grp * p, f), dtype=x.dtype)
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        cr, ct = _patch_views(cbuf, t, grp * p, kk)
+        z = zs[t]
+        hi = min(n, (t + 1) * chunk)
+        for b0 in range(t * chunk, hi, grp):
+            g = min(grp, hi - b0)
+            for i in range(g):
+                _patches_into(x, b0 + i, cr, ct, xcs[t], i * p, transposed,
+                              kh, kw, sh, sw, pt, pl, oh, ow)
+            # rows of a partial last group hold stale patches: computed, never copied out
+            _patches_times_kernel(cr, ct, transposed, k2, z)
+            for i in range(g):
+                for q in range(p):
+                    for o in range(f):
+                        v = z[i * p + q, o] + bias[o]
+                        y[b0 + i, q, o] = zero if (relu and v <= zero) else v   # NaN stays NaN
+    return y
+
+
+@njit(cache=True)
+def _backward_buffers(x, nt, p, kk, f, need_dx, transposed):
+    """Per-thread work buffers of a conv backward pass (patches, dz, partial gradients).
+
+    ``p``: patch rows per thread, ``kk = kh*kw*c``, ``f`` filters. Returns the patch
+    buffers of :func:`.patches._patch_buffers`, ``dzs (nt, p, f)``, zeroed ``dk_part
+    (nt, kk, f)`` and ``db_part (nt, f)``, GEMM scratch ``tmp (nt, kk, f)``, and ``dx
+    (n, h, w, c)`` plus ``dcols (nt, p, kk)`` (both empty when not ``need_dx``).
+    """
+    cbuf, xcs = _patch_buffers(x, nt, p, kk, transposed)
+    dzs = np.empty((nt, p, f), dtype=x.dtype)
+    dk_part = np.zeros((nt, kk, f), dtype=x.dtype)
+    db_part = np.zeros((nt, f), dtype=x.dtype)
+    tmp = np.empty((nt, kk, f), dtype=x.dtype)
+    if need_dx:
+        dx = np.empty(x.shape, dtype=x.dtype)
+        dcols = np.empty((nt, p, kk), dtype=x.dtype)
+    else:
+        dx = np.empty((0, 0, 0, 0), dtype=x.dtype)
+        dcols = np.empty((nt, 0, 0), dtype=x.dtype)
+    return cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols
+
+
+@njit(cache=True)
+def _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, dcols, dx,
+                kh, kw, sh, sw, pt, pl, oh, ow, need_dx):
+    """Weight gradient (added into ``dk``) and dx of images ``b0 .. b0+g-1`` from their
+    stacked dz; the patches were written into ``cr`` or ``ct`` by the caller.
+
+    ``k2t (f, kk)``, ``dz (grp*oh*ow, f)``, ``tmp (kk, f)`` scratch, ``dk (kk, f)`` this
+    thread's partial sum, ``dcols (grp*oh*ow, kk)`` scratch; writes ``dx[b0 .. b0+g-1]``.
+    """
+    p = oh * ow
+    if transposed:
+        np.dot(ct, dz, tmp)
+    else:
+        np.dot(cr.T, dz, tmp)
+    dk += tmp
+    if need_dx:
+        np.dot(dz, k2t, dcols)
+        for i in range(g):
+            _col2im_one(dcols[i * p:(i + 1) * p], dx, b0 + i, kh, kw, sh, sw, pt, pl, oh, ow)
+
+
+@njit(parallel=True, cache=True)
+def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero, nt, grp):
+    """dx (recomputing im2col), dkernel2d and dbias from dy (n, oh*ow, f).
+
+    With ``relu`` the forward output ``y`` (n, oh*ow, f) masks dy first:
+    ``dz = dy * (y > 0)``, computed in a thread-local buffer. Each thread takes a
+    contiguous share of the batch, ``grp`` images at a time: their patches stack
+    into one ``(grp*oh*ow, kh*kw*c)`` matrix, so small layers (conv3: 64 rows per
+    image) make one larger GEMM instead of several thin ones. Rows of a last,
+    partial group are zero and add nothing.
+
+    ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``dy`` and ``y (n, oh*ow, f)`` (``y`` is read
+    only when ``relu``); returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``),
+    ``dk (kh*kw*c, f)`` and ``db (f,)``.
+    """
+    n = x.shape[0]
+    kk, f = k2.shape
+    p = oh * ow
+    transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, True)
+    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, grp * p, kk, f,
+                                                                          need_dx, transposed)
+    k2t = k2.T
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        dz = dzs[t]
+        cr, ct = _patch_views(cbuf, t, grp * p, kk)
+        hi = min(n, (t + 1) * chunk)
+        for b0 in range(t * chunk, hi, grp):
+            g = min(grp, hi - b0)
+            # branch-free masking, and the bias gradient in its own loop, so both vectorise
+            for i in range(g):
+                for q in range(p):
+                    for o in range(f):
+                        gv = dy[b0 + i, q, o]
+                        dz[i * p + q, o] = zero if (relu and not y[b0 + i, q, o] > zero) else gv
+            for r in range(g * p):
+                for o in range(f):
+                    db_part[t, o] += dz[r, o]
+            if g < grp:                  # a partial last group: zero patches add nothing
+                for r in range(g * p, grp * p):
+                    for o in range(f):
+                        dz[r, o] = zero
+                if transposed:
+                    for e in range(kk):
+                        for r in range(g * p, grp * p):
+                            ct[e, r] = zero
+                else:
+                    for r in range(g * p, grp * p):
+                        for e in range(kk):
+                            cr[r, e] = zero
+            for i in range(g):
+                _patches_into(x, b0 + i, cr, ct, xcs[t], i * p, transposed,
+                              kh, kw, sh, sw, pt, pl, oh, ow)
+            _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp[t], dk_part[t], dcols[t], dx,
+                        kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
+    dk, db = _sum_partials(dk_part, db_part)
+    return dx, dk, db
+
+
+@njit(parallel=True, cache=True)
+def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zero, nt):
+    """Conv + bias + ReLU + 2x2/2 max-pool in one pass per image.
+
+    The conv output of one image stays in a thread-local (oh*ow, f) buffer; only
+    the pooled ``y (n, oh//2, ow//2, f)`` and the winner ``arg`` (uint8, 0..3 =
+    row-major position in the 2x2 window, the first maximum) are written out.
+    Bias is added before the max and ReLU after it (max and ReLU commute).
+
+    ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``bias (f,)``; ``oh, ow`` is the conv
+    output size (an odd last row or column is dropped by the pool).
+    """
+    n = x.shape[0]
+    kk, f = k2.shape
+    p = oh * ow
+    ph = oh // 2
+    pw = ow // 2
+    transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, False)
+    y = np.empty((n, ph, pw, f), dtype=x.dtype)
+    arg = np.empty((n, ph, pw, f), dtype=np.uint8)
+    cbuf, xcs = _patch_buffers(x, nt, p, kk, transposed)
+    zs = np.empty((nt, p, f), dtype=x.dtype)
+    for t in prange(nt):
+        z = zs[t]
+        cr, ct = _patch_views(cbuf, t, p, kk)
+        for b in range(t, n, nt):
+            _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
+            _patches_times_kernel(cr, ct, transposed, k2, z)
+            for i in range(ph):
+                for j in range(pw):
+                    r0 = 2 * i * ow + 2 * j
+                    for o in range(f):
+                        # selects, not branches (the winner is data-dependent), so this
+                        # loop vectorises; a NaN wins and stays (first NaN, like max-pool)
+                        bo = bias[o]
+                        m = z[r0, o] + bo
+                        a = 0
+                        v = z[r0 + 1, o] + bo
+                        take = (m == m) & ((v > m) | (v != v))
+                        m = v if take else m
+                        a = 1 if take else a
+                        v = z[r0 + ow, o] + bo
+                        take = (m == m) & ((v > m) | (v != v))
+                        m = v if take else m
+                        a = 2 if take else a
+                        v = z[r0 + ow + 1, o] + bo
+                        take = (m == m) & ((v > m) | (v != v))
+                        m = v if take else m
+                        a = 3 if take else a
+                        y[b, i, j, o] = zero if m <= zero else m
+                        arg[b, i, j, o] = a
+    return y, arg
+
+
+@njit(parallel=True, cache=True)
+def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx,
+                                 zero, nt):
+    """Backward of :func:`conv2d_relu_maxpool_forward`, one image at a time.
+
+    The pooled gradient goes to its one winner if the pooled output is positive
+    (the ReLU mask), building dz (oh*ow, f) in a thread-local buffer: every one of
+    the four window positions is written (g or 0) with selects rather than
+    branches, and the bias gradient is summed in a loop of its own, so both loops
+    vectorise. Then the weight gradient and dx follow.
+
+    ``dy``, ``y`` (the pooled output) and ``arg`` (uint8) are ``(n, oh//2, ow//2, f)``;
+    returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``dk (kh*kw*c, f)``,
+    ``db (f,)``.
+    """
+    n = x.shape[0]
+    kk, f = k2.shape
+    p = oh * ow
+    ph = oh // 2
+    pw = ow // 2
+    transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, True)
+    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, p, kk, f, need_dx,
+                                                                          transposed)
+    k2t = k2.T
+    for t in prange(nt):
+        dz = dzs[t]
+        cr, ct = _patch_views(cbuf, t, p, kk)
+        for b in range(t, n, nt):
+            if oh % 2 or ow % 2:         # an odd last row or column is never a winner
+                dz[:, :] = zero
+            for i in range(ph):
+                for j in range(pw):
+                    r0 = 2 * i * ow + 2 * j
+                    for o in range(f):
+                        g = dy[b, i, j, o] if y[b, i, j, o] > zero else zero
+                        a = arg[b, i, j, o]
+                        dz[r0, o] = g if a == 0 else zero
+                        dz[r0 + 1, o] = g if a == 1 else zero
+                        dz[r0 + ow, o] = g if a == 2 else zero
+                        dz[r0 + ow + 1, o] = g if a == 3 else zero
+            for i in range(ph):
+                for j in range(pw):
+                    for o in range(f):
+                        db_part[t, o] += dy[b, i, j, o] if y[b, i, j, o] > zero else zero
+            _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
+            _conv_grads(x, b, 1, k2t, dz, cr, ct, transposed, tmp[t], dk_part[t], dcols[t], dx,
+                        kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
+    dk, db = _sum_partials(dk_part, db_part)
+    return dx, dk, db
+

@@ -1,0 +1,112 @@
+"""Batch normalisation kernels, over the rows of ``x (m, c)`` (every axis but the channels).
+
+The batch is split into ``nt`` contiguous blocks of rows, one per ``prange``
+iteration. Per-channel sums are first gathered per block into ``(nt, c)``
+partials, each iteration writing only its own row of them, then merged
+serially; the elementwise passes write only their own block of rows.
+Every scalar (``m``, ``eps``, ``one``) arrives in x's dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True)
+def _block(t, nt, m):
+    """Rows ``[lo, hi)`` of block ``t`` of ``nt`` over ``m`` rows."""
+    chunk = (m + nt - 1) // nt
+    lo = min(m, t * chunk)
+    return lo, min(m, lo + chunk)
+
+
+@njit(cache=True)
+def _merge(part):
+    """Serial sum over the first axis of the per-block partials ``part (nt, c)``; new ``(c,)``."""
+    total = part[0].copy()
+    for t in range(1, part.shape[0]):
+        total += part[t]
+    return total
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_train_forward(x, gamma, beta, m, eps, one, nt):
+    """Normalise ``x (m, c)`` by its per-channel batch mean and biased variance.
+
+    ``gamma, beta (c,)`` (ones / zeros for none); ``m`` is the row count and ``eps``
+    the epsilon, both in x's dtype. Two passes over the data for the statistics
+    (the mean, then the squared deviations from it: no cancellation), one for the
+    output. Returns new ``y (m, c)``, ``mean (c,)``, ``var (c,)``, ``xhat (m, c)`` and
+    ``inv_std (c,) = 1 / sqrt(var + eps)``.
+    """
+    rows, c = x.shape
+    part = np.zeros((nt, c), dtype=x.dtype)
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        for r in range(lo, hi):
+            for ch in range(c):
+                part[t, ch] += x[r, ch]
+    mean = _merge(part) / m
+    part[:, :] = 0
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        for r in range(lo, hi):
+            for ch in range(c):
+                d = x[r, ch] - mean[ch]
+                part[t, ch] += d * d
+    var = _merge(part) / m
+    inv_std = one / np.sqrt(var + eps)
+    xhat = np.empty_like(x)
+    y = np.empty_like(x)
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        for r in range(lo, hi):
+            for ch in range(c):
+                v = (x[r, ch] - mean[ch]) * inv_std[ch]
+                xhat[r, ch] = v
+                y[r, ch] = gamma[ch] * v + beta[ch]
+    return y, mean, var, xhat, inv_std
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_inference_forward(x, gamma, beta, mean, inv_std, nt):
+    """``y = gamma * ((x - mean) * inv_std) + beta`` for ``x (m, c)`` and ``(c,)`` vectors,
+    all one dtype (``inv_std = 1 / sqrt(var + eps)``, from the wrapper). Returns new ``y``."""
+    rows, c = x.shape
+    y = np.empty_like(x)
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        for r in range(lo, hi):
+            for ch in range(c):
+                y[r, ch] = gamma[ch] * ((x[r, ch] - mean[ch]) * inv_std[ch]) + beta[ch]
+    return y
+
+
+@njit(parallel=True, cache=True)
+def batchnorm_backward(dy, xhat, gamma, inv_std, m, nt):
+    """Full batch-norm backward for ``dy, xhat (m, c)``, ``gamma, inv_std (c,)``.
+
+    ``dbeta = sum dy``, ``dgamma = sum dy * xhat`` (per-block partials, merged serially),
+    then ``dx = gamma * inv_std / m * (m * dy - dbeta - xhat * dgamma)``: the closed form
+    with ``sum dxhat = gamma * dbeta`` and ``sum dxhat * xhat = gamma * dgamma``. ``m``
+    (the row count) in dy's dtype. Returns new ``dx (m, c)``, ``dgamma (c,)``, ``dbeta (c,)``.
+    """
+    rows, c = dy.shape
+    part_b = np.zeros((nt, c), dtype=dy.dtype)
+    part_g = np.zeros((nt, c), dtype=dy.dtype)
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        for r in range(lo, hi):
+            for ch in range(c):
+                part_b[t, ch] += dy[r, ch]
+                part_g[t, ch] += dy[r, ch] * xhat[r, ch]
+    dbeta = _merge(part_b)
+    dgamma = _merge(part_g)
+    scale = gamma * inv_std / m
+    dx = np.empty_like(dy)
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        for r in range(lo, hi):
+            for ch in range(c):
+                dx[r, ch] = scale[ch] * (m * dy[r, ch] - dbeta[ch] - xhat[r, ch] * dgamma[ch])
+    return dx, dgamma, dbeta

@@ -1,0 +1,196 @@
+"""Pooling kernels (NHWC), one image per ``prange`` iteration.
+
+Each iteration writes only ``y[b]`` / ``dx[b]`` of its own image ``b``; the
+gradients of overlapping windows add up inside that image, serially.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_forward(x, ph, pw, sh, sw, pt, pl, oh, ow):
+    """Max pooling of ``x (n, h, w, c)`` over ``ph x pw`` windows, strides ``sh, sw``.
+
+    ``pt, pl``: padding at the top and left (positions outside the image never win);
+    ``oh, ow``: the output size. Returns new ``y (n, oh, ow, c)`` (x's dtype) and
+    ``arg (n, oh, ow, c)`` int32, the flat window index ``a*pw + d`` of the first
+    maximum in row-major order (the first NaN wins over numbers).
+    """
+    n, h, w, c = x.shape
+    y = np.empty((n, oh, ow, c), dtype=x.dtype)
+    arg = np.empty((n, oh, ow, c), dtype=np.int32)
+    for b in prange(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    # any value of x's dtype (a literal -inf would be float64): the first
+                    # position inside the image replaces it, since best_k < 0
+                    best = x[b, 0, 0, ch]
+                    best_k = -1
+                    for a in range(ph):
+                        r = i * sh + a - pt
+                        if r < 0 or r >= h:
+                            continue
+                        for d in range(pw):
+                            s = j * sw + d - pl
+                            if s < 0 or s >= w:
+                                continue
+                            v = x[b, r, s, ch]
+                            # first maximum wins ties; the first NaN wins over numbers
+                            if best_k < 0 or (best == best and (v > best or v != v)):
+                                best = v
+                                best_k = a * pw + d
+                    y[b, i, j, ch] = best
+                    arg[b, i, j, ch] = best_k
+    return y, arg
+
+
+@njit(parallel=True, cache=True)
+def maxpool2d_backward(dy, arg, h, w, pw, sh, sw, pt, pl):
+    """Route ``dy (n, oh, ow, c)`` to the winners ``arg`` (int32, like dy) of
+    :func:`maxpool2d_forward`: returns new ``dx (n, h, w, c)`` (dy's dtype) with
+    ``dx[b, i*sh + a - pt, j*sw + d - pl, ch] += dy[b, i, j, ch]``, ``a*pw + d = arg``.
+    Overlapping windows add up; image ``b`` is one ``prange`` iteration.
+    """
+    n, oh, ow, c = dy.shape
+    dx = np.empty((n, h, w, c), dtype=dy.dtype)
+    for b in prange(n):
+        dx[b] = 0
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    k = arg[b, i, j, ch]
+                    a = k // pw
+                    d = k - a * pw
+                    dx[b, i * sh + a - pt, j * sw + d - pl, ch] += dy[b, i, j, ch]
+    return dx
+
+
+
+@njit(parallel=True, cache=True)
+def avgpool2d_forward(x, ph, pw, sh, sw, pt, pl, oh, ow, one):
+    """Average of each ``ph x pw`` window of ``x (n, h, w, c)`` over its positions inside
+    the image (padding is not counted), strides ``sh, sw``, top/left padding ``pt, pl``.
+
+    The count is kept in x's dtype (``one`` is 1 in it). Returns new ``y (n, oh, ow, c)``.
+    """
+    n, h, w, c = x.shape
+    y = np.empty((n, oh, ow, c), dtype=x.dtype)
+    zero = one - one
+    for b in prange(n):
+        for i in range(oh):
+            for j in range(ow):
+                for ch in range(c):
+                    y[b, i, j, ch] = zero
+                count = zero
+                for a in range(ph):
+                    r = i * sh + a - pt
+                    if r < 0 or r >= h:
+                        continue
+                    for d in range(pw):
+                        s = j * sw + d - pl
+                        if s < 0 or s >= w:
+                            continue
+                        count += one
+                        for ch in range(c):
+                            y[b, i, j, ch] += x[b, r, s, ch]
+                for ch in range(c):
+                    y[b, i, j, ch] = y[b, i, j, ch] / count
+    return y
+
+
+@njit(parallel=True, cache=True)
+def avgpool2d_backward(dy, h, w, ph, pw, sh, sw, pt, pl, one):
+    """Share each ``dy (n, oh, ow, c)`` equally among its window's positions inside the
+    ``h x w`` image; overlapping windows add up. Returns new ``dx (n, h, w, c)``."""
+    n, oh, ow, c = dy.shape
+    dx = np.empty((n, h, w, c), dtype=dy.dtype)
+    zero = one - one
+    for b in prange(n):
+        dx[b] = zero
+        for i in range(oh):
+            r_lo = max(0, i * sh - pt)
+            r_hi = min(h, i * sh - pt + ph)
+            for j in range(ow):
+                s_lo = max(0, j * sw - pl)
+                s_hi = min(w, j * sw - pl + pw)
+                count = zero                 # counted in dy's dtype: int * float32 is float64
+                for r in range(r_lo, r_hi):
+                    for s in range(s_lo, s_hi):
+                        count += one
+                for r in range(r_lo, r_hi):
+                    for s in range(s_lo, s_hi):
+                        for ch in range(c):
+                            dx[b, r, s, ch] += dy[b, i, j, ch] / count
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def global_avgpool_forward(x, hw):
+    """``y[b, ch] = sum_{r, s} x[b, r, s, ch] / hw`` for ``x (n, h, w, c)``; ``hw = h*w`` in
+    x's dtype. Returns new ``y (n, c)``."""
+    n, h, w, c = x.shape
+    y = np.empty((n, c), dtype=x.dtype)
+    zero = hw - hw
+    for b in prange(n):
+        for ch in range(c):
+            y[b, ch] = zero
+        for r in range(h):
+            for s in range(w):
+                for ch in range(c):
+                    y[b, ch] += x[b, r, s, ch]
+        for ch in range(c):
+            y[b, ch] = y[b, ch] / hw
+    return y
+
+
+@njit(parallel=True, cache=True)
+def global_avgpool_backward(dy, h, w, hw):
+    """``dx[b, r, s, ch] = dy[b, ch] / hw`` for ``dy (n, c)``; returns new ``dx (n, h, w, c)``."""
+    n, c = dy.shape
+    dx = np.empty((n, h, w, c), dtype=dy.dtype)
+    for b in prange(n):
+        for r in range(h):
+            for s in range(w):
+                for ch in range(c):
+                    dx[b, r, s, ch] = dy[b, ch] / hw
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def global_maxpool_forward(x):
+    """Per image and channel of ``x (n, h, w, c)``: the maximum and the flat position
+    ``r*w + s`` (int32) of the first maximum in row-major order (the first NaN wins over
+    numbers). Returns new ``y (n, c)`` and ``arg (n, c)``."""
+    n, h, w, c = x.shape
+    y = np.empty((n, c), dtype=x.dtype)
+    arg = np.zeros((n, c), dtype=np.int32)
+    for b in prange(n):
+        for ch in range(c):
+            y[b, ch] = x[b, 0, 0, ch]
+        for k in range(1, h * w):
+            r = k // w
+            s = k - r * w
+            for ch in range(c):
+                best = y[b, ch]
+                v = x[b, r, s, ch]
+                if best == best and (v > best or v != v):
+                    y[b, ch] = v
+                    arg[b, ch] = k
+    return y, arg
+
+
+@njit(parallel=True, cache=True)
+def global_maxpool_backward(dy, arg, h, w):
+    """``dx[b, r, s, ch] = dy[b, ch]`` at ``r*w + s == arg[b, ch]`` (int32), 0 elsewhere;
+    ``dy, arg (n, c)``. Returns new ``dx (n, h, w, c)``."""
+    n, c = dy.shape
+    dx = np.zeros((n, h, w, c), dtype=dy.dtype)
+    for b in prange(n):
+        for ch in range(c):
+            k = arg[b, ch]
+            r = k // w
+            dx[b, r, k - r * w, ch] = dy[b, ch]
+    return dx
