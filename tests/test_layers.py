@@ -34,7 +34,7 @@ def _contains_all(message, *parts):
     (lambda: Conv2D(4, 3, bogus_argument=1), ["bogus_argument"]),
     (lambda: Dense(0), ["units", "0"]),
     (lambda: Dense(-5), ["units", "-5"]),
-    (lambda: Dense(3, activation="swish"), ["activation", "swish"]),
+    (lambda: Dense(3, activation="mish"), ["activation", "mish"]),
     (lambda: Dense(3, dtype="int32"), ["dtype", "int32"]),
     (lambda: Dense(3, dtype="bogus"), ["dtype", "bogus"]),
     (lambda: MaxPooling2D(padding="x"), ["padding", "'x'"]),
