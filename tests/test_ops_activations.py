@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from test_ops_backends import DTYPE_NAMES, SEEDS, compare, run_backends
 
 from minicnn import activations, gradcheck, ops
+from minicnn.layers import Conv2D, Dense
 from minicnn.ops import reference
 
 NEW = ("gelu", "swish", "silu", "elu", "leaky_relu")
@@ -23,7 +24,8 @@ GRAD_TOL = 1e-6
 
 
 @settings(max_examples=60, deadline=None, database=None)
-@given(name=st.sampled_from(NEW), shape=st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple),
+@given(name=st.sampled_from(NEW),
+       shape=st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple),
        scale=st.sampled_from([1.0, 30.0]), fortran=st.booleans(), dtype=DTYPE_NAMES, seed=SEEDS)
 @example(name="gelu", shape=(2, 3), scale=30.0, fortran=False, dtype="float32", seed=0)
 @example(name="swish", shape=(4,), scale=30.0, fortran=False, dtype="float32", seed=1)
@@ -97,9 +99,22 @@ def test_new_activations_known_values(backend):
 
 
 @pytest.mark.parametrize("name", NEW)
-def test_layers_accept_the_new_names(name):
+def test_layers_accept_the_new_names(backend, error_log, name):
+    """The names pass validation, and Dense and Conv2D (unchanged) differentiate through
+    them: their gradients match finite differences."""
     assert activations.get(name.upper()) == name
     assert name in activations.ACTIVATIONS
+    rng = np.random.default_rng(14)
+    for layer, shape in ((Dense(3, activation=name, dtype="float64"), (4,)),
+                         (Conv2D(2, 3, padding="same", activation=name, dtype="float64"),
+                          (4, 5, 2))):
+        layer.build(shape)
+        for p in layer.params.values():
+            p[...] = rng.standard_normal(p.shape) * 0.5
+        x = rng.standard_normal((2,) + shape)
+        for key, err in gradcheck.check_layer(layer, shape, x=x).items():
+            error_log.record(f"gradcheck layers ({backend})", err)
+            assert err < GRAD_TOL, f"{layer.name}({name}) d{key}: {err:.3e}"
 
 
 @pytest.mark.parametrize("name", NEW)
