@@ -165,11 +165,11 @@ def test_batchnorm_moving_statistics_are_saved_and_not_trained(tmp_path):
     rng = np.random.default_rng(0)
     xv, yv = rng.random((8, 4, 4, 2)), rng.integers(0, 2, 8)
     bn = next(l for l in model.layers if isinstance(l, layers.BatchNormalization))
+    z = model.layers[1].forward(xv.astype(np.float32))          # what BN sees in the step
     model.train_on_batch(xv, yv)
     paths = [p for p, _, _ in model.trainable_slots()]
     assert not any("moving" in p for p in paths)
     # the moving statistics moved by the Keras rule only (AdamW's decay never touched them)
-    z = model.layers[1].forward(xv.astype(np.float32))
     np.testing.assert_allclose(bn.params["moving_mean"], 0.01 * z.mean(axis=(0, 1, 2)),
                                rtol=1e-4, atol=1e-6)
     model.save(tmp_path / "bn.npz")
