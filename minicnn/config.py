@@ -49,7 +49,8 @@ BACKENDS = ("reference", "numpy", "numba")
 DEFAULT_BACKEND = "numba"
 
 
-def _check_backend(name) -> str:
+def check_backend(name) -> str:
+    """A backend name, lower-cased; ValueError naming the choices otherwise."""
     if not isinstance(name, str) or name.lower() not in BACKENDS:
         raise ValueError(
             f"backend must be one of {', '.join(repr(b) for b in BACKENDS)}, received {name!r}")
@@ -61,7 +62,7 @@ def _initial_backend() -> str:
     if env is None or env == "":
         return DEFAULT_BACKEND
     try:
-        return _check_backend(env)
+        return check_backend(env)
     except ValueError as exc:
         raise ValueError(f"MINICNN_BACKEND: {exc}") from None
 
@@ -77,8 +78,8 @@ def get_backend() -> str:
 def set_backend(name: str) -> None:
     """Select the backend for every op: 'reference', 'numpy' or 'numba'."""
     global _backend
-    _backend = _check_backend(name)
-    _apply_thread_policy()
+    _backend = check_backend(name)
+    apply_thread_policy()
 
 
 @contextlib.contextmanager
@@ -91,7 +92,7 @@ def use_backend(name: str):
         yield _backend
     finally:
         _backend = previous
-        _apply_thread_policy()
+        apply_thread_policy()
 
 
 # ----------------------------------------------------------------------------- threads
@@ -125,7 +126,7 @@ def _controller():
     return _threadpool_controller
 
 
-def _apply_thread_policy() -> None:
+def apply_thread_policy() -> None:
     """Set every BLAS's thread count for the active backend (see the comment above)."""
     global _applied_limit
     try:
@@ -156,7 +157,7 @@ MALLOC_TRIM_THRESHOLD = 64 * 2**20
 _malloc_status = "not applied"
 
 
-def _tune_malloc() -> str:
+def tune_malloc() -> str:
     """Raise glibc's mmap and trim thresholds (see the comment above); returns the status."""
     global _malloc_status
     import platform
@@ -214,7 +215,7 @@ def set_num_threads(n: int) -> None:
     numba.set_num_threads(n)
     _num_threads = n
     _applied_limit = None
-    _apply_thread_policy()
+    apply_thread_policy()
 
 
 def get_num_threads() -> int:

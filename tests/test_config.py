@@ -18,7 +18,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 def test_malloc_opt_out_is_respected(monkeypatch):
     monkeypatch.setattr(config, "_malloc_status", "not applied")
     monkeypatch.setenv("MINICNN_MALLOPT", "0")
-    assert config._tune_malloc() == "left alone (MINICNN_MALLOPT=0)"
+    assert config.tune_malloc() == "left alone (MINICNN_MALLOPT=0)"
     assert config.malloc_status() == "left alone (MINICNN_MALLOPT=0)"
 
 

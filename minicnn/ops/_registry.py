@@ -23,7 +23,7 @@ OPS = {}
 
 def backend_module(name=None):
     """The module implementing the ops of backend ``name`` (default: the active one)."""
-    name = config.get_backend() if name is None else config._check_backend(name)
+    name = config.get_backend() if name is None else config.check_backend(name)
     mod = _loaded.get(name)
     if mod is None:
         mod = importlib.import_module(_MODULES[name], __package__)

@@ -23,8 +23,8 @@ from ._kernels import pool as pool_k
 from ._shapes import out_hw
 from .reference import LEAKY_RELU_SLOPE, _flat_inplace
 
-config._apply_thread_policy()
-config._tune_malloc()
+config.apply_thread_policy()
+config.tune_malloc()
 
 _c = np.ascontiguousarray
 
