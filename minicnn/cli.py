@@ -160,8 +160,10 @@ _KINK = 1e-3        # keep every ReLU pre-activation this far from 0, where it h
 
 def _gradcheck_cases():
     """``(description, layer, input_shape, batch, x or None, training)`` for each layer type."""
-    from .layers import (Activation, Conv2D, Dense, Dropout, Flatten, MaxPooling2D, RandomFlip,
-                         RandomTranslation, ReLU)
+    from .layers import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense,
+                         Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D, LeakyReLU,
+                         MaxPooling2D, RandomFlip, RandomTranslation, ReLU, Rescaling, Softmax,
+                         ZeroPadding2D)
     f64 = {"dtype": "float64"}
     rng = np.random.default_rng(1)
 
@@ -198,7 +200,40 @@ def _gradcheck_cases():
          (4, 5, 2), 4, None, True),
         ("RandomTranslation (training)", RandomTranslation(0.4, 0.3, seed=5, **f64),
          (5, 6, 2), 4, None, True),
+        ("MaxPooling2D 3x3/1 same", MaxPooling2D(3, strides=1, padding="same", **f64),
+         (4, 5, 2), 2, distinct((4, 5, 2)), False),
+        ("AveragePooling2D 2x2", AveragePooling2D(2, **f64), (4, 6, 2), 2, None, False),
+        ("AveragePooling2D 3x3/2 same", AveragePooling2D(3, strides=2, padding="same", **f64),
+         (5, 6, 2), 2, None, False),
+        ("GlobalAveragePooling2D", GlobalAveragePooling2D(**f64), (3, 4, 2), 2, None, False),
+        ("GlobalMaxPooling2D", GlobalMaxPooling2D(**f64), (3, 4, 2), 2, distinct((3, 4, 2)),
+         False),
+        ("BatchNormalization (training, NHWC)", BatchNormalization(**f64), (3, 3, 2), 4, None,
+         True),
+        ("BatchNormalization (inference, Dense)", BatchNormalization(**f64), (5,), 3, None,
+         False),
+        ("LeakyReLU", LeakyReLU(**f64), (4, 3), 2, off_kink((4, 3)), False),
+        ("Activation gelu", Activation("gelu", **f64), (3, 4), 2, None, False),
+        ("Activation swish", Activation("swish", **f64), (3, 4), 2, None, False),
+        ("Activation elu", Activation("elu", **f64), (3, 4), 2, off_kink((3, 4)), False),
+        ("Rescaling", Rescaling(0.5, offset=-1.0, **f64), (3, 4), 2, None, False),
+        ("ZeroPadding2D", ZeroPadding2D(((1, 0), (2, 1)), **f64), (3, 3, 2), 2, None, False),
+        ("Softmax", Softmax(**f64), (3, 5), 2, None, False),
+        ("graph: Conv2D + Add + Concatenate", _small_graph(), (5, 5, 2), 2, None, False),
     ]
+
+
+def _small_graph():
+    """A graph model whose input fans out into two branches joined by Add and Concatenate."""
+    from . import Input, Model
+    from .layers import Add, Concatenate, Conv2D, Dense, Flatten
+    f64 = {"dtype": "float64"}
+    x = Input((5, 5, 2), dtype="float64")
+    a = Conv2D(2, 3, padding="same", activation="tanh", **f64)(x)
+    b = Add(**f64)([a, x])
+    c = Concatenate(**f64)([b, Conv2D(1, 1, **f64)(x)])
+    model = Model(x, Dense(3, **f64)(Flatten(**f64)(c)))
+    return model
 
 
 def _fused_conv_pool():
@@ -214,7 +249,9 @@ def _prepare(layer, input_shape, batch, rng):
     if not layer.built:
         layer.build(input_shape)
     for name, p in layer.params.items():
-        p[...] = rng.standard_normal(p.shape) * (0.5 if name == "kernel" else 0.2)
+        p[...] = rng.standard_normal(p.shape) * (0.5 if name.endswith("kernel") else 0.2)
+        if name.endswith("moving_variance") or name.endswith("gamma"):
+            p[...] = 0.5 + np.abs(p)            # a variance, and a scale away from 0
     conv = getattr(layer, "conv", layer)
     for _ in range(100):
         x = rng.standard_normal((batch,) + tuple(input_shape))
@@ -257,6 +294,32 @@ def gradcheck_rows(backend):
             for key, err in gradcheck.check_loss(loss, logits, y).items():
                 what = "d/dlogits (fused softmax)" if key == "fused_logits" else "d/dprobabilities"
                 rows.append((desc, what, err))
+        rows += _model_rows(gradcheck, rng)
+    return rows
+
+
+def _model_rows(gradcheck, rng):
+    """Whole training losses: label smoothing, sample weights, from_logits, L2 and L1L2."""
+    from . import Input, Model, losses, regularizers
+    from .layers import BatchNormalization, Dense
+    f64 = {"dtype": "float64"}
+    x = Input((4,), dtype="float64")
+    h = Dense(5, activation="tanh", kernel_regularizer=regularizers.L2(0.05), **f64)(x)
+    h = BatchNormalization(**f64)(h)
+    out = Dense(3, kernel_regularizer=regularizers.L1L2(0.01, 0.02), **f64)(h)
+    rows = []
+    xv = rng.standard_normal((6, 4))
+    labels = rng.integers(0, 3, 6)
+    for desc, loss, act, y, w in (
+            ("model: L2/L1L2 + label_smoothing 0.1", losses.CategoricalCrossentropy(
+                label_smoothing=0.1), "softmax", np.eye(3)[labels], None),
+            ("model: sparse CE from_logits, sample_weight",
+             losses.SparseCategoricalCrossentropy(from_logits=True), "linear", labels,
+             rng.random(6) * 2)):
+        model = Model(x, Dense(3, activation=act, **f64)(out) if act == "softmax" else out)
+        model.compile("sgd", loss)
+        for path, err in gradcheck.check_model(model, xv, y, sample_weight=w).items():
+            rows.append((desc, f"d{path}", err))
     return rows
 
 

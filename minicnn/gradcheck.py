@@ -71,7 +71,8 @@ def check_layer(layer, input_shape, batch_size=2, x=None, eps=1e-6, seed=0, trai
     output has zero gradient, so a ``.sum()`` check passes wrong code). Each weight's
     gradient is checked on both paths a layer has: alone (first in a model, where it
     skips dL/dx) and after a layer with weights (where it computes dL/dx); the worst of
-    the two is reported. A float32 layer warns: its finite differences are only good to
+    the two is reported. Non-trainable weights (BatchNormalization's moving statistics)
+    have no gradient and are not checked. A float32 layer warns: its finite differences are only good to
     about 1e-3, so errors of 1e-2 mean nothing there.
     """
     rng = np.random.default_rng(seed)
@@ -111,7 +112,10 @@ def check_layer(layer, input_shape, batch_size=2, x=None, eps=1e-6, seed=0, trai
         layer.compute_input_gradient = old_flag
 
     errors = {"dx": relative_error(dx, numerical_gradient(loss_of_x, x, eps))}
+    trainable = getattr(layer, "is_trainable_weight", lambda key: True)
     for name, param in layer.params.items():
+        if not trainable(name):       # moving statistics: updated by the layer, no gradient
+            continue
         original = param.copy()
 
         def loss_of_param(pv, param=param):
@@ -145,3 +149,38 @@ def check_loss(loss, logits, y_true, eps=1e-6):
         loss.from_logits = was
     out["probabilities"] = relative_error(dp, numeric_p)
     return out
+
+
+def check_model(model, x, y, sample_weight=None, eps=1e-6, training=True):
+    """Relative error of every trainable weight's gradient of a compiled model's loss.
+
+    The loss is the whole training loss: the compiled loss (its options such as
+    ``label_smoothing``, the ``sample_weight``) plus every regularizer's penalty, on one
+    batch ``x, y``; ``model.backprop`` gives the analytic gradients, central differences
+    the numeric ones. Use a float64 model without unseeded randomness (Dropout, random
+    augmentation) in the pass.
+
+    Returns ``{weight path: err}``.
+    """
+    x = np.asarray(x, dtype=model.dtype)
+    model.backprop(x, y, sample_weight)
+    slots = model.trainable_slots()
+    analytic = {path: np.array(owner.grads[key], copy=True) for path, owner, key in slots}
+
+    def loss():
+        y_pred = model.call(x, training=training)
+        return model.compute_loss(y_pred, y, sample_weight)[0]
+
+    errors = {}
+    for path, owner, key in slots:
+        param = owner.params[key]
+        original = param.copy()
+
+        def loss_of(pv, param=param):
+            param[...] = pv
+            return loss()
+
+        numeric = numerical_gradient(loss_of, original, eps)
+        param[...] = original
+        errors[path] = relative_error(analytic[path], numeric)
+    return errors
