@@ -399,6 +399,60 @@ def adam_by_hand(model, x, y, steps):
     return worst
 
 
+# ----------------------------------------------------------------------------- 6: BatchNormalization
+def batchnorm_section(model, x):
+    """BatchNormalization on the first convolution's output: the per-channel statistics, the
+    backward term by term (the staged graph and the closed form), and the gradient check."""
+    heading("6. BatchNormalization on the first convolution's output")
+    conv = model.layers[0]
+    h = conv.forward(x)                                   # (n, h, w, c) of the real images
+    n_rows = h.size // h.shape[-1]
+    bn = layers.BatchNormalization(dtype="float64")
+    bn.build(h.shape[1:])
+    rng = np.random.default_rng(0)
+    bn.params["gamma"][...] = rng.uniform(0.5, 1.5, h.shape[-1])
+    bn.params["beta"][...] = rng.standard_normal(h.shape[-1]) * 0.1
+    y = bn.forward(h, training=True)
+    mean, var = h.mean(axis=(0, 1, 2)), h.var(axis=(0, 1, 2))
+    print(f"x: {shape(h)}; each of the {h.shape[-1]} channels is normalised over its "
+          f"m = n*h*w = {n_rows} values")
+    xh = (y - bn.params["beta"]) / bn.params["gamma"]          # xhat, recovered from y
+    for ch in range(min(3, h.shape[-1])):
+        print(f"  channel {ch}: mean {mean[ch]: .5f}, biased variance {var[ch]:.5f} -> xhat "
+              f"mean {xh[..., ch].mean(): .1e}, std {xh[..., ch].std():.5f} "
+              f"(sqrt(var / (var + epsilon)) = {np.sqrt(var[ch] / (var[ch] + bn.epsilon)):.5f})")
+    print(f"moving_mean after one training step = 0.99 * 0 + 0.01 * mean: "
+          f"{_rel_diff(bn.params['moving_mean'], 0.01 * mean):.1e} from the rule")
+    dy = rng.standard_normal(y.shape)
+    dx = bn.backward(dy)
+    gamma, eps = bn.params["gamma"], bn.epsilon
+    xhat = (h - mean) / np.sqrt(var + eps)
+    dxhat = dy * gamma
+    inv_std = 1 / np.sqrt(var + eps)
+    axes = (0, 1, 2)
+    print("backward, term by term (dy random, so sum(dy) != 0):")
+    row("dbeta = sum dy", norm(np.sum(dy, axis=axes)))
+    row("dgamma = sum dy * xhat", norm(np.sum(dy * xhat, axis=axes)))
+    term1 = n_rows * dxhat
+    term2 = np.sum(dxhat, axis=axes)
+    term3 = xhat * np.sum(dxhat * xhat, axis=axes)
+    row("|m * dxhat| (the path through xhat)", norm(term1))
+    row("|sum dxhat| (the path through the mean)", norm(term2))
+    row("|xhat * sum(dxhat * xhat)| (through the var)", norm(term3))
+    closed = inv_std / n_rows * (term1 - term2 - term3)
+    staged = ops.reference.batchnorm_backward_graph(dy, h, gamma, eps)[0]
+    print(f"dx = inv_std / m * (m dxhat - sum dxhat - xhat sum(dxhat xhat)):  closed form vs "
+          f"layer {_rel_diff(closed, dx):.1e}, staged graph vs layer {_rel_diff(staged, dx):.1e}")
+    naive = dxhat * inv_std
+    print(f"dropping the mean and variance paths (dx = dxhat * inv_std) is wrong by "
+          f"{_rel_diff(naive, dx):.1e}: the full backward matters")
+    errors = minicnn.gradcheck.check_layer(bn, h.shape[1:], batch_size=2, x=h[:2], training=True)
+    worst = max(errors.values())
+    print(f"gradient check (random upstream gradient, training mode): "
+          + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    return max(worst, _rel_diff(closed, dx), _rel_diff(staged, dx))
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     """Run the walkthrough; returns 0 when every check passes, 1 otherwise."""
@@ -431,6 +485,7 @@ def walkthrough(args):
 
     worst_check = gradient_checks(model, x, y, logits, args.filters)
     worst_adam = adam_by_hand(model, x, y, args.adam_steps)
+    worst_bn = batchnorm_section(model, x)
 
     heading("Summary")
     print(f"manual passes == model.backprop:        {'yes' if same else 'NO'}")
@@ -438,7 +493,9 @@ def walkthrough(args):
           f"({'all below' if worst_check < TOLERANCE else 'NOT all below'} {TOLERANCE:.0e})")
     print(f"Adam by hand vs minicnn, worst rel diff: {worst_adam:.1e}  "
           f"({'agree' if worst_adam <= ADAM_RTOL else 'DISAGREE'})")
-    ok = same and worst_check < TOLERANCE and worst_adam <= ADAM_RTOL
+    print(f"BatchNormalization backward, worst error: {worst_bn:.1e}  "
+          f"({'all below' if worst_bn < TOLERANCE else 'NOT all below'} {TOLERANCE:.0e})")
+    ok = same and worst_check < TOLERANCE and worst_adam <= ADAM_RTOL and worst_bn < TOLERANCE
     return 0 if ok else 1
 
 

@@ -131,3 +131,27 @@ def test_bad_arguments(walkthrough):
         walkthrough.main(["--size", "5"])
     with pytest.raises(SystemExit):
         walkthrough.main(["--images", "0"])
+
+
+def test_batchnorm_section(run):
+    code, out = run
+    part = sections(out)["6"]
+    assert "m = n*h*w" in part and "closed form vs layer" in part
+    closed, staged = map(float, re.search(r"closed form vs layer (\S+), staged graph vs layer "
+                                          r"(\S+)", part).groups())
+    assert closed < 1e-12 and staged < 1e-12
+    assert re.search(r"wrong by \S+: the full backward matters", part)
+    assert "BatchNormalization backward, worst error" in sections(out)["Summary"]
+
+
+def test_a_batchnorm_backward_without_the_mean_path_is_caught(walkthrough, monkeypatch, capsys):
+    def no_mean_path(dy, xhat, gamma, inv_std):
+        axes = tuple(range(dy.ndim - 1))
+        dxhat = dy * gamma
+        m = dy.size // dy.shape[-1]
+        dx = inv_std / m * (m * dxhat - xhat * np.sum(dxhat * xhat, axis=axes))
+        return dx, np.sum(dy * xhat, axis=axes), np.sum(dy, axis=axes)
+
+    monkeypatch.setattr(reference, "batchnorm_backward", no_mean_path)
+    assert walkthrough.main(SMALL[:4] + ["--adam-steps", "1"]) == 1
+    assert "NOT all below" in sections(capsys.readouterr().out)["Summary"]
