@@ -344,3 +344,13 @@ def test_residual_network_example_trains(capsys):
     out = capsys.readouterr().out
     assert "Connected to" in out and "block2_add (Add)" in out and "Test accuracy" in out
     assert acc > 0.15                                 # 10 classes: chance is 0.1
+
+
+def test_zoo_models_have_keras_parameter_counts():
+    from minicnn.models import zoo
+    # Keras 3.15 builds the same two networks with these counts (its summary says so)
+    assert zoo.seed_cnn().count_params() == 319_178
+    resnet = zoo.resnet_cifar()
+    assert resnet.count_params() == 309_994
+    trainable = sum(o.params[k].size for _, o, k in resnet.trainable_slots())
+    assert resnet.count_params() - trainable == 1_344

@@ -7,6 +7,7 @@ and the file format in :mod:`minicnn.saving`.
 from ..saving import load_model
 from .functional import METRICS, Model, ModelNotCompiledError
 from .sequential import Sequential
+from . import zoo  # noqa: E402  (the ready-made models)
 
 #: model classes by the name a saved architecture uses
 MODEL_CLASSES = {"Sequential": Sequential, "Functional": Model, "Model": Model}
