@@ -43,17 +43,20 @@ def batchnorm_train_forward(x, gamma, beta, m, eps, one, nt):
     part = np.zeros((nt, c), dtype=x.dtype)
     for t in prange(nt):
         lo, hi = _block(t, nt, rows)
+        acc = np.zeros(c, dtype=x.dtype)     # block-local: the inner loop vectorises
         for r in range(lo, hi):
             for ch in range(c):
-                part[t, ch] += x[r, ch]
+                acc[ch] += x[r, ch]
+        part[t] = acc
     mean = _merge(part) / m
-    part[:, :] = 0
     for t in prange(nt):
         lo, hi = _block(t, nt, rows)
+        acc = np.zeros(c, dtype=x.dtype)
         for r in range(lo, hi):
             for ch in range(c):
                 d = x[r, ch] - mean[ch]
-                part[t, ch] += d * d
+                acc[ch] += d * d
+        part[t] = acc
     var = _merge(part) / m
     inv_std = one / np.sqrt(var + eps)
     xhat = np.empty_like(x)
@@ -96,10 +99,14 @@ def batchnorm_backward(dy, xhat, gamma, inv_std, m, nt):
     part_g = np.zeros((nt, c), dtype=dy.dtype)
     for t in prange(nt):
         lo, hi = _block(t, nt, rows)
+        acc_b = np.zeros(c, dtype=dy.dtype)   # block-local: the inner loop vectorises
+        acc_g = np.zeros(c, dtype=dy.dtype)
         for r in range(lo, hi):
             for ch in range(c):
-                part_b[t, ch] += dy[r, ch]
-                part_g[t, ch] += dy[r, ch] * xhat[r, ch]
+                acc_b[ch] += dy[r, ch]
+                acc_g[ch] += dy[r, ch] * xhat[r, ch]
+        part_b[t] = acc_b
+        part_g[t] = acc_g
     dbeta = _merge(part_b)
     dgamma = _merge(part_g)
     scale = gamma * inv_std / m
