@@ -37,7 +37,8 @@ def __getattr__(name):
         return importlib.import_module(f".{name}", __name__)
     if name in _FROM:
         return getattr(importlib.import_module(f".{_FROM[name]}", __name__), name)
-    raise AttributeError(f"module 'minicnn' has no attribute {name!r}")
+    from ._missing import missing
+    return missing(__name__)(name)
 
 
 def __dir__():

@@ -28,3 +28,8 @@ def forward(name, x):
 
 def backward(name, x, y, dy):
     return ops.activation_backward(name, x, y, dy)
+
+
+from ._missing import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__)

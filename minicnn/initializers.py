@@ -70,3 +70,8 @@ def initialize(name, shape, dtype=np.float32, rng=None) -> np.ndarray:
     else:  # he_normal
         out = _truncated_normal(rng, np.sqrt(2.0 / fan_in), shape)
     return np.array(out, dtype=dtype, order="C")     # ascontiguousarray makes a scalar 1-d
+
+
+from ._missing import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__)

@@ -181,3 +181,8 @@ def from_config(cfg) -> Loss:
         raise ValueError(f"unknown loss class {cfg.get('class_name')!r}")
     kwargs = {k: v for k, v in cfg.items() if k in ("from_logits", "label_smoothing")}
     return classes[cfg["class_name"]](**kwargs)
+
+
+from ._missing import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__)

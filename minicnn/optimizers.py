@@ -253,3 +253,8 @@ def from_config(cfg) -> Optimizer:
     if isinstance(cfg.get("learning_rate"), dict):
         cfg["learning_rate"] = schedules.from_config(cfg["learning_rate"])
     return classes[name](**cfg)
+
+
+from ._missing import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__)

@@ -90,3 +90,8 @@ def get(value, owner="regularizer"):
 
 def serialize(reg):
     return None if reg is None else {"class_name": type(reg).__name__, "config": reg.get_config()}
+
+
+from ._missing import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__)

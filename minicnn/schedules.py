@@ -137,3 +137,8 @@ def from_config(cfg):
         raise ValueError(f"unknown learning-rate schedule {cfg!r}; known: "
                          f"{', '.join(SCHEDULES)}")
     return cls.from_config(dict(cfg.get("config") or {}))
+
+
+from ._missing import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__)

@@ -354,3 +354,15 @@ def test_zoo_models_have_keras_parameter_counts():
     assert resnet.count_params() == 309_994
     trainable = sum(o.params[k].size for _, o, k in resnet.trainable_slots())
     assert resnet.count_params() - trainable == 1_344
+
+
+@pytest.mark.parametrize("module,name", [("layers", "LSTM"), ("optimizers", "RMSprop"),
+                                         ("callbacks", "TensorBoard"), ("losses", "Huber"),
+                                         ("models", "clone_model"), ("utils", "plot_model")])
+def test_a_missing_keras_name_says_minicnn_does_not_have_it_yet(module, name):
+    mod = getattr(keras, module)
+    with pytest.raises(AttributeError, match=f"minicnn does not have {name} yet"):
+        getattr(mod, name)
+    assert not hasattr(mod, name)
+    with pytest.raises(AttributeError, match="minicnn does not have Nothing yet"):
+        keras.Nothing

@@ -38,3 +38,8 @@ __all__ = [
     "UnsafeDataError", "UnsafePickleError", "DownloadError",
     "cache_dir", "read_idx", "safe_extract", "RestrictedUnpickler",
 ]
+
+
+from .._missing import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__)

@@ -21,3 +21,8 @@ LAYER_CLASSES = {cls.__name__: cls for cls in (
     GlobalAveragePooling2D, GlobalMaxPooling2D, LeakyReLU)}
 
 __all__ = ["Layer", "LAYER_CLASSES", "Input", "KerasTensor"] + sorted(LAYER_CLASSES)
+
+
+from .._missing import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__)

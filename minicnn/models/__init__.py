@@ -13,3 +13,8 @@ from . import zoo  # noqa: E402  (the ready-made models)
 MODEL_CLASSES = {"Sequential": Sequential, "Functional": Model, "Model": Model}
 
 __all__ = ["Model", "Sequential", "load_model", "ModelNotCompiledError", "METRICS"]
+
+
+from .._missing import missing as _missing  # noqa: E402
+
+__getattr__ = _missing(__name__)
