@@ -87,9 +87,8 @@ class BatchNormalization(Layer):
             self._training = True
             return y
         self._training = False
+        self._x = x              # xhat is recomputed only if a backward follows (gradcheck)
         mean, var = self.params["moving_mean"], self.params["moving_variance"]
-        self._inv_std = (1.0 / np.sqrt(var + var.dtype.type(self.epsilon))).astype(x.dtype)
-        self._xhat = (x - mean) * self._inv_std
         return ops.batchnorm_inference_forward(x, gamma, beta, mean, var, self.epsilon)
 
     def backward(self, dy):
@@ -97,6 +96,9 @@ class BatchNormalization(Layer):
         if self._training:
             dx, dgamma, dbeta = ops.batchnorm_backward(dy, self._xhat, gamma, self._inv_std)
         else:
+            mean, var = self.params["moving_mean"], self.params["moving_variance"]
+            self._inv_std = (1 / np.sqrt(var + var.dtype.type(self.epsilon))).astype(dy.dtype)
+            self._xhat = (self._x - mean) * self._inv_std
             axes = tuple(range(dy.ndim - 1))
             dgamma = np.sum(dy * self._xhat, axis=axes)
             dbeta = np.sum(dy, axis=axes)
