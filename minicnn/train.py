@@ -179,7 +179,9 @@ class EpochReport(Callback):
 
     'seconds' is the whole epoch, validation included; 'images/s' counts the training
     images over the training part alone. The line ends with '*' when the best
-    checkpoint was written. ``seconds`` and ``images_per_second`` keep the per-epoch figures.
+    checkpoint was written, which a legend printed once before the first epoch says
+    (``* = new best val_accuracy, saved to best.npz``). ``seconds`` and
+    ``images_per_second`` keep the per-epoch figures.
     """
 
     def __init__(self, stream=None, checkpoint=None):
@@ -187,8 +189,19 @@ class EpochReport(Callback):
         self.stream = stream or sys.stdout
         self.checkpoint = checkpoint
         self.seconds, self.images_per_second = [], []
+        self._legend_shown = False
+
+    def legend(self):
+        """The line that explains the '*' of the epoch lines (None without a checkpoint)."""
+        if self.checkpoint is None:
+            return None
+        return (f"* = new best {self.checkpoint.monitor}, saved to "
+                f"{os.path.basename(self.checkpoint.filepath)}")
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not self._legend_shown and self.legend() is not None:
+            self.stream.write(self.legend() + "\n")
+        self._legend_shown = True
         self._t0 = self._t_train = time.perf_counter()
         self._best_before = getattr(self.checkpoint, "best", None)
         self._bar = progress.Progbar(self.params["steps"], verbose=1, stream=self.stream)

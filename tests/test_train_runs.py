@@ -179,3 +179,33 @@ def test_overwrite_option_is_documented():
     readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
     section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
     assert "--overwrite" in section and re.search(r"runs/<dataset>-2", section)
+
+
+# ----------------------------------------------------------------------------- the '*' legend
+EPOCH = re.compile(r"^Epoch (\d+)/\d+ - .* - val_accuracy: ([\d.]+)( \*)?$")
+LEGEND = "* = new best val_accuracy, saved to best.npz"
+
+
+def test_epoch_lines_star_is_explained_once_before_the_first_epoch(tmp_path, capsys):
+    folder = tmp_path / "run"
+    code, out, err = run(capsys, "--out", str(folder), "--epochs", "3")
+    assert code == 0, err
+    lines = out.splitlines()
+    epochs = [i for i, line in enumerate(lines) if EPOCH.match(line)]
+    assert len(epochs) == 3
+    assert lines.count(LEGEND) == 1
+    assert lines.index(LEGEND) < epochs[0]
+    # The legend tells the truth: '*' marks the epochs whose val_accuracy beat every earlier one.
+    history = json.loads((folder / "history.json").read_text())
+    starred = [EPOCH.match(lines[i]).group(3) is not None for i in epochs]
+    val = history["val_accuracy"]
+    assert starred == [k == 0 or val[k] > max(val[:k]) for k in range(3)]
+    assert history["best_epoch"] == max(k + 1 for k in range(3) if starred[k])
+
+    # A resumed run prints its own epoch lines, so it explains them again, once.
+    code = cli.main(["train", "--resume", str(folder / "last.npz"), "--epochs", "4"])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    assert lines.count(LEGEND) == 1
+    assert lines.index(LEGEND) < next(i for i, line in enumerate(lines) if EPOCH.match(line))
