@@ -28,11 +28,25 @@ Run it::
     python examples/backprop_walkthrough.py --data ~/data/cifar-10-batches-py
 
 It runs on the ``reference`` backend by default: every op is a plain Python loop in
-``minicnn/ops/reference.py`` you can step into with a debugger, e.g.
-``python -m pdb examples/backprop_walkthrough.py`` and ``break minicnn/ops/reference.py:60``.
+``minicnn/ops/reference.py`` you can step into with a debugger. Give pdb the function, not a file
+and line: import its module first (pdb stops before the script's own imports), then break on
+``module.function``; this works from any folder and survives edits to the file::
+
+    python -m pdb examples/backprop_walkthrough.py
+    (Pdb) import minicnn.ops.reference
+    (Pdb) break minicnn.ops.reference.conv2d_backward
+    (Pdb) continue
+    (Pdb) p x.shape, kernel.shape, dy.shape
+    (Pdb) quit
+
 To step through the Numba kernels instead, switch off the JIT so they run as Python::
 
     NUMBA_DISABLE_JIT=1 python -m pdb examples/backprop_walkthrough.py --backend numba
+    (Pdb) import minicnn.ops._kernels.conv
+    (Pdb) break minicnn.ops._kernels.conv.conv2d_backward
+    (Pdb) continue
+    (Pdb) p x.shape, dy.shape
+    (Pdb) quit
 
 The images come from minicnn's generated shapes dataset (no download), or from CIFAR-10 with
 ``--data PATH`` (the directory of the Python-version batches). ``--size 16`` (the default) averages

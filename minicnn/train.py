@@ -15,6 +15,13 @@ held out for validation. It writes into ``out``:
 - ``curves.png``, ``confusion_matrix.png``, ``misclassified.png``
   (:mod:`minicnn.plot`), all on the test set scored by the best checkpoint.
 
+A run never overwrites another by accident. Without ``out`` it writes into
+``runs/<dataset>``, or, when that folder already holds a run (any of the files above),
+into the first of ``runs/<dataset>-2``, ``runs/<dataset>-3``, ... that holds none. An
+``out`` that holds a run is refused (:class:`TrainError`) unless ``overwrite=True``
+(``--overwrite``), which first deletes that run's files. ``resume`` writes into the
+checkpoint's folder, as it continues the run there.
+
 Use it from Python::
 
     from minicnn import train
@@ -59,6 +66,10 @@ _FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "augment", "dropout", "seed",
                     "n_test")
 STATE_FORMAT = "minicnn-train-state"
 STATE_VERSION = 1
+
+#: what a run writes into its folder; a folder holding any of these holds a run
+RUN_FILES = ("best.npz", "last.npz", "last.json", "history.json", "curves.png",
+             "confusion_matrix.png", "misclassified.png")
 
 
 class TrainError(Exception):
@@ -168,7 +179,9 @@ class EpochReport(Callback):
 
     'seconds' is the whole epoch, validation included; 'images/s' counts the training
     images over the training part alone. The line ends with '*' when the best
-    checkpoint was written. ``seconds`` and ``images_per_second`` keep the per-epoch figures.
+    checkpoint was written, which a legend printed once before the first epoch says
+    (``* = new best val_accuracy, saved to best.npz``). ``seconds`` and
+    ``images_per_second`` keep the per-epoch figures.
     """
 
     def __init__(self, stream=None, checkpoint=None):
@@ -176,8 +189,19 @@ class EpochReport(Callback):
         self.stream = stream or sys.stdout
         self.checkpoint = checkpoint
         self.seconds, self.images_per_second = [], []
+        self._legend_shown = False
+
+    def legend(self):
+        """The line that explains the '*' of the epoch lines (None without a checkpoint)."""
+        if self.checkpoint is None:
+            return None
+        return (f"* = new best {self.checkpoint.monitor}, saved to "
+                f"{os.path.basename(self.checkpoint.filepath)}")
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not self._legend_shown and self.legend() is not None:
+            self.stream.write(self.legend() + "\n")
+        self._legend_shown = True
         self._t0 = self._t_train = time.perf_counter()
         self._best_before = getattr(self.checkpoint, "best", None)
         self._bar = progress.Progbar(self.params["steps"], verbose=1, stream=self.stream)
@@ -266,16 +290,34 @@ def read_state(checkpoint):
     return state
 
 
+# ----------------------------------------------------------------------------- output folder
+def run_files_in(folder):
+    """The names in :data:`RUN_FILES` that ``folder`` holds (an empty list if it is free)."""
+    return [name for name in RUN_FILES if os.path.isfile(os.path.join(folder, name))]
+
+
+def free_run_folder(base):
+    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none."""
+    if not run_files_in(base):
+        return base
+    number = 2
+    while run_files_in(f"{base}-{number}"):
+        number += 1
+    return f"{base}-{number}"
+
+
 # ----------------------------------------------------------------------------- the run
 def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augment=None,
           dropout=None, seed=None, threads=None, backend=None, out=None, resume=None,
-          n_train=None, n_test=None, stream=None):
+          n_train=None, n_test=None, stream=None, overwrite=False):
     """Train, checkpoint, test and plot; see the module docstring for the files written.
 
     Every setting left at None takes the seed recipe's value (:data:`DEFAULTS`) or, with
     ``resume``, the value of the run being resumed; a resumed run may raise ``epochs``
     but must keep the other settings (:class:`TrainError` otherwise). ``out`` defaults to
-    ``runs/<dataset>``, or the checkpoint's folder when resuming.
+    ``runs/<dataset>`` (``runs/<dataset>-2``, ``-3``, ... when that holds a run), or the
+    checkpoint's folder when resuming. An ``out`` holding a run (other than the one being
+    resumed) raises :class:`TrainError` unless ``overwrite`` is true.
 
     Returns
     -------
@@ -287,6 +329,8 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
              "lr": lr, "augment": augment, "dropout": dropout, "seed": seed,
              "n_train": n_train, "n_test": n_test}
     state = None
+    earlier = None                   # the default folder, when it held a run and was skipped
+    continuing = False               # writing into the folder of the run being resumed
     if resume is not None:
         state = read_state(resume)
         saved = state.get("settings", {})
@@ -297,12 +341,23 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
                                  f"keeps its settings (only --epochs may change)")
         settings = {k: (given[k] if given[k] is not None else saved.get(k, DEFAULTS[k]))
                     for k in DEFAULTS}
+        checkpoint_dir = os.path.dirname(os.path.realpath(os.fspath(resume)))
         if out is None:
-            out = os.path.dirname(os.path.abspath(os.fspath(resume)))
+            out = checkpoint_dir
+        continuing = os.path.realpath(os.fspath(out)) == checkpoint_dir
     else:
         settings = {k: (given[k] if given[k] is not None else DEFAULTS[k]) for k in DEFAULTS}
         if out is None:
-            out = os.path.join("runs", settings["dataset"])
+            base = os.path.join("runs", settings["dataset"])
+            out = free_run_folder(base)
+            earlier = base if out != base else None
+    out = os.fspath(out)
+    stale = [] if continuing else run_files_in(out)
+    if stale and not overwrite:
+        hint = (f", --resume {os.path.join(out, 'last.npz')} to continue it"
+                if resume is None and "last.npz" in stale else "")
+        raise TrainError(f"--out {out!r} already holds a run ({', '.join(stale)}); pass "
+                         f"--overwrite to replace it{hint}, or choose another folder")
     s = settings
     if s["data"] is not None:
         s["data"] = os.path.abspath(os.fspath(s["data"]))
@@ -353,6 +408,8 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
         raise TrainError(f"{len(x)} training images are too few to hold out "
                          f"{VALIDATION_SPLIT:.0%} for validation")
 
+    for name in stale:               # --overwrite: no file of the earlier run may survive
+        os.remove(os.path.join(out, name))
     os.makedirs(out, exist_ok=True)
     if state is None:
         model = build_model(x.shape[1:], num_classes, s["dropout"], s["augment"])
@@ -377,6 +434,8 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
         if os.path.isfile(source_best) and not os.path.exists(target_best):
             shutil.copyfile(source_best, target_best)     # resumed into another folder
 
+    if earlier is not None:
+        stream.write(f"{earlier} holds an earlier run: writing to {out}\n")
     stream.write(f"minicnn {s['dataset']}: {len(x) - n_val} training, {n_val} validation, "
                  f"{len(xt)} test images of shape {tuple(x.shape[1:])}, {num_classes} classes; "
                  f"backend {s['backend']}, {s['threads']} threads, seed {s['seed']}\n")
@@ -451,8 +510,10 @@ def add_arguments(p):
     p.add_argument("--backend", choices=config.BACKENDS, default=None,
                    help=f"default {config.get_backend()}")
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="output folder (default runs/<dataset>, or the checkpoint's folder "
-                        "with --resume)")
+                   help="output folder (default runs/<dataset>, or runs/<dataset>-2, -3, ... "
+                        "if that holds a run; the checkpoint's folder with --resume)")
+    p.add_argument("--overwrite", action="store_true", default=False,
+                   help="replace the run already in --out DIR (refused without it)")
     p.add_argument("--resume", metavar="CHECKPOINT", default=None,
                    help="continue from DIR/last.npz of an earlier run")
     p.add_argument("--n-train", type=int, default=None, metavar="N",
@@ -471,6 +532,7 @@ def run(args, stream=None):
     kwargs = {k: getattr(args, k) for k in ("dataset", "data", "epochs", "batch_size", "lr",
                                              "augment", "dropout", "seed", "threads", "backend",
                                              "out", "resume", "n_train", "n_test")}
+    kwargs["overwrite"] = bool(getattr(args, "overwrite", False))
     try:
         train(stream=stream, **kwargs)
     except (TrainError, *_dataset_errors()) as exc:

@@ -1,9 +1,13 @@
 """The restricted unpickler and the safe tar extraction refuse what they must, and run nothing."""
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import pickle
+import re
+import struct
+import sys
 import tarfile
 
 import numpy as np
@@ -35,31 +39,71 @@ def test_python2_batch_round_trips():
     assert out[b"labels"] == batch[b"labels"]
 
 
-@pytest.mark.parametrize("protocol", [3, 4])
-def test_python3_numpy_pickles_load(protocol):
-    # Written by NumPy 2 (numpy._core...) rather than Python 2 (numpy.core...): also allowed.
-    arr = np.arange(12, dtype=np.int16).reshape(3, 4)
-    out = safe_loads(pickle.dumps({"a": arr, "b": [1, 2]}, protocol=protocol), source="test")
+PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)  # 0-5
+
+
+@pytest.mark.parametrize("fix_imports", [True, False])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("arr", [
+    np.arange(12, dtype=np.int16).reshape(3, 4),
+    np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3)),
+    np.arange(12, dtype=np.uint8).reshape(3, 4)[:, ::2],  # not contiguous
+    np.zeros((0, 3072), dtype=np.uint8),                    # empty: protocols 0-2 call bytes()
+], ids=["int16", "fortran", "strided", "empty"])
+def test_standard_numpy_pickles_load(arr, protocol, fix_imports):
+    # What Python 3's pickle writes: protocols 0-2 spell bytes _codecs.encode(str, 'latin1'),
+    # protocol 5 sends contiguous arrays through numpy._core.numeric._frombuffer.
+    data = pickle.dumps({"a": arr, b"b": [1, 2]}, protocol=protocol, fix_imports=fix_imports)
+    out = safe_loads(data, source="test")
+    assert out["a"].dtype == arr.dtype and out["a"].shape == arr.shape
     np.testing.assert_array_equal(out["a"], arr)
+    assert out[b"b"] == [1, 2]
 
 
-def test_globals_beyond_the_official_files_needs_are_refused():
-    # Python 3 protocol 2 pickles bytes via _codecs.encode, protocol 5 arrays via _frombuffer:
-    # neither appears in the official (Python 2) files, so neither is admitted.
-    arr = np.arange(3, dtype=np.uint8)
-    with pytest.raises(UnsafePickleError, match="_codecs.encode"):
-        safe_loads(pickle.dumps(arr, protocol=2), source="t")
-    with pytest.raises(UnsafePickleError, match="_frombuffer"):
-        safe_loads(pickle.dumps(arr, protocol=5), source="t")
+@pytest.mark.parametrize("form", ["folder", "archive"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_cifar_batches_written_by_pickle_dump_load(tmp_path, protocol, form):
+    # The batches as anyone would write them today: pickle.dump of a dict with bytes keys, a uint8
+    # b'data' array and a b'labels' list. Through load_data, the same arrays as the Python 2 files.
+    batches = h.cifar10_batches(4, 3)
+    raw = {}
+    for name, batch in batches.items():
+        buf = io.BytesIO()
+        pickle.dump(batch, buf, protocol=protocol)
+        raw[name] = buf.getvalue()
+    raw["batches.meta"] = pickle.dumps(h.META10, protocol=protocol)
+    if form == "folder":
+        path = h.write_cifar_folder(tmp_path / "cifar-10-batches-py", {}, meta_name=None, raw=raw)
+    else:
+        path = h.write_cifar_archive(tmp_path / "c.tar.gz", {}, meta_name=None, raw=raw)
+    (x_train, y_train), (x_test, y_test) = cifar10.load_data(path=path)
+    want_x, want_y = h.expected_cifar(batches, h.CIFAR10_TRAIN)
+    np.testing.assert_array_equal(x_train, want_x)
+    np.testing.assert_array_equal(y_train, want_y)
+    want_x, want_y = h.expected_cifar(batches, ["test_batch"])
+    np.testing.assert_array_equal(x_test, want_x)
+    np.testing.assert_array_equal(y_test, want_y)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_truncated_standard_batch_file_is_named(tmp_path, protocol):
+    batches = h.cifar10_batches(4, 3)
+    raw = {name: pickle.dumps(batch, protocol=protocol) for name, batch in batches.items()}
+    raw["data_batch_2"] = raw["data_batch_2"][: len(raw["data_batch_2"]) // 2]
+    folder = h.write_cifar_folder(tmp_path / "cifar-10-batches-py", {}, meta_name=None, raw=raw)
+    with pytest.raises(datasets.DatasetFormatError,
+                       match=r"data_batch_2' is truncated or corrupt"):
+        cifar10.load_data(path=folder)
 
 
 def test_numpy_scalar_allowed():
     value = np.float32(1.5)
     assert safe_loads(h.py2_dumps(value), source="t") == value
-    assert safe_loads(pickle.dumps(value, protocol=4), source="t") == value
+    for protocol in PROTOCOLS:
+        assert safe_loads(pickle.dumps(value, protocol=protocol), source="t") == value
 
 
-@pytest.mark.parametrize("protocol", [0, 2, 4])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, protocol):
     marker = tmp_path / "pwned"
     payload = h.evil_pickle(f"touch {marker}", protocol=protocol)
@@ -91,14 +135,110 @@ def test_malicious_batch_member_in_archive_is_refused(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("target", [eval, print, os.getcwd, io.BytesIO, pickle.loads])
-def test_other_globals_refused(target):
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("target", [eval, exec, print, getattr, os.getcwd, io.BytesIO,
+                                    pickle.loads])
+def test_other_globals_refused(target, protocol):
+    # Protocols 0-2 name builtins "__builtin__", 3-5 "builtins": both must be refused.
     class Reduce:
         def __reduce__(self):
             return (target, ("1",)) if target is not os.getcwd else (target, ())
 
-    with pytest.raises(UnsafePickleError, match="refused to load the global"):
-        safe_loads(pickle.dumps(Reduce(), protocol=2), source="t")
+    with pytest.raises(UnsafePickleError, match=rf"refused to load the global '.*{target.__name__}'"):
+        safe_loads(pickle.dumps(Reduce(), protocol=protocol), source="t")
+
+
+# Hand-written pickles: the opcodes an attacker would write, naming the global directly rather than
+# through whatever name pickle.dumps would choose. Each would create ``marker`` if it ran.
+def _global(module, name, style):
+    """Push a global: protocol 0's GLOBAL, or protocol 4's STACK_GLOBAL."""
+    if style == "GLOBAL":
+        return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+    return _text(module, style) + _text(name, style) + pickle.STACK_GLOBAL
+
+
+def _text(value, style):
+    data = value.encode()
+    if style == "GLOBAL":  # protocol 0 UNICODE: raw-unicode-escape up to a newline
+        assert "\n" not in value and "\\" not in value
+        return pickle.UNICODE + data + b"\n"
+    return pickle.BINUNICODE + struct.pack("<I", len(data)) + data
+
+
+def hand_written(module, name, args, style):
+    """``module.name(*args)`` as opcodes: the global, MARK, the str args, TUPLE, REDUCE, STOP.
+
+    An arg that is a tuple of str is written as a nested tuple (for Popen's argv).
+    """
+    head = b"" if style == "GLOBAL" else pickle.PROTO + b"\x04"
+    body = b""
+    for arg in args:
+        if isinstance(arg, tuple):
+            body += pickle.MARK + b"".join(_text(a, style) for a in arg) + pickle.TUPLE
+        else:
+            body += _text(arg, style)
+    return head + _global(module, name, style) + pickle.MARK + body + pickle.TUPLE + \
+        pickle.REDUCE + pickle.STOP
+
+
+def _attacks(marker):
+    make = f"open({str(marker)!r}, 'w').close()"
+    return {
+        "builtins.eval": ("builtins", "eval", (make,)),
+        "builtins.exec": ("builtins", "exec", (make,)),
+        "os.system": ("os", "system", (f"touch '{marker}'",)),
+        "posix.system": ("posix", "system", (f"touch '{marker}'",)),
+        "subprocess.Popen": ("subprocess", "Popen", ((sys.executable, "-c", make),)),
+    }
+
+
+ATTACKS = list(_attacks("m"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the payloads use posix.system and touch")
+@pytest.mark.parametrize("style", ["GLOBAL", "STACK_GLOBAL"])
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_hand_written_payloads_are_live(tmp_path, attack, style):
+    # Sanity for the refusal test below: the standard unpickler really runs each payload.
+    marker = tmp_path / "ran"
+    module, name, args = _attacks(marker)[attack]
+    result = pickle.loads(hand_written(module, name, args, style))
+    if attack == "subprocess.Popen":
+        assert result.wait() == 0
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("style", ["GLOBAL", "STACK_GLOBAL"])
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_hand_written_attacks_are_refused_and_run_nothing(tmp_path, attack, style):
+    marker = tmp_path / "ran"
+    module, name, args = _attacks(marker)[attack]
+    payload = hand_written(module, name, args, style)
+    with pytest.raises(UnsafePickleError, match=re.escape(f"global '{attack}'")):
+        safe_loads(payload, source="'evil'")
+    assert not marker.exists()
+    # The same payload as a batch file: refused by load_data, naming the file and the global.
+    folder = h.write_cifar_folder(tmp_path / "cifar-10-batches-py", h.cifar10_batches(),
+                                  raw={"data_batch_3": payload})
+    with pytest.raises(UnsafePickleError, match=re.escape(f"global '{attack}'")) as info:
+        cifar10.load_data(path=folder)
+    assert "data_batch_3" in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("payload, message", [
+    # The admitted helpers accept only what a pickler writes, not what they could be abused for.
+    (b"c_codecs\nencode\n(Vx\nVzlib_codec\ntR.", "encoding 'zlib_codec'"),
+    (b"c_codecs\nencode\n(C\x01xVlatin1\ntR.", "_codecs.encode of a bytes"),
+    (b"c__builtin__\nbytes\n(J\x00\xca\x9a;tR.", "bytes(1000000000,)"),
+    (b"cbuiltins\nbytes\n(Vabc\nVascii\ntR.", "bytes('abc', 'ascii')"),
+    (b"cnumpy._core.numeric\n_frombuffer\n(C\x04abcdVO\n(K\x01tVC\ntR.", "object dtype"),
+    (b"cnumpy.core.numeric\n_frombuffer\n(C\x04abcdVu1\n(J\xff\xff\xff\xfftVC\ntR.",
+     "shape"),
+])
+def test_admitted_helpers_refuse_other_arguments(payload, message):
+    with pytest.raises(UnsafePickleError, match=re.escape(message)):
+        safe_loads(payload, source="t")
 
 
 def test_object_arrays_refused():
@@ -109,9 +249,15 @@ def test_object_arrays_refused():
 
 
 def test_allow_list_is_only_numpy_reconstruction():
-    assert {module for module, _ in ALLOWED_GLOBALS} <= {
-        "numpy", "numpy.core.multiarray", "numpy._core.multiarray"}
-    assert {name for _, name in ALLOWED_GLOBALS} == {"_reconstruct", "scalar", "ndarray", "dtype"}
+    assert set(ALLOWED_GLOBALS) == {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"), ("__builtin__", "bytes"), ("builtins", "bytes")}
+    # None of the callables handed out is the real builtin or codec function.
+    assert ALLOWED_GLOBALS[("_codecs", "encode")] is not codecs.encode
+    assert ALLOWED_GLOBALS[("builtins", "bytes")] is not bytes
 
 
 def test_restricted_unpickler_exported():

@@ -1,8 +1,14 @@
 """examples/backprop_walkthrough.py runs, covers every layer, and its checks pass (and can fail)."""
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
+import inspect
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +161,78 @@ def test_a_batchnorm_backward_without_the_mean_path_is_caught(walkthrough, monke
     monkeypatch.setattr(reference, "batchnorm_backward", no_mean_path)
     assert walkthrough.main(SMALL[:4] + ["--adam-steps", "1"]) == 1
     assert "NOT all below" in sections(capsys.readouterr().out)["Summary"]
+
+
+# ----------------------------------------------------------------------------- the pdb recipe
+REPO = SCRIPT.parents[1]
+
+
+def script_doc():
+    """The walkthrough's docstring, read without running the script."""
+    return ast.get_docstring(ast.parse(SCRIPT.read_text()))
+
+
+def pdb_recipes(text):
+    """The ``python -m pdb`` recipes in ``text``: [(command line, [pdb commands])]."""
+    recipes = []
+    for line in text.splitlines():
+        line = line.strip()
+        if "python -m pdb" in line:
+            recipes.append((line, []))
+        elif line.startswith("(Pdb) ") and recipes:
+            recipes[-1][1].append(line[len("(Pdb) "):])
+    return recipes
+
+
+def run_pdb(command_line, commands, cwd, extra):
+    """Run a recipe non-interactively: its pdb commands piped on stdin, from ``cwd``."""
+    words = command_line.split()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    while "=" in words[0]:                               # NUMBA_DISABLE_JIT=1 ...
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    assert words[:3] == ["python", "-m", "pdb"] and words[3] == "examples/backprop_walkthrough.py"
+    script = os.path.relpath(SCRIPT, cwd)                # the script as seen from cwd
+    argv = [sys.executable, "-m", "pdb", script, *words[4:], *extra]
+    done = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("where", ["examples", "repo"])
+@pytest.mark.parametrize("recipe", [0, 1], ids=["reference", "numba-without-jit"])
+def test_the_pdb_recipe_stops_in_the_function_it_names(where, recipe):
+    recipes = pdb_recipes(script_doc())
+    command_line, commands = recipes[recipe]
+    breaks = [c.split()[1] for c in commands if c.startswith("break ")]
+    assert len(breaks) == 1 and commands[-1] == "quit"
+    assert re.fullmatch(r"[A-Za-z_][\w.]*\.\w+", breaks[0]), f"not module.function: {breaks[0]}"
+    module_name, function_name = breaks[0].rsplit(".", 1)
+    function = getattr(importlib.import_module(module_name), function_name)
+    function = getattr(function, "py_func", function)    # a Numba dispatcher's Python function
+    source, first = inspect.getsourcelines(function)
+    path = Path(inspect.getsourcefile(function)).resolve()
+    assert path.is_relative_to(REPO)
+
+    cwd = SCRIPT.parent if where == "examples" else REPO
+    text = run_pdb(command_line, commands, cwd, ["--images", "2", "--size", "8",
+                                                 "--adam-steps", "1"])
+    assert "***" not in text, text                       # pdb's mark of a command that failed
+    hit = re.search(r"Breakpoint 1 at (.+):(\d+)\n", text)
+    assert hit, text
+    assert Path(hit.group(1)).resolve() == path
+    assert first <= int(hit.group(2)) < first + len(source)
+    stop = re.search(rf"^> (.+)\((\d+)\){function_name}\(\)$", text, re.M)
+    assert stop and Path(stop.group(1)).resolve() == path, text
+    assert first <= int(stop.group(2)) < first + len(source)
+    # The p command printed the shapes of the arrays there: 2 images of 8x8x3, 4 filters.
+    expected = {0: "((2, 8, 8, 3), (3, 3, 3, 4), (2, 8, 8, 4))",
+                1: "((2, 8, 8, 3), (2, 64, 4))"}[recipe]
+    assert f"(Pdb) {expected}" in text, text
+
+
+def test_the_readme_gives_the_same_pdb_recipe():
+    (command_line, commands), = pdb_recipes((REPO / "README.md").read_text())
+    doc_line, doc_commands = pdb_recipes(script_doc())[0]
+    assert command_line == doc_line and commands == doc_commands[:len(commands)]

@@ -6,8 +6,20 @@ The official CIFAR python batches are pickles, and unpickling an arbitrary pickl
 ``__reduce__`` may name ``os.system``). :class:`RestrictedUnpickler` resolves only the globals that
 NumPy array reconstruction needs, listed in ``ALLOWED_GLOBALS``; any other global (``os.system``,
 ``builtins.eval``, ``subprocess.Popen``, ...) is refused in ``find_class``, *before* anything is
-called. Plain containers (dict, list, tuple), bytes, str and numbers are pickle opcodes and need no
-global. Object dtypes are refused too, so an array can only hold raw numbers.
+called. Plain containers (dict, list, tuple), str and numbers are pickle opcodes and need no global.
+Object dtypes are refused too, so an array can only hold raw numbers.
+
+What a standard ``pickle.dump`` of arrays needs, by protocol (all admitted, each through a wrapper
+that accepts only the arguments the pickler writes):
+
+- every protocol: ``numpy.dtype``, and ``numpy.core.multiarray.scalar`` for NumPy scalars;
+- 0-4: ``numpy.core.multiarray._reconstruct`` and ``numpy.ndarray`` (the array, its data as state);
+- 0-2: ``_codecs.encode`` - Python 3 writes every ``bytes`` object (an array's data, the CIFAR
+  ``b'data'`` keys) as ``_codecs.encode(str, 'latin1')``, and ``builtins.bytes`` (spelled
+  ``__builtin__.bytes``) for an empty one, as PyTorch's ``weights_only`` unpickler also admits;
+- 5: ``numpy.core.numeric._frombuffer`` (a contiguous array's data travels as a byte buffer).
+
+NumPy 1.x names its private modules ``numpy.core``, NumPy 2.x ``numpy._core``: both are listed.
 
 Tar archives
 ------------
@@ -36,8 +48,10 @@ __all__ = ["RestrictedUnpickler", "ALLOWED_GLOBALS", "safe_loads", "safe_extract
 
 try:  # NumPy >= 2 (numpy.core is a deprecated alias there)
     from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
 except ImportError:  # pragma: no cover - NumPy 1.x
     from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 
 def _reconstruct(subtype, shape, dtype):
@@ -66,15 +80,47 @@ def _scalar(dtype, *args):
     return _multiarray.scalar(_dtype(dtype), *args)
 
 
-# (module, name) -> object handed to the unpickler. Both spellings of NumPy's private module are
-# listed: files written with NumPy 1.x say numpy.core, with NumPy 2.x numpy._core.
+def _frombuffer(buf, dtype, shape, order, axis_order=None):
+    """``numpy.core.numeric._frombuffer`` (protocol 5) for an in-band byte buffer of numbers."""
+    if not isinstance(buf, (bytes, bytearray)):
+        raise UnsafePickleError(f"refused _frombuffer of a {type(buf).__name__}: "
+                                "expected the array's bytes")
+    if (not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape)
+            or order not in ("C", "F", "K")):
+        raise UnsafePickleError(f"refused _frombuffer with shape {shape!r} and order {order!r}")
+    return _numeric._frombuffer(buf, _dtype(dtype), shape, order, axis_order)
+
+
+def _codecs_encode(text, encoding):
+    """``_codecs.encode`` as Python 3 writes it for ``bytes`` at protocols 0-2: latin-1 text only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refused _codecs.encode of a {type(text).__name__} with encoding "
+                                f"{encoding!r}: only (str, 'latin1') is allowed")
+    return text.encode("latin-1")
+
+
+def _empty_bytes(*args):
+    """``bytes()``: how protocols 0-2 write ``b''`` (e.g. the data of an empty array)."""
+    if args:  # bytes(10**12) would allocate a terabyte
+        raise UnsafePickleError(f"refused bytes{args!r}: only bytes() is allowed")
+    return b""
+
+
+# (module, name) -> object handed to the unpickler. Both spellings of NumPy's private modules are
+# listed: files written with NumPy 1.x say numpy.core, with NumPy 2.x numpy._core. Protocols 0-2
+# name builtins "__builtin__" (Python 2's name), unless written with fix_imports=False.
 ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy.core.multiarray", "scalar"): _scalar,
     ("numpy._core.multiarray", "scalar"): _scalar,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _codecs_encode,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
