@@ -47,6 +47,8 @@ def build_parser():
                "  minicnn train --resume run1/last.npz --epochs 20  # continue run1")
     train.add_arguments(t)
 
+    sub.add_parser("compile", help="compile every kernel the shipped models use, ahead of "
+                                   "the first run (numba backend)")
     sub.add_parser("info", help="versions, backend, threads and BLAS libraries",
                    description="Print the versions of minicnn, NumPy, Numba and Python, the "
                                "backend, the thread settings and the BLAS libraries loaded.")
@@ -86,6 +88,8 @@ def main(argv=None):
             return train.run(args)
         if args.command == "info":
             return cmd_info()
+        if args.command == "compile":
+            return cmd_compile()
         if args.command == "gradcheck":
             return cmd_gradcheck(_backends(args.backend), args.tolerance)
         if args.command == "bench":
@@ -114,6 +118,33 @@ def _backends(text):
 
 
 # ----------------------------------------------------------------------------- info
+def cmd_compile(stream=None):
+    """Warm Numba's cache: one training step and one prediction of each model of
+    :mod:`minicnn.models.zoo`, float32, on the numba backend."""
+    from .models import zoo
+    out = stream or sys.stdout
+    cold = config.compile_notice() is not None
+    out.write(("compiling kernels for this CPU" if cold else "the kernel cache is warm; "
+               "checking every kernel loads") + "...\n")
+    out.flush()
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    with config.use_backend("numba"):
+        for name, build in zoo.MODELS.items():
+            model = build()
+            model.compile(optimizer="adamw", loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"])
+            x = rng.random((2,) + tuple(model.input_shape), dtype=np.float32)
+            y = np.array([[0], [1]])
+            model.train_on_batch(x, y)
+            model.predict_on_batch(x)
+            model.evaluate(x, y, verbose=0)
+            out.write(f"  {name}: {time.perf_counter() - t0:.1f} s\n")
+            out.flush()
+    out.write(f"done in {time.perf_counter() - t0:.1f} s; later runs start at once\n")
+    return 0
+
+
 def cmd_info(stream=None):
     import numba
     from threadpoolctl import threadpool_info

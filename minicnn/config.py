@@ -234,6 +234,32 @@ def threading_layer() -> str:
         return numba.threading_layer()
 
 
+# ----------------------------------------------------------------------------- compile cache
+#: seconds a cold compile of every kernel the shipped models use took (``minicnn compile``
+#: with an empty NUMBA_CACHE_DIR; Zen 4, 2 cores, 2026-12-01)
+COLD_COMPILE_SECONDS = 60
+
+
+def kernels_cached() -> bool:
+    """True when Numba's cache holds compiled convolution kernels for this installation
+    (so the next run starts at once); False on a first run, which compiles for a while."""
+    import glob
+    cache_dir = os.environ.get("NUMBA_CACHE_DIR")
+    root = cache_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "ops",
+                                     "_kernels", "__pycache__")
+    return bool(glob.glob(os.path.join(root, "**", "conv.*.nbi"), recursive=True))
+
+
+def compile_notice() -> str | None:
+    """The line to print before a first run's compile, or None when the cache is warm or
+    the backend compiles nothing."""
+    if get_backend() != "numba" or os.environ.get("NUMBA_DISABLE_JIT") == "1" \
+            or kernels_cached():
+        return None
+    return (f"compiling kernels for this CPU (first run only, ~{COLD_COMPILE_SECONDS} s; "
+            f"`minicnn compile` does it ahead of time)...")
+
+
 # ----------------------------------------------------------------------------- randomness
 _rng = np.random.default_rng()
 

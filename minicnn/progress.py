@@ -36,20 +36,29 @@ class Progbar:
         self.stream = stream or sys.stdout
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
+        self._after_first = None     # when the first step ended: the ETA leaves it out
         self._last_draw = 0.0
 
+    def eta(self, step, now):
+        """Seconds left, from the steps after the first (which may include compiling)."""
+        if step <= 1 or self._after_first is None:
+            return None
+        return (now - self._after_first) / (step - 1) * (self.steps - step)
+
     def update(self, step, logs):
+        now = time.perf_counter()
+        if step == 1:
+            self._after_first = now
         if self.verbose != 1 or not self.tty:
             return
-        now = time.perf_counter()
         if step < self.steps and now - self._last_draw < 0.1:
             return
         self._last_draw = now
         done = int(self.width * step / max(self.steps, 1))
         bar = "=" * max(done - 1, 0) + (">" if done < self.width else "=") + "." * (self.width - done)
-        elapsed = now - self.start
-        eta = elapsed / step * (self.steps - step) if step else 0
-        self.stream.write(f"\r{step}/{self.steps} [{bar}] - ETA: {eta:.0f}s - {fmt_logs(logs)}  ")
+        eta = self.eta(step, now)
+        eta = "?" if eta is None else f"{eta:.0f}s"
+        self.stream.write(f"\r{step}/{self.steps} [{bar}] - ETA: {eta} - {fmt_logs(logs)}  ")
         self.stream.flush()
 
     def finish(self, logs, elapsed):

@@ -436,6 +436,9 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
 
     if earlier is not None:
         stream.write(f"{earlier} holds an earlier run: writing to {out}\n")
+    notice = config.compile_notice()
+    if notice:
+        stream.write(notice + "\n")
     stream.write(f"minicnn {s['dataset']}: {len(x) - n_val} training, {n_val} validation, "
                  f"{len(xt)} test images of shape {tuple(x.shape[1:])}, {num_classes} classes; "
                  f"backend {s['backend']}, {s['threads']} threads, seed {s['seed']}\n")
