@@ -49,21 +49,29 @@ import time
 
 import numpy as np
 
-from . import config, layers, models, optimizers, progress
+from . import config, layers, losses, models, optimizers, progress
 from .callbacks import Callback, ModelCheckpoint
 from .utils import to_categorical
 
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "shapes")
 COLOUR_DATASETS = ("cifar10", "cifar100", "shapes")
 
-#: the seed recipe
-DEFAULTS = {"dataset": "cifar10", "data": None, "epochs": 15, "batch_size": 64, "lr": 1e-3,
-            "augment": False, "dropout": 0.0, "seed": 0, "n_train": None, "n_test": None}
-VALIDATION_SPLIT = 0.2
+MODELS = ("seed", "resnet")
+#: the seed recipe; a setting left at None takes the model's recipe value (RECIPES)
+DEFAULTS = {"dataset": "cifar10", "data": None, "epochs": 15, "batch_size": 64, "lr": None,
+            "augment": False, "dropout": 0.0, "seed": 0, "n_train": None, "n_test": None,
+            "model": "seed", "label_smoothing": 0.0}
+#: per model: the peak learning rate and the fraction of training images held out.
+#: seed: Adam at a constant rate (the tutorial's recipe). resnet (models.zoo.resnet_cifar,
+#: flips and translations always on): AdamW, weight decay 5e-4, the rate warming up
+#: linearly from 1e-4 over the first 10% of the steps, then a cosine decay to 0.
+RECIPES = {"seed": {"lr": 1e-3, "validation_split": 0.2},
+           "resnet": {"lr": 3e-3, "validation_split": 0.1}}
+VALIDATION_SPLIT = RECIPES["seed"]["validation_split"]
 
 #: settings a resumed run must share with the run it continues
 _FIXED_ON_RESUME = ("dataset", "batch_size", "lr", "augment", "dropout", "seed", "n_train",
-                    "n_test")
+                    "n_test", "model", "label_smoothing")
 STATE_FORMAT = "minicnn-train-state"
 STATE_VERSION = 1
 
@@ -169,6 +177,23 @@ def build_model(input_shape, num_classes, dropout=0.0, augment=False):
             stack.append(layers.Dropout(dropout))
         stack.append(layers.Dense(units, activation=activation))
     return models.Sequential(stack)
+
+
+def build_recipe(s, input_shape, num_classes, steps):
+    """The model and optimizer of settings ``s`` (see :data:`RECIPES`); ``steps``: the
+    optimizer steps of the whole run, for the resnet's schedule."""
+    if s["model"] == "seed":
+        return (build_model(input_shape, num_classes, s["dropout"], s["augment"]),
+                optimizers.Adam(learning_rate=s["lr"]))
+    from .models import zoo
+    if len(input_shape) != 3:
+        raise TrainError(f"--model resnet needs images (h, w, c), received {input_shape}")
+    model = zoo.resnet_cifar(tuple(input_shape), num_classes, augment=s["dataset"] in
+                             COLOUR_DATASETS, dropout=s["dropout"] or 0.2)
+    warmup = max(steps // 10, 1)
+    schedule = optimizers.schedules.CosineDecay(1e-4, decay_steps=max(steps - warmup, 1),
+                                                warmup_target=s["lr"], warmup_steps=warmup)
+    return model, optimizers.AdamW(learning_rate=schedule, weight_decay=5e-4)
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -309,7 +334,8 @@ def free_run_folder(base):
 # ----------------------------------------------------------------------------- the run
 def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augment=None,
           dropout=None, seed=None, threads=None, backend=None, out=None, resume=None,
-          n_train=None, n_test=None, stream=None, overwrite=False):
+          n_train=None, n_test=None, stream=None, overwrite=False, model=None,
+          label_smoothing=None):
     """Train, checkpoint, test and plot; see the module docstring for the files written.
 
     Every setting left at None takes the seed recipe's value (:data:`DEFAULTS`) or, with
@@ -327,7 +353,8 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
     stream = stream or sys.stdout
     given = {"dataset": dataset, "data": data, "epochs": epochs, "batch_size": batch_size,
              "lr": lr, "augment": augment, "dropout": dropout, "seed": seed,
-             "n_train": n_train, "n_test": n_test}
+             "n_train": n_train, "n_test": n_test, "model": model,
+             "label_smoothing": label_smoothing}
     state = None
     earlier = None                   # the default folder, when it held a run and was skipped
     continuing = False               # writing into the folder of the run being resumed
@@ -359,6 +386,13 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
         raise TrainError(f"--out {out!r} already holds a run ({', '.join(stale)}); pass "
                          f"--overwrite to replace it{hint}, or choose another folder")
     s = settings
+    if s["model"] not in MODELS:
+        raise TrainError(f"unknown model {s['model']!r}; choose one of {', '.join(MODELS)}")
+    if s["lr"] is None:
+        s["lr"] = RECIPES[s["model"]]["lr"]
+    split = RECIPES[s["model"]]["validation_split"]
+    if not 0.0 <= s["label_smoothing"] < 1.0:
+        raise TrainError(f"--label-smoothing must be in [0, 1), received {s['label_smoothing']}")
     if s["data"] is not None:
         s["data"] = os.path.abspath(os.fspath(s["data"]))
     if s["dataset"] not in DATASETS:
@@ -403,18 +437,19 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
         num_classes = max(num_classes, len(class_names))
     x, y = preprocess(x_train, y_train, num_classes)
     xt, yt = preprocess(x_test, y_test, num_classes)
-    n_val = len(x) - int(np.floor(len(x) * (1.0 - VALIDATION_SPLIT)))
+    n_val = len(x) - int(np.floor(len(x) * (1.0 - split)))
     if n_val < 1 or n_val >= len(x):
         raise TrainError(f"{len(x)} training images are too few to hold out "
-                         f"{VALIDATION_SPLIT:.0%} for validation")
+                         f"{split:.0%} for validation")
 
     for name in stale:               # --overwrite: no file of the earlier run may survive
         os.remove(os.path.join(out, name))
     os.makedirs(out, exist_ok=True)
     if state is None:
-        model = build_model(x.shape[1:], num_classes, s["dropout"], s["augment"])
-        model.compile(optimizer=optimizers.Adam(learning_rate=s["lr"]),
-                      loss="categorical_crossentropy", metrics=["accuracy"])
+        steps = s["epochs"] * -(-(len(x) - n_val) // s["batch_size"])
+        model, optimizer = build_recipe(s, x.shape[1:], num_classes, steps)
+        model.compile(optimizer=optimizer, loss=losses.CategoricalCrossentropy(
+            label_smoothing=s["label_smoothing"]), metrics=["accuracy"])
         done, history, best, best_epoch = 0, {}, None, None
     else:
         model = models.load_model(resume, restore_rng=True)
@@ -455,7 +490,7 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
     recorder = TrainingState(out, s, report, checkpoint, history, best_epoch)
     if done < s["epochs"]:
         model.fit(x, y, batch_size=s["batch_size"], epochs=s["epochs"], initial_epoch=done,
-                  validation_split=VALIDATION_SPLIT, verbose=0,
+                  validation_split=split, verbose=0,
                   callbacks=[checkpoint, report, recorder])
     history = recorder.history
 
@@ -494,6 +529,12 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
 def add_arguments(p):
     """The options of ``minicnn train`` (and ``examples/train_cifar10.py``)."""
     d = DEFAULTS
+    p.add_argument("--model", choices=MODELS, default=None,
+                   help="seed: the Keras tutorial CNN and its recipe (default); resnet: the "
+                        "residual BatchNorm CNN (models.zoo.resnet_cifar) with flips and "
+                        "translations, AdamW and a warmed-up cosine schedule")
+    p.add_argument("--label-smoothing", type=float, default=None, metavar="S",
+                   help="label smoothing of the cross-entropy (default 0)")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help=f"which dataset (default {d['dataset']})")
     p.add_argument("--data", metavar="PATH", default=None,
@@ -502,7 +543,9 @@ def add_arguments(p):
     p.add_argument("--epochs", type=int, default=None,
                    help=f"total epochs (default {d['epochs']}; with --resume, may be raised)")
     p.add_argument("--batch-size", type=int, default=None, help=f"default {d['batch_size']}")
-    p.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d['lr']})")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (default {RECIPES['seed']['lr']} for seed, the peak "
+                        f"{RECIPES['resnet']['lr']} for resnet)")
     p.add_argument("--augment", action="store_true", default=None,
                    help="random horizontal flips and 10%% translations (colour datasets)")
     p.add_argument("--dropout", type=float, default=None, metavar="RATE",
@@ -534,7 +577,8 @@ def run(args, stream=None):
     """
     kwargs = {k: getattr(args, k) for k in ("dataset", "data", "epochs", "batch_size", "lr",
                                              "augment", "dropout", "seed", "threads", "backend",
-                                             "out", "resume", "n_train", "n_test")}
+                                             "out", "resume", "n_train", "n_test", "model",
+                                             "label_smoothing")}
     kwargs["overwrite"] = bool(getattr(args, "overwrite", False))
     try:
         train(stream=stream, **kwargs)

@@ -308,3 +308,19 @@ def test_bench_two_backends(capsys):
 def test_bench_rejects_unknown_backend(capsys):
     assert cli.main(["bench", "--backend", "numba,cuda"]) == 2
     assert "unknown backend 'cuda'" in capsys.readouterr().err
+
+
+def test_train_resnet_model_recipe_and_resume(tmp_path, capsys):
+    out = tmp_path / "resnet"
+    args = ["--model", "resnet", "--dataset", "shapes", "--n-train", "120", "--n-test", "24",
+            "--batch-size", "32", "--label-smoothing", "0.1"]
+    assert cli.main(["train", *args, "--epochs", "1", "--out", str(out)]) == 0
+    model = models.load_model(out / "last.npz")
+    assert model.name == "resnet_cifar" and model.count_params() == 309_994
+    assert type(model.optimizer).__name__ == "AdamW" and model.optimizer.schedule is not None
+    assert model.loss.label_smoothing == 0.1
+    assert cli.main(["train", "--resume", str(out / "last.npz"), "--epochs", "2"]) == 0
+    assert len(load_history(out)["loss"]) == 2
+    code = cli.main(["train", "--resume", str(out / "last.npz"), "--model", "seed",
+                     "--epochs", "3"])
+    assert code == 2 and "model" in capsys.readouterr().err
