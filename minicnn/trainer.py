@@ -108,8 +108,7 @@ class Trainer:
     def check_x(self, x, what, arg="x"):
         """``x`` as a list of arrays of the model's input shapes; never copied when they
         already are arrays (a float64 ``x`` is cast batch by batch)."""
-        many = isinstance(x, (list, tuple)) and len(x) and not np.isscalar(x[0]) \
-            and np.ndim(x[0]) >= 1 and not getattr(self, "_single_input", True)
+        many = isinstance(x, (list, tuple)) and isinstance(self.input_shape, list)
         xs = list(x) if many else [x]
         out = []
         for i, xi in enumerate(xs):

@@ -84,6 +84,8 @@ class Model(Trainer, Layer):
     """
 
     _own_bookkeeping = True
+    #: summary() has Keras's "Connected to" column (not for a Sequential's chain)
+    summary_shows_connections = True
 
     def __init__(self, inputs=None, outputs=None, name=None, trainable=True, **kwargs):
         if inputs is None or outputs is None:
@@ -247,7 +249,7 @@ class Model(Trainer, Layer):
         graph the "Connected to" column (``layer[node][tensor]`` of each input); then
         the totals."""
         self._require_built("summary")
-        graph = not getattr(self, "_is_sequential", False)
+        graph = self.summary_shows_connections
         rows = []
         for node in (self._graph_nodes_with_inputs() if graph else self._nodes):
             layer = node.layer
@@ -371,26 +373,23 @@ class Model(Trainer, Layer):
         return plan
 
     def _gradient_flags(self, plan):
-        """Which tensors need dL/dtensor; sets each step layer's compute_input_gradient."""
+        """Which tensors need dL/dtensor; sets each step layer's compute_input_gradient
+        (for a layer called at several steps: whether any of its calls needs dL/dx)."""
         need = {t.id: bool(self.compute_input_gradient) for t in self.inputs}
+        wants_dx = {}
         for step in plan:
             needs_dx = any(need.get(tid, False) for tid in step.inputs)
-            layer = step.layer
-            if step.shared and layer.compute_input_gradient and needs_dx is False:
-                needs_dx = layer.compute_input_gradient   # another call of it may need dx
-            layer.compute_input_gradient = needs_dx
-            produces = needs_dx or bool(layer.weight_slots())
+            wants_dx[id(step.layer)] = wants_dx.get(id(step.layer), False) or needs_dx
+            produces = needs_dx or bool(step.layer.weight_slots())
             for tid in step.outputs:
                 need[tid] = produces
+        for step in plan:
+            step.layer.compute_input_gradient = wants_dx[id(step.layer)]
         return need
 
     def _run(self, xs, training, fused_steps=None):
         """Run the plan on input arrays ``xs`` (a list); returns the list of outputs."""
         plan = self._plan(fused_steps)
-        if any(s.shared for s in plan):
-            for s in plan:
-                if s.shared:
-                    s.layer.compute_input_gradient = False
         self._needs_grad = self._gradient_flags(plan)
         values = {t.id: x for t, x in zip(self.inputs, xs)}
         for step in plan:

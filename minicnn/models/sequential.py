@@ -34,7 +34,7 @@ class Sequential(Model):
     ``predict``, ``save``; ``forward`` and ``backprop`` for learners.
     """
 
-    _is_sequential = True
+    summary_shows_connections = False
 
     def __init__(self, layers=None, name=None, trainable=True, **kwargs):
         self._init_model(name or unique_name("sequential"), trainable, kwargs)
