@@ -285,15 +285,16 @@ def _random_layers(model):
             is not None]
 
 
-def _file_kind(path, what):
-    """'keras' (.keras), 'keras_weights' (.weights.h5) or 'minicnn' (.npz or no extension)."""
+def _file_kind(path, what, saving=True):
+    """'keras' (.keras), 'keras_weights' (.weights.h5) or 'minicnn' (.npz or no extension;
+    when reading, any other name too: the minicnn reader checks the content)."""
     low = path.lower()
     if low.endswith(".keras"):
         return "keras"
     if low.endswith(".weights.h5"):
         return "keras_weights"
     ext = os.path.splitext(low)[1]
-    if ext in ("", ".npz"):
+    if ext in ("", ".npz") or not saving:
         return "minicnn"
     raise ValueError(f"{what}: cannot use {path!r}: the extension {ext!r} is neither '.keras' "
                      f"(Keras 3's format; '.weights.h5' for weights) nor '.npz' (minicnn's own "
@@ -360,7 +361,7 @@ def load_model(path, custom_objects=None, compile=True, restore_rng=False):
     """
     from . import config, losses, optimizers
     path = os.fspath(path)
-    kind = _file_kind(path, "load_model")
+    kind = _file_kind(path, "load_model", saving=False)
     if kind == "keras":
         from . import keras_format
         return keras_format.load_keras_model(path, compile=compile)
@@ -407,7 +408,7 @@ def load_weights(model, path):
     """Load weights saved by ``save`` or ``save_weights`` into ``model`` (see
     :meth:`minicnn.Model.load_weights`)."""
     path = os.fspath(path)
-    if _file_kind(path, "load_weights") != "minicnn":
+    if _file_kind(path, "load_weights", saving=False) != "minicnn":
         from . import keras_format
         return keras_format.load_keras_weights(model, path)
     meta, arrays = read_file(path, "load_weights")
