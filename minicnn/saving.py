@@ -285,9 +285,35 @@ def _random_layers(model):
             is not None]
 
 
+def _file_kind(path, what, saving=True):
+    """'keras' (.keras), 'keras_weights' (.weights.h5) or 'minicnn' (.npz or no extension;
+    when reading, any other name too: the minicnn reader checks the content)."""
+    low = path.lower()
+    if low.endswith(".keras"):
+        return "keras"
+    if low.endswith(".weights.h5"):
+        return "keras_weights"
+    ext = os.path.splitext(low)[1]
+    if ext in ("", ".npz") or not saving:
+        return "minicnn"
+    raise ValueError(f"{what}: cannot use {path!r}: the extension {ext!r} is neither '.keras' "
+                     f"(Keras 3's format; '.weights.h5' for weights) nor '.npz' (minicnn's own "
+                     f"format); legacy Keras 2 '.h5' files are not supported")
+
+
 def save_model(model, path, weights_only=False):
-    """Write ``model`` (see :meth:`minicnn.Model.save`) to ``path``."""
+    """Write ``model`` (see :meth:`minicnn.Model.save`) to ``path``: Keras 3's format for
+    ``.keras`` / ``.weights.h5``, minicnn's ``.npz`` format otherwise."""
     from . import config
+    path = os.fspath(path)
+    kind = _file_kind(path, "save_weights" if weights_only else "save")
+    if kind != "minicnn":
+        from . import keras_format
+        if (kind == "keras_weights") != bool(weights_only):
+            raise ValueError(f"{'save_weights' if weights_only else 'save'}: {path!r}: use "
+                             f"save() for '.keras' files and save_weights() for '.weights.h5'")
+        return (keras_format.save_keras_weights if weights_only
+                else keras_format.save_keras_model)(model, path)
     meta = {"format": FORMAT, "version": FORMAT_VERSION,
             "model_class": model_class_name(model), "model": model.get_config(),
             "input_shape": (list(model.input_shape) if not isinstance(model.input_shape, list)
@@ -335,6 +361,13 @@ def load_model(path, custom_objects=None, compile=True, restore_rng=False):
     """
     from . import config, losses, optimizers
     path = os.fspath(path)
+    kind = _file_kind(path, "load_model", saving=False)
+    if kind == "keras":
+        from . import keras_format
+        return keras_format.load_keras_model(path, compile=compile)
+    if kind == "keras_weights":
+        raise ValueError(f"load_model: {path!r} holds weights only; build the model and call "
+                         f"model.load_weights({path!r})")
     meta, arrays = read_file(path, "load_model")
     if meta.get("weights_only"):
         raise ValueError(f"load_model: {path!r} holds weights only (written by save_weights); "
@@ -375,6 +408,9 @@ def load_weights(model, path):
     """Load weights saved by ``save`` or ``save_weights`` into ``model`` (see
     :meth:`minicnn.Model.load_weights`)."""
     path = os.fspath(path)
+    if _file_kind(path, "load_weights", saving=False) != "minicnn":
+        from . import keras_format
+        return keras_format.load_keras_weights(model, path)
     meta, arrays = read_file(path, "load_weights")
     if not model.built:
         try:
