@@ -15,6 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_ops_backends import DTYPE_NAMES, SEEDS, compare, run_backends
 
+import minicnn
 from minicnn import activations, gradcheck, ops
 from minicnn.layers import Conv2D, Dense
 from minicnn.ops import reference
@@ -130,3 +131,17 @@ def test_new_activation_gradients_match_finite_differences(backend, error_log, n
     err = gradcheck.relative_error(dx, numeric)
     error_log.record(f"gradcheck ops ({backend})", err)
     assert err < GRAD_TOL, f"{name} on {backend}: relative error {err:.3e}"
+
+
+def test_gelu_keeps_its_negative_tail_in_float32():
+    """x/2 (1 + erf(x/sqrt 2)) cancels to 0 in float32 below about -5.5; the erfc form keeps
+    the tiny negative values (found by hypothesis: numpy and numba gave -0, not -1e-8)."""
+    x = np.array([-5.0, -5.6, -6.5, -8.0], dtype=np.float32)
+    exact = np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x.astype(np.float64)])
+    for backend in ("reference", "numpy", "numba"):
+        with minicnn.use_backend(backend):
+            y = ops.activation_forward("gelu", x)
+            dx = ops.activation_backward("gelu", x, y, np.ones_like(x))
+        assert np.all(y < 0), (backend, y)
+        np.testing.assert_allclose(y, exact, rtol=1e-5, err_msg=backend)
+        assert np.all(np.isfinite(dx))

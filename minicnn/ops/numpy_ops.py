@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
-from scipy.special import erf
+from scipy.special import erfc
 
 from ._shapes import out_hw
 from .reference import LEAKY_RELU_SLOPE
@@ -262,7 +262,7 @@ def activation_forward(name, x):
         return e / e.sum(axis=-1, keepdims=True)
     if name == "gelu":
         dt = x.dtype.type
-        return dt(0.5) * x * (dt(1) + erf(x * dt(1 / np.sqrt(2.0))))
+        return dt(0.5) * x * erfc(-x * dt(1 / np.sqrt(2.0)))     # erfc: no cancellation
     if name in ("swish", "silu"):
         return x * _sigmoid(x)
     if name == "elu":
@@ -291,7 +291,7 @@ def activation_backward(name, x, y, dy):
         return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
     if name == "gelu":
         dt = x.dtype.type
-        cdf = dt(0.5) * (dt(1) + erf(x * dt(1 / np.sqrt(2.0))))
+        cdf = dt(0.5) * erfc(-x * dt(1 / np.sqrt(2.0)))
         pdf = np.exp(dt(-0.5) * x * x) * dt(1 / np.sqrt(2 * np.pi))
         return dy * (cdf + x * pdf)
     if name in ("swish", "silu"):

@@ -553,12 +553,14 @@ def _elementwise(fn, *arrays):
 
 
 def _gelu(v):
-    # math.erf works on a Python float: the product is rounded back to x's dtype on store
-    return 0.5 * v * (1 + math.erf(v / math.sqrt(2)))
+    # Phi(v) = (1 + erf(v / sqrt 2)) / 2 = erfc(-v / sqrt 2) / 2: the erfc form does not
+    # cancel for negative v. math.erfc works on a Python float; the product is rounded
+    # back to x's dtype on store
+    return 0.5 * v * math.erfc(-v / math.sqrt(2))
 
 
 def _gelu_slope(v):
-    cdf = 0.5 * (1 + math.erf(v / math.sqrt(2)))
+    cdf = 0.5 * math.erfc(-v / math.sqrt(2))
     pdf = math.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)
     return cdf + v * pdf
 

@@ -87,23 +87,24 @@ def _sigmoid(v, one):
 
 @njit(parallel=True, cache=True)
 def gelu_forward(x, half, one, inv_sqrt2):
-    """Exact GELU: ``y[i] = x[i]/2 (1 + erf(x[i] / sqrt 2))``; ``half``, ``one`` and
-    ``inv_sqrt2 = 1/sqrt(2)`` in x's dtype (``math.erf`` of a float32 is float32)."""
+    """Exact GELU: ``y[i] = x[i]/2 erfc(-x[i] / sqrt 2)`` (= ``x/2 (1 + erf(x / sqrt 2))``
+    without the cancellation of ``1 + erf`` for negative x, which left float32 at 0 where
+    the answer is -1e-8); ``half``, ``one`` and ``inv_sqrt2 = 1/sqrt(2)`` in x's dtype."""
     y = np.empty_like(x)
     for i in prange(x.size):
         v = x[i]
-        y[i] = half * v * (one + math.erf(v * inv_sqrt2))
+        y[i] = half * v * math.erfc(-v * inv_sqrt2)
     return y
 
 
 @njit(parallel=True, cache=True)
 def gelu_backward(x, dy, half, one, inv_sqrt2, inv_sqrt_2pi):
-    """``dx[i] = dy[i] (Phi(x[i]) + x[i] phi(x[i]))`` with ``Phi(v) = (1 + erf(v/sqrt 2))/2``
+    """``dx[i] = dy[i] (Phi(x[i]) + x[i] phi(x[i]))`` with ``Phi(v) = erfc(-v/sqrt 2) / 2``
     and ``phi(v) = exp(-v**2/2) / sqrt(2 pi)``; constants in x's dtype. Returns new ``dx``."""
     dx = np.empty_like(dy)
     for i in prange(x.size):
         v = x[i]
-        cdf = half * (one + math.erf(v * inv_sqrt2))
+        cdf = half * math.erfc(-v * inv_sqrt2)
         pdf = np.exp(-half * v * v) * inv_sqrt_2pi
         dx[i] = dy[i] * (cdf + v * pdf)
     return dx
