@@ -225,10 +225,14 @@ def weight_keys(layer, class_name=None):
 # ----------------------------------------------------------------------------- compile
 #: Keras optimizer -> (minicnn class name, Keras config keys passed through, Keras keys
 #: that must keep their default, the per-variable slots in Keras's order)
+_OPTIMIZER_COMMON = ("weight_decay", "clipnorm", "global_clipnorm", "clipvalue")
 OPTIMIZERS = {
-    "Adam": ("Adam", ("learning_rate", "beta_1", "beta_2", "epsilon"), {"amsgrad": False},
-             ("m", "v")),
-    "SGD": ("SGD", ("learning_rate", "momentum", "nesterov"), {}, ("velocity",)),
+    "Adam": ("Adam", ("learning_rate", "beta_1", "beta_2", "epsilon") + _OPTIMIZER_COMMON,
+             {"amsgrad": False}, ("m", "v")),
+    "AdamW": ("AdamW", ("learning_rate", "beta_1", "beta_2", "epsilon") + _OPTIMIZER_COMMON,
+              {"amsgrad": False}, ("m", "v")),
+    "SGD": ("SGD", ("learning_rate", "momentum", "nesterov") + _OPTIMIZER_COMMON, {},
+            ("velocity",)),
 }
 _OPTIMIZER_DEFAULTS = {"weight_decay": None, "clipnorm": None, "global_clipnorm": None,
                        "clipvalue": None, "use_ema": False, "loss_scale_factor": None,
@@ -265,8 +269,16 @@ def optimizer_from_keras(value):
             continue
         elif not _same(v, {**fixed, **_OPTIMIZER_DEFAULTS}.get(key, None)):
             return None, f"optimizer {cls} with {key}={v!r}"
-    if not isinstance(kwargs.get("learning_rate", 1.0), (int, float)):
-        return None, f"optimizer {cls} with learning_rate={kwargs['learning_rate']!r}"
+    lr = kwargs.get("learning_rate", 1.0)
+    if isinstance(lr, dict):                 # a schedule: minicnn's own classes only
+        try:
+            name = check_keras_object(lr, "compile_config learning_rate")
+            kwargs["learning_rate"] = optimizers.schedules.from_config(
+                {"class_name": name, "config": lr.get("config")})
+        except (ValueError, TypeError):
+            return None, f"optimizer {cls} with learning_rate={lr!r}"
+    elif not isinstance(lr, (int, float)):
+        return None, f"optimizer {cls} with learning_rate={lr!r}"
     return getattr(optimizers, mine)(**kwargs), None
 
 
@@ -297,7 +309,12 @@ def optimizer_to_keras(optimizer):
         return None, None
     _, args, fixed, slots = OPTIMIZERS[name]
     mine = optimizer.get_config()
-    cfg = {"name": name.lower(), **{k: mine[k] for k in args}, **fixed}
+    cfg = {"name": name.lower(), **{k: mine.get(k) for k in args}, **fixed}
+    if isinstance(cfg["learning_rate"], dict):          # a schedule, in Keras's spelling
+        cfg["learning_rate"] = {"module": "keras.optimizers.schedules",
+                                "class_name": cfg["learning_rate"]["class_name"],
+                                "config": cfg["learning_rate"]["config"],
+                                "registered_name": None}
     if name == "SGD" and not optimizer.momentum:
         slots = ()                          # Keras's SGD keeps no velocity without momentum
     return {"module": "keras.optimizers", "class_name": name, "config": cfg,

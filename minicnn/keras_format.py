@@ -126,7 +126,10 @@ def _node_refs(node, where):
     if not isinstance(node, dict) or not isinstance(node.get("args"), list):
         raise ValueError(f"{where}: inbound node {str(node)[:80]} is not Keras 3's "
                          f"{{'args': [...], 'kwargs': {{}}}} form")
-    extra = {k: v for k, v in (node.get("kwargs") or {}).items() if v is not None}
+    # ``training`` (Keras writes it for Dropout and BatchNormalization calls) is the mode of
+    # a pass, which minicnn's fit/predict set themselves
+    extra = {k: v for k, v in (node.get("kwargs") or {}).items()
+             if v is not None and k != "training"}
     if len(node["args"]) != 1 or extra:
         raise ValueError(f"{where}: minicnn calls a layer on one tensor or one list of "
                          f"tensors, received args {str(node['args'])[:80]} kwargs {extra}")

@@ -14,7 +14,7 @@ pytest.importorskip("h5py")
 from minicnn import models  # noqa: E402
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "keras")
-NAMES = ("seed_cnn", "residual")
+NAMES = ("seed_cnn", "residual", "resnet_bn")
 KERAS_PYTHON = os.environ.get("MINICNN_KERAS_PYTHON", "/work/tfvenv/bin/python")
 
 

@@ -132,7 +132,7 @@ class Model(Trainer, Layer):
                 raise ValueError(f"{self.name}: inputs must come straight from "
                                  f"minicnn.Input(...); tensor {t.name!r} is the output of "
                                  f"layer {t.node.layer.name!r}")
-        nodes = _toposort(ins, outs)
+        nodes = _by_depth(_toposort(ins, outs))
         layers, seen = [], set()
         for t in ins:
             if id(t.node.layer) not in seen:
@@ -575,6 +575,20 @@ class Model(Trainer, Layer):
         no weight has changed. An unbuilt model is first built for the file's input shape.
         """
         saving.load_weights(self, path)
+
+
+def _by_depth(nodes):
+    """``nodes`` (topologically sorted) reordered as Keras orders a graph: by depth, the
+    longest path from the node to an output, deepest first; ties keep their order. This is
+    still a topological order, and it is the order of ``model.layers`` and ``get_weights()``
+    in Keras (a residual block's main branch comes before its 1x1 shortcut)."""
+    depth = {id(n): 0 for n in nodes}
+    for node in reversed(nodes):                 # every consumer before its producers
+        for t in node.inputs:
+            if id(t.node) in depth:
+                depth[id(t.node)] = max(depth[id(t.node)], depth[id(node)] + 1)
+    order = {id(n): i for i, n in enumerate(nodes)}
+    return sorted(nodes, key=lambda n: (-depth[id(n)], order[id(n)]))
 
 
 def _toposort(inputs, outputs):
