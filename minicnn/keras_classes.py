@@ -234,8 +234,7 @@ OPTIMIZERS = {
     "SGD": ("SGD", ("learning_rate", "momentum", "nesterov") + _OPTIMIZER_COMMON, {},
             ("velocity",)),
 }
-_OPTIMIZER_DEFAULTS = {"weight_decay": None, "clipnorm": None, "global_clipnorm": None,
-                       "clipvalue": None, "use_ema": False, "loss_scale_factor": None,
+_OPTIMIZER_DEFAULTS = {"use_ema": False, "loss_scale_factor": None,
                        "gradient_accumulation_steps": None}
 _IGNORED_OPTIMIZER_KEYS = ("name", "ema_momentum", "ema_overwrite_frequency")
 #: Keras loss class -> (minicnn loss name, Keras config keys that must keep their default)

@@ -34,6 +34,7 @@ import zlib
 import numpy as np
 
 from . import keras_classes as kc
+from . import saving
 
 #: the Keras release whose file layout minicnn writes (and was checked against)
 KERAS_FORMAT_VERSION = "3.15.1"
@@ -169,7 +170,6 @@ def _flat_or_nested(refs):
 def model_from_keras_config(spec, where):
     """The minicnn model of a Keras model config, and ``[(h5 key, Keras class, layer name)]``,
     the layers in Keras's weight-file order."""
-    from . import saving
     if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
         raise ValueError(f"{where}: config.json must describe a model")
     model_cls = kc.check_keras_object(spec, where)
@@ -490,17 +490,6 @@ def _write_h5(model, order, slots):
     return buf.getvalue()
 
 
-def _atomic_write(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_keras_model(model, path):
     """Write ``model`` as a Keras 3 ``.keras`` file that ``keras.models.load_model`` opens."""
     order = keras_order(model)
@@ -516,11 +505,11 @@ def save_keras_model(model, path):
         zf.writestr("metadata.json", json.dumps(metadata))
         zf.writestr("config.json", json.dumps(spec))
         zf.writestr("model.weights.h5", _write_h5(model, order, slots))
-    _atomic_write(path, buf.getvalue())
+    saving.write_atomically(path, buf.getvalue())
 
 
 def save_keras_weights(model, path):
     """Write ``model``'s weights as a Keras 3 ``.weights.h5`` file."""
     order = keras_order(model)
     _, slots = _keras_compile_config(model)
-    _atomic_write(path, _write_h5(model, order, slots))
+    saving.write_atomically(path, _write_h5(model, order, slots))

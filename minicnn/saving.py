@@ -242,11 +242,16 @@ def write_file(path, meta, arrays):
     payload = {"__minicnn__.json": np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
     payload.update({k: np.ascontiguousarray(v) for k, v in arrays.items()})
     np.savez(buf, **payload)
-    # write then rename, so that a crash never leaves a half-written model behind
+    write_atomically(path, buf.getvalue())
+
+
+def write_atomically(path, data):
+    """Write the bytes ``data`` to ``path`` through a temporary file and a rename, so that a
+    crash never leaves a half-written model file behind."""
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
+            fh.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

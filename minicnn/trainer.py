@@ -196,10 +196,16 @@ class Trainer:
                 raise ValueError(f"{what}: you cannot use class_weight and sample_weight at "
                                  f"the same time")
             w = self.class_weights(y, class_weight, what)
+        xs = self._cast_checked(xs, what)
+        return (xs[0] if len(xs) == 1 else xs), y, w
+
+    def _cast_checked(self, xs, what):
+        """The input arrays ``xs`` in the model's dtype (a copy only where it differs),
+        checked for NaN/inf."""
         xs = [x if x.dtype == self.dtype else x.astype(self.dtype) for x in xs]
         for i, xb in enumerate(xs):
             check_finite(xb, what, "x" if len(xs) == 1 else f"x[{i}]")
-        return (xs[0] if len(xs) == 1 else xs), y, w
+        return xs
 
     # ------------------------------------------------------------------ the steps
     def correct_count(self, y_pred, y, sample_weight=None) -> float:
@@ -264,10 +270,7 @@ class Trainer:
 
     def predict_on_batch(self, x):
         """The model's output for one batch, inference mode."""
-        xs = self.check_x(x, "predict_on_batch")
-        xs = [x if x.dtype == self.dtype else x.astype(self.dtype) for x in xs]
-        for i, xb in enumerate(xs):
-            check_finite(xb, "predict_on_batch", "x")
+        xs = self._cast_checked(self.check_x(x, "predict_on_batch"), "predict_on_batch")
         return self.call(xs[0] if len(xs) == 1 else xs, training=False)
 
     # ------------------------------------------------------------------ loops
