@@ -6,11 +6,19 @@ printed in the terminal summary so a run shows how close the numbers are.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
-import minicnn
-from minicnn import config
+# Conv2D(algorithm="auto") on the numba backend times both algorithms the first time it
+# sees a shape and caches the choice in ~/.minicnn: tests use the fixed rule instead
+# (MINICNN_AUTOTUNE=0), so that they never depend on timings nor write to the home
+# directory; tests/test_winograd.py runs the autotuner itself in a temporary home.
+os.environ.setdefault("MINICNN_AUTOTUNE", "0")
+
+import minicnn  # noqa: E402
+from minicnn import config  # noqa: E402
 
 BACKENDS = config.BACKENDS
 DTYPES = (np.float32, np.float64)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import activations, initializers, ops, regularizers
+from ..ops import algorithms
 from .base import Layer, as_pair, check_padding, positive_int, reject_kwargs, window_geometry
 
 
@@ -17,14 +18,19 @@ class Conv2D(Layer):
     Backward: ``dz = activation'(dy)``; ``dkernel = sum over positions of
     patch x dz``; ``dbias = sum dz``; ``dx`` spreads ``kernel @ dz`` back over
     each patch (col2im). See :func:`minicnn.ops.reference.conv2d_backward`.
+
+    ``algorithm`` (minicnn's, not Keras's): ``"auto"`` (default), ``"im2col"`` or
+    ``"winograd"`` (3x3 kernels at stride 1; :func:`minicnn.ops.reference.winograd_conv2d_forward`).
+    ``"auto"`` picks per input shape, see :mod:`minicnn.ops.algorithms`; :meth:`algorithm_for`
+    tells which one runs.
     """
 
-    _cache = None      # (x, z, y) of the last forward; z is None when the op fused the ReLU
+    _cache = None      # (x, z, y, algorithm) of the last forward; z is None when the ReLU fused
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, input_shape=None,
-                 dtype="float32", name=None, trainable=True, **kwargs):
+                 dtype="float32", name=None, trainable=True, algorithm="auto", **kwargs):
         owner = "Conv2D"
         self.filters = positive_int(filters, "filters", owner)
         self.kernel_size = as_pair(kernel_size, "kernel_size", owner)
@@ -36,6 +42,12 @@ class Conv2D(Layer):
         self.bias_initializer = initializers.get(bias_initializer, owner)
         self.kernel_regularizer = regularizers.get(kernel_regularizer, owner)
         self.bias_regularizer = regularizers.get(bias_regularizer, owner)
+        self.algorithm = algorithms.check(algorithm, owner)
+        if algorithm == "winograd" and not algorithms.winograd_applies(self.kernel_size,
+                                                                        self.strides):
+            raise ValueError(f"{owner}: algorithm='winograd' needs kernel_size (3, 3) and strides "
+                             f"(1, 1), received kernel_size {self.kernel_size} and strides "
+                             f"{self.strides}")
         reject_kwargs(owner, kwargs)
         super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 
@@ -51,24 +63,43 @@ class Conv2D(Layer):
             self.add_weight("bias", (self.filters,), self.bias_initializer,
                             regularizer=self.bias_regularizer)
 
-    def call(self, x, training=False):
+    def algorithm_for(self, x_shape):
+        """``'im2col'`` or ``'winograd'``: what a forward pass on ``x_shape`` runs."""
+        return algorithms.resolve(self.algorithm, tuple(x_shape), self.params["kernel"].shape,
+                                  self.strides, self.pads, self.dtype,
+                                  owner=f"Conv2D {self.name!r}")
+
+    def _forward_op(self, x, relu):
         kernel, bias = self.params["kernel"], self.params.get("bias")
+        algo = self.algorithm_for(x.shape)
+        if algo == "winograd":
+            return ops.winograd_conv2d_forward(x, kernel, bias, self.pads, relu=relu), algo
+        return ops.conv2d_forward(x, kernel, bias, self.strides, self.pads, relu=relu), algo
+
+    def _backward_op(self, dz, y=None):
+        x, algo = self._cache[0], self._cache[3]
+        kernel = self.params["kernel"]
+        if algo == "winograd":
+            return ops.winograd_conv2d_backward(x, kernel, dz, self.pads,
+                                                self.compute_input_gradient, y=y)
+        return ops.conv2d_backward(x, kernel, dz, self.strides, self.pads,
+                                   self.compute_input_gradient, y=y)
+
+    def call(self, x, training=False):
         if self.activation == "relu":
             # bias and ReLU fused into the convolution op; y > 0 is the ReLU mask
-            y = ops.conv2d_forward(x, kernel, bias, self.strides, self.pads, relu=True)
-            self._cache = (x, None, y)
+            y, algo = self._forward_op(x, relu=True)
+            self._cache = (x, None, y, algo)
             return y
-        z = ops.conv2d_forward(x, kernel, bias, self.strides, self.pads)
+        z, algo = self._forward_op(x, relu=False)
         y = z if self.activation == "linear" else activations.forward(self.activation, z)
-        self._cache = (x, z, y)
+        self._cache = (x, z, y, algo)
         return y
 
     def backward(self, dy):
-        x, z, y = self._cache
+        x, z, y, _ = self._cache
         if self.activation == "relu":
-            return self.set_kernel_grads(*ops.conv2d_backward(
-                x, self.params["kernel"], dy, self.strides, self.pads,
-                self.compute_input_gradient, y=y))
+            return self.set_kernel_grads(*self._backward_op(dy, y=y))
         dz = dy if self.activation == "linear" else activations.backward(self.activation, z, y, dy)
         return self.backward_preactivation(dz)
 
@@ -77,10 +108,7 @@ class Conv2D(Layer):
 
     def backward_preactivation(self, dz):
         """Backward from dL/dz, the gradient before the activation (used for fused softmax-CE)."""
-        x = self._cache[0]
-        return self.set_kernel_grads(*ops.conv2d_backward(x, self.params["kernel"], dz,
-                                                          self.strides, self.pads,
-                                                          self.compute_input_gradient))
+        return self.set_kernel_grads(*self._backward_op(dz))
 
     def set_kernel_grads(self, dx, dkernel, dbias):
         """Store the gradients of the kernel (and bias); return dx."""
@@ -96,5 +124,6 @@ class Conv2D(Layer):
                    use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
                    bias_initializer=self.bias_initializer,
                    kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
-                   bias_regularizer=regularizers.serialize(self.bias_regularizer))
+                   bias_regularizer=regularizers.serialize(self.bias_regularizer),
+                   algorithm=self.algorithm)
         return cfg

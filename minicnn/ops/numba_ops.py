@@ -20,8 +20,10 @@ from ._kernels import loss as loss_k
 from ._kernels import norm as norm_k
 from ._kernels import optim as optim_k
 from ._kernels import pool as pool_k
+from ._kernels import winograd as winograd_k
 from ._shapes import out_hw
-from .reference import LEAKY_RELU_SLOPE, _flat_inplace
+from .reference import (LEAKY_RELU_SLOPE, WINOGRAD_G, _flat_inplace, _winograd_check,
+                        winograd_kernel_transform)
 
 config.apply_thread_policy()
 config.tune_malloc()
@@ -100,6 +102,38 @@ def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_d
         _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo, bool(need_dx),
         x.dtype.type(0), _threads(x.shape[0]), _counter())
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
+
+
+def _winograd_geometry(x, kernel, pads, op):
+    _winograd_check(kernel, pads, op)
+    n, h, w, c = x.shape
+    oh, ow = out_hw(h, w, 3, 3, (1, 1), pads)
+    tiles = -(-oh // 2) * -(-ow // 2)
+    nt = _threads(n)
+    return nt, _group(n, nt, 4 * tiles), oh, ow
+
+
+def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
+    nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_forward")
+    c, f = kernel.shape[2], kernel.shape[3]
+    u = _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f))
+    return winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
+                                       pads[2], oh, ow, bool(relu), x.dtype.type(0), nt, grp,
+                                       _counter())
+
+
+def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
+    nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_backward")
+    c, f = kernel.shape[2], kernel.shape[3]
+    u_t = _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f).transpose(0, 2, 1))
+    dy = _c(dy)
+    dx, du, db = winograd_k.winograd_backward(_c(x), u_t, dy, dy if y is None else _c(y),
+                                              pads[0], pads[2], oh, ow, bool(need_dx),
+                                              y is not None, x.dtype.type(0), nt, grp,
+                                              _counter())
+    g = WINOGRAD_G.astype(x.dtype)
+    dkernel = np.einsum("ai,abcf,bj->ijcf", g, du.reshape(4, 4, c, f), g)
+    return (dx if need_dx else None), dkernel, db
 
 
 def maxpool2d_forward(x, pool, strides, pads):

@@ -17,7 +17,8 @@ from numpy.lib.stride_tricks import as_strided
 from scipy.special import erfc
 
 from ._shapes import out_hw
-from .reference import LEAKY_RELU_SLOPE
+from .reference import (LEAKY_RELU_SLOPE, WINOGRAD_AT, WINOGRAD_BT, WINOGRAD_G,
+                        _winograd_check, _winograd_tiles, winograd_kernel_transform)
 
 
 def _pad(x, pads, value=0):
@@ -80,6 +81,66 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
     if need_dx:
         dcols = dy2 @ kernel.reshape(kh * kw * c, f).T
         dx = np.ascontiguousarray(col2im(dcols, x.shape, kh, kw, strides, pads, oh, ow))
+    return dx, dkernel, dbias
+
+
+def _winograd_input(xp, th, tw, bt):
+    """V (n, th, tw, 4, 4, c) = B^T d B for every 4x4 tile d of xp (a strided view)."""
+    n, _, _, c = xp.shape
+    s0, s1, s2, s3 = xp.strides
+    tiles = as_strided(xp, (n, th, tw, 4, 4, c), (s0, 2 * s1, 2 * s2, s1, s2, s3),
+                       writeable=False)
+    return np.einsum("ai,nxyijc,bj->nxyabc", bt, tiles, bt, optimize=True)
+
+
+def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
+    """Vectorised F(2x2, 3x3): the input transform of every tile at once, then the 16
+    products as one batched GEMM ``(16, n*tiles, c) @ (16, c, f)``."""
+    _winograd_check(kernel, pads, "winograd_conv2d_forward")
+    n, _, _, c = x.shape
+    f = kernel.shape[3]
+    at = WINOGRAD_AT.astype(x.dtype)
+    xp, (oh, ow, th, tw) = _winograd_tiles(x, pads)
+    v = _winograd_input(xp, th, tw, WINOGRAD_BT.astype(x.dtype))
+    u = winograd_kernel_transform(kernel).reshape(16, c, f)
+    m = np.matmul(v.reshape(-1, 16, c).transpose(1, 0, 2), u)      # (16, n*th*tw, f)
+    m = m.transpose(1, 0, 2).reshape(n, th, tw, 4, 4, f)
+    y = np.einsum("ia,nxyabf,jb->nxiyjf", at, m, at, optimize=True).reshape(n, 2 * th, 2 * tw, f)
+    y = y[:, :oh, :ow, :]
+    if bias is not None:
+        y = y + bias
+    return np.maximum(y, 0) if relu else np.ascontiguousarray(y)
+
+
+def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
+    _winograd_check(kernel, pads, "winograd_conv2d_backward")
+    n, h, w, c = x.shape
+    f = kernel.shape[3]
+    pt, _, pl, _ = pads
+    if y is not None:
+        dy = dy * (y > 0)
+    bt = WINOGRAD_BT.astype(x.dtype)
+    at = WINOGRAD_AT.astype(x.dtype)
+    xp, (oh, ow, th, tw) = _winograd_tiles(x, pads)
+    dyp = np.zeros((n, 2 * th, 2 * tw, f), dtype=dy.dtype)
+    dyp[:, :oh, :ow, :] = dy
+    dm = np.einsum("ia,nxiyjf,jb->nxyabf", at, dyp.reshape(n, th, 2, tw, 2, f), at,
+                   optimize=True).reshape(-1, 16, f).transpose(1, 0, 2)    # (16, tiles, f)
+    v = _winograd_input(xp, th, tw, bt).reshape(-1, 16, c).transpose(1, 0, 2)
+    du = np.matmul(v.transpose(0, 2, 1), dm).reshape(4, 4, c, f)
+    g = WINOGRAD_G.astype(x.dtype)
+    dkernel = np.einsum("ai,abcf,bj->ijcf", g, du, g, optimize=True)
+    dbias = dy.sum(axis=(0, 1, 2))
+    dx = None
+    if need_dx:
+        u = winograd_kernel_transform(kernel).reshape(16, c, f)
+        dv = np.matmul(dm, u.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(n, th, tw, 4, 4, c)
+        dd = np.einsum("ai,nxyabc,bj->nxyijc", bt, dv, bt, optimize=True)
+        dxp = np.zeros_like(xp)
+        for a in range(4):          # tiles overlap: add each of the 16 tile positions
+            for e in range(4):
+                dxp[:, a:a + 2 * th:2, e:e + 2 * tw:2, :] += dd[:, :, :, a, e, :]
+        dx = dxp[:, pt:pt + h, pl:pl + w, :].copy()
     return dx, dkernel, dbias
 
 

@@ -1,0 +1,304 @@
+"""Winograd F(2x2, 3x3) convolution kernels (3x3, stride 1), forward and backward.
+
+The math and the B, G, A matrices are in :func:`minicnn.ops.reference.winograd_conv2d_forward`;
+here the transforms are written out as the additions they are. Shapes: ``x (n, h, w, c)``
+NHWC; ``u (16, c, f)`` the transformed kernel ``G g G^T`` (position ``a*4 + e`` of the 4x4
+tile first), made by the wrapper; ``pt, pl`` the top and left padding; ``oh, ow`` the
+output size; ``th, tw = ceil(oh/2), ceil(ow/2)`` the tiles, ``tiles = th*tw`` per image.
+Per group of ``grp`` images a thread builds ``v (16, grp*tiles, c)`` (the transformed
+input tiles) and runs 16 GEMMs ``v[k] @ u[k]`` into ``m (16, grp*tiles, f)``: for a 2x2
+block of outputs and one (input, output) channel pair, 16 multiplications where im2col's
+GEMM does 4 x 9 = 36. The batch is cut into slots taken from a shared
+counter (:mod:`.sched`); ``counter`` is a zeroed one-element int64 array, ``nt`` the
+thread count, ``zero`` 0 in x's dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .sched import _fetch_add, _slot_count, _slot_range
+
+
+@njit(cache=True)
+def _input_transform(x, b, v, row0, th, tw, pt, pl, d):
+    """``v[a*4 + e, row0 + tile, :] = (B^T d B)[a, e, :]`` for every tile of image ``b``.
+
+    ``d (4, 4, c)`` is scratch. ``B^T d`` then ``(.) B``, each a set of four
+    additions per channel; channels innermost (NHWC), so the loops vectorise.
+    """
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    for ti in range(th):
+        for tj in range(tw):
+            r0 = 2 * ti - pt
+            s0 = 2 * tj - pl
+            for a in range(4):
+                r = r0 + a
+                for e in range(4):
+                    s = s0 + e
+                    if r >= 0 and r < h and s >= 0 and s < w:
+                        for ch in range(c):
+                            d[a, e, ch] = x[b, r, s, ch]
+                    else:
+                        for ch in range(c):
+                            d[a, e, ch] = 0
+            row = row0 + ti * tw + tj
+            for e in range(4):                       # rows: B^T d
+                for ch in range(c):
+                    d0 = d[0, e, ch]
+                    d1 = d[1, e, ch]
+                    d2 = d[2, e, ch]
+                    d3 = d[3, e, ch]
+                    d[0, e, ch] = d0 - d2
+                    d[1, e, ch] = d1 + d2
+                    d[2, e, ch] = d2 - d1
+                    d[3, e, ch] = d1 - d3
+            for a in range(4):                       # columns: (B^T d) B
+                for ch in range(c):
+                    d0 = d[a, 0, ch]
+                    d1 = d[a, 1, ch]
+                    d2 = d[a, 2, ch]
+                    d3 = d[a, 3, ch]
+                    v[a * 4 + 0, row, ch] = d0 - d2
+                    v[a * 4 + 1, row, ch] = d1 + d2
+                    v[a * 4 + 2, row, ch] = d2 - d1
+                    v[a * 4 + 3, row, ch] = d1 - d3
+
+
+@njit(cache=True)
+def _output_transform(m, y, b, row0, th, tw, oh, ow, bias, relu, zero, t2):
+    """``y[b, 2ti:2ti+2, 2tj:2tj+2, :] = A^T m_tile A + bias`` (ReLU'd when ``relu``);
+    outputs past ``oh, ow`` (an odd size) are dropped. ``t2 (2, 4, f)`` is scratch."""
+    f = m.shape[2]
+    for ti in range(th):
+        for tj in range(tw):
+            row = row0 + ti * tw + tj
+            for e in range(4):                       # rows: A^T m
+                for o in range(f):
+                    m0 = m[e, row, o]
+                    m1 = m[4 + e, row, o]
+                    m2 = m[8 + e, row, o]
+                    m3 = m[12 + e, row, o]
+                    t2[0, e, o] = m0 + m1 + m2
+                    t2[1, e, o] = m1 - m2 - m3
+            for a in range(2):
+                i = 2 * ti + a
+                if i < oh:
+                    for q in range(2):
+                        j = 2 * tj + q
+                        if j < ow:
+                            for o in range(f):
+                                if q == 0:
+                                    val = t2[a, 0, o] + t2[a, 1, o] + t2[a, 2, o] + bias[o]
+                                else:
+                                    val = t2[a, 1, o] - t2[a, 2, o] - t2[a, 3, o] + bias[o]
+                                y[b, i, j, o] = zero if (relu and val <= zero) else val
+
+
+@njit(parallel=True, cache=True)
+def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, zero, nt, grp, counter):
+    """y (n, oh, ow, f) = the 3x3 stride-1 convolution of x (+ bias, ReLU'd if ``relu``).
+
+    ``x (n, h, w, c)``, ``u (16, c, f)``, ``bias (f,)`` (zeros for none); returns new ``y``.
+    """
+    n, c = x.shape[0], x.shape[3]
+    f = u.shape[2]
+    th = (oh + 1) // 2
+    tw = (ow + 1) // 2
+    tiles = th * tw
+    y = np.empty((n, oh, ow, f), dtype=x.dtype)
+    vs = np.empty((nt, 16, grp * tiles, c), dtype=x.dtype)
+    ms = np.empty((nt, 16, grp * tiles, f), dtype=x.dtype)
+    ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
+    t2s = np.empty((nt, 2, 4, f), dtype=x.dtype)
+    slots = _slot_count(n, nt)
+    for t in prange(nt):
+        v = vs[t]
+        m = ms[t]
+        s = _fetch_add(counter, 0, 1)
+        while s < slots:
+            lo, hi = _slot_range(s, slots, n)
+            for b0 in range(lo, hi, grp):
+                g = min(grp, hi - b0)
+                for i in range(g):
+                    _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
+                # rows of a partial group hold stale tiles: computed, never written out
+                for k in range(16):
+                    np.dot(v[k], u[k], m[k])
+                for i in range(g):
+                    _output_transform(m, y, b0 + i, i * tiles, th, tw, oh, ow, bias, relu,
+                                      zero, t2s[t])
+            s = _fetch_add(counter, 0, 1)
+    return y
+
+
+@njit(cache=True)
+def _grad_transform(dy, y, b, dm, row0, th, tw, oh, ow, relu, zero, db, g4):
+    """``dm[a*4 + e, row0 + tile, :] = (A dz_tile A^T)[a, e, :]``, the gradient of the
+    output transform, from ``dz = dy * (y > 0)`` (or dy) of image ``b``; outputs past
+    ``oh, ow`` count as 0. Adds the bias gradient into ``db``. ``g4 (4, f)`` is scratch:
+    the tile's 2x2 block of dz, gathered first so that every loop over the filters is
+    branch-free and vectorises."""
+    f = dy.shape[3]
+    for ti in range(th):
+        for tj in range(tw):
+            row = row0 + ti * tw + tj
+            for p in range(4):
+                i = 2 * ti + p // 2
+                j = 2 * tj + p % 2
+                if i < oh and j < ow:
+                    for o in range(f):
+                        gv = dy[b, i, j, o]
+                        g4[p, o] = zero if (relu and not y[b, i, j, o] > zero) else gv
+                else:
+                    for o in range(f):
+                        g4[p, o] = zero
+            # A g A^T, where A g has the rows (g0, g0 + g1, g0 - g1, -g1), then the same
+            # over the columns: one row a of the 4x4 result per loop, four output planes
+            # each (sixteen planes written in one loop, 64 KB apart, thrashed the L1
+            # cache's sets: 13 ms instead of 1 for the seed model's conv2)
+            for o in range(f):
+                g0 = g4[0, o]
+                g1 = g4[1, o]
+                db[o] += (g0 + g1) + (g4[2, o] + g4[3, o])
+                dm[0, row, o] = g0
+                dm[1, row, o] = g0 + g1
+                dm[2, row, o] = g0 - g1
+                dm[3, row, o] = -g1
+            for o in range(f):
+                g0 = g4[0, o] + g4[2, o]
+                g1 = g4[1, o] + g4[3, o]
+                dm[4, row, o] = g0
+                dm[5, row, o] = g0 + g1
+                dm[6, row, o] = g0 - g1
+                dm[7, row, o] = -g1
+            for o in range(f):
+                g0 = g4[0, o] - g4[2, o]
+                g1 = g4[1, o] - g4[3, o]
+                dm[8, row, o] = g0
+                dm[9, row, o] = g0 + g1
+                dm[10, row, o] = g0 - g1
+                dm[11, row, o] = -g1
+            for o in range(f):
+                g0 = -g4[2, o]
+                g1 = -g4[3, o]
+                dm[12, row, o] = g0
+                dm[13, row, o] = g0 + g1
+                dm[14, row, o] = g0 - g1
+                dm[15, row, o] = -g1
+
+
+@njit(cache=True)
+def _input_transform_adjoint(dv, dx, b, row0, th, tw, pt, pl, q):
+    """``dx[b, tile] += B dv_tile B^T`` for every tile of image ``b`` (tiles overlap by
+    two rows and columns; padding rows are dropped). ``q (4, 4, c)`` is scratch."""
+    h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
+    for ti in range(th):
+        for tj in range(tw):
+            row = row0 + ti * tw + tj
+            for a in range(4):                       # columns: dv B^T
+                for ch in range(c):
+                    v0 = dv[a * 4 + 0, row, ch]
+                    v1 = dv[a * 4 + 1, row, ch]
+                    v2 = dv[a * 4 + 2, row, ch]
+                    v3 = dv[a * 4 + 3, row, ch]
+                    q[a, 0, ch] = v0
+                    q[a, 1, ch] = v1 - v2 + v3
+                    q[a, 2, ch] = v1 + v2 - v0
+                    q[a, 3, ch] = -v3
+            r0 = 2 * ti - pt
+            s0 = 2 * tj - pl
+            for e in range(4):                       # rows: B (.), added into dx
+                s = s0 + e
+                if s < 0 or s >= w:
+                    continue
+                for ch in range(c):
+                    v0 = q[0, e, ch]
+                    v1 = q[1, e, ch]
+                    v2 = q[2, e, ch]
+                    v3 = q[3, e, ch]
+                    if r0 >= 0 and r0 < h:
+                        dx[b, r0, s, ch] += v0
+                    if r0 + 1 >= 0 and r0 + 1 < h:
+                        dx[b, r0 + 1, s, ch] += v1 - v2 + v3
+                    if r0 + 2 >= 0 and r0 + 2 < h:
+                        dx[b, r0 + 2, s, ch] += v1 + v2 - v0
+                    if r0 + 3 >= 0 and r0 + 3 < h:
+                        dx[b, r0 + 3, s, ch] -= v3
+
+
+@njit(parallel=True, cache=True)
+def winograd_backward(x, u_t, dy, y, pt, pl, oh, ow, need_dx, relu, zero, nt, grp, counter):
+    """dx, dU (the gradient of the transformed kernel) and dbias of :func:`winograd_forward`.
+
+    ``u_t (16, f, c)``: the transformed kernel with each position transposed; ``dy`` and
+    ``y (n, oh, ow, f)`` (``y`` read only when ``relu``: dz = dy * (y > 0)). Returns new
+    ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``du (16, c, f)`` (the wrapper turns
+    it into dkernel = G^T dU G) and ``db (f,)``. Per slot, the partial dU and db are
+    summed in slot order afterwards, so the result does not depend on the scheduling.
+    """
+    n, h, w, c = x.shape
+    f = u_t.shape[1]
+    th = (oh + 1) // 2
+    tw = (ow + 1) // 2
+    tiles = th * tw
+    rows = grp * tiles
+    slots = _slot_count(n, nt)
+    vs = np.empty((nt, 16, rows, c), dtype=x.dtype)
+    dms = np.empty((nt, 16, rows, f), dtype=x.dtype)
+    ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
+    tmps = np.empty((nt, c, f), dtype=x.dtype)
+    g4s = np.empty((nt, 4, f), dtype=x.dtype)
+    du_part = np.zeros((max(slots, 1), 16, c, f), dtype=x.dtype)
+    db_part = np.zeros((max(slots, 1), f), dtype=x.dtype)
+    if need_dx:
+        dx = np.zeros((n, h, w, c), dtype=x.dtype)
+        dvs = np.empty((nt, 16, rows, c), dtype=x.dtype)
+    else:
+        dx = np.zeros((0, 0, 0, 0), dtype=x.dtype)
+        dvs = np.empty((nt, 16, 0, 0), dtype=x.dtype)
+    for t in prange(nt):
+        s = _fetch_add(counter, 0, 1)
+        while s < slots:
+            lo, hi = _slot_range(s, slots, n)
+            _winograd_backward_slot(x, u_t, dy, y, lo, hi, grp, vs[t], dms[t], dvs[t], ds[t],
+                                    g4s[t], tmps[t], du_part, db_part, s, dx, pt, pl, oh, ow, th, tw,
+                                    need_dx, relu, zero)
+            s = _fetch_add(counter, 0, 1)
+    du = du_part[0].copy()
+    db = db_part[0].copy()
+    for p in range(1, du_part.shape[0]):
+        du += du_part[p]
+        db += db_part[p]
+    return dx, du, db
+
+
+@njit(cache=True)
+def _winograd_backward_slot(x, u_t, dy, y, lo, hi, grp, v, dm, dv, d, g4, tmp, du_part, db_part, s,
+                            dx, pt, pl, oh, ow, th, tw, need_dx, relu, zero):
+    """Images ``lo .. hi-1`` (slot ``s``) of :func:`winograd_backward`, ``grp`` per GEMM:
+    adds into ``du_part[s]`` and ``db_part[s]`` and writes their images of ``dx``."""
+    tiles = th * tw
+    du = du_part[s]
+    db = db_part[s]
+    for b0 in range(lo, hi, grp):
+        g = min(grp, hi - b0)
+        for i in range(g):
+            _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, d)
+            _grad_transform(dy, y, b0 + i, dm, i * tiles, th, tw, oh, ow, relu, zero, db,
+                            g4)
+        if g < grp:                  # a partial group: zero rows add nothing to dU
+            for k in range(16):      # (both operands: stale rows may hold inf or NaN)
+                for r in range(g * tiles, grp * tiles):
+                    for o in range(dm.shape[2]):
+                        dm[k, r, o] = zero
+                    for ch in range(v.shape[2]):
+                        v[k, r, ch] = zero
+        for k in range(16):
+            np.dot(v[k].T, dm[k], tmp)
+            du[k] += tmp
+        if need_dx:
+            for k in range(16):
+                np.dot(dm[k], u_t[k], dv[k])
+            for i in range(g):
+                _input_transform_adjoint(dv, dx, b0 + i, i * tiles, th, tw, pt, pl, d)
