@@ -153,25 +153,27 @@ def cmd_info(stream=None):
     import numba
     from threadpoolctl import threadpool_info
 
-    from . import ops
+    from . import machine, ops
     out = stream or sys.stdout
     ops.backend_module()          # load the active backend: on numba it limits BLAS to 1 thread
     env = os.environ.get("MINICNN_BACKEND")
+    cpu = machine.cpu_info()
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
     rows = [
         ("minicnn", __version__),
         ("python", (f"{platform.python_version()} ({platform.python_implementation()}, "
                     f"{platform.system()} {platform.machine()})")),
         ("numpy", np.__version__),
         ("numba", numba.__version__),
+        ("cpu", machine.describe_cpu(cpu)),
         ("backend", config.get_backend() + (f" (MINICNN_BACKEND={env})" if env else "")),
         ("threads", (f"{config.get_num_threads()} (Numba pool of "
                      f"{numba.config.NUMBA_NUM_THREADS}; {os.cpu_count()} CPUs)")),
         ("numba threading layer", config.threading_layer()),
         ("malloc", config.malloc_status()),
+        ("OPENBLAS_CORETYPE", f"{coretype} (pins OpenBLAS's kernels; see README FAQ)" if coretype
+         else "unset (each OpenBLAS picks its kernels for this CPU when it loads)"),
     ]
-    coretype = os.environ.get("OPENBLAS_CORETYPE")
-    if coretype:
-        rows.append(("OPENBLAS_CORETYPE", f"{coretype} (pins OpenBLAS's kernels; see README FAQ)"))
     width = max(len(k) for k, _ in rows) + 1
     for key, value in rows:
         out.write(f"{key + ':':<{width}} {value}\n")
@@ -179,12 +181,23 @@ def cmd_info(stream=None):
     note = (": BLAS held at 1 thread, Numba owns the parallelism"
             if config.get_backend() == "numba" else "")
     out.write(f"BLAS and OpenMP libraries (threadpoolctl, {len(libs)} loaded{note}):\n")
+    kernels = []
     for lib in libs:
         n = lib.get("num_threads")
-        arch = f", {lib['architecture']} kernels" if lib.get("architecture") else ""
+        arch = lib.get("architecture")
+        path = lib.get("filepath") or ""
+        # Numba's np.dot calls SciPy's BLAS; NumPy's serves the numpy backend's matmuls
+        role = ("; SciPy's: every numba-backend GEMM" if "scipy" in os.path.basename(
+                    os.path.dirname(path)) else
+                "; NumPy's: the numpy backend's GEMMs" if "numpy" in os.path.basename(
+                    os.path.dirname(path)) else "")
         out.write(f"  {lib.get('internal_api')} {lib.get('version') or '(version unknown)'}: "
-                  f"{n} thread{'' if n == 1 else 's'}{arch} ({lib.get('user_api')}, "
-                  f"{lib.get('filepath')})\n")
+                  f"{n} thread{'' if n == 1 else 's'}{f', {arch} kernels' if arch else ''} "
+                  f"({lib.get('user_api')}{role}, {path})\n")
+        if lib.get("internal_api") == "openblas" and arch and arch not in kernels:
+            kernels.append(arch)
+    for arch in kernels:
+        out.write(f"OpenBLAS kernels: {machine.describe_openblas(arch, cpu['simd'], coretype)}\n")
     out.flush()
     return 0
 

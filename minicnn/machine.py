@@ -141,7 +141,13 @@ def describe_openblas(architecture, simd, coretype=None):
     """
     isa = openblas_isa(architecture)
     kernels = f"{architecture} kernels ({isa or 'instruction set unknown'})"
-    who = f"pinned by OPENBLAS_CORETYPE={coretype}" if coretype else "OpenBLAS's own choice"
+    if not coretype:
+        who = "OpenBLAS's own choice"
+    elif coretype.strip().lower() == (architecture or "").lower():
+        who = f"pinned by OPENBLAS_CORETYPE={coretype}"
+    else:
+        who = (f"not the OPENBLAS_CORETYPE={coretype} set now (set after OpenBLAS loaded, or "
+               f"a name this build ignores)")
     cpu = cpu_isa(simd)
     order = ("SSE", "AVX", "AVX2", "AVX-512")
     if isa and cpu in order and order.index(isa) < order.index(cpu):

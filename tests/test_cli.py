@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import re
 import runpy
 import shutil
@@ -236,8 +237,11 @@ def test_info_in_process(capsys):
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out
     for key in ("minicnn:", "numpy:", "numba:", "python:", "backend:", "threads:",
-                "numba threading layer:", "threadpoolctl"):
+                "numba threading layer:", "threadpoolctl", "OPENBLAS_CORETYPE:"):
         assert key in text, key
+    # the CPU, as minicnn.machine reads it: what the FAQ tells the reader to look at
+    from minicnn import machine
+    assert re.search(rf"^cpu: +{re.escape(machine.describe_cpu())}$", text, re.M), text
     assert re.search(r"^  \S+ .*: \d+ threads?(, \S+ kernels)? \(", text, re.M), text
 
 
@@ -249,9 +253,39 @@ def test_info_names_the_openblas_kernels_and_a_pinned_coretype(monkeypatch, caps
     assert re.search(r"^OPENBLAS_CORETYPE: +Haswell \(pins", text, re.M), text
     # threadpoolctl reports the architecture OpenBLAS chose when it loaded
     assert re.search(r"^  openblas .*: 1 thread, \w+ kernels \(blas", text, re.M), text
+    # the OpenBLAS Numba's np.dot calls is named as such
+    assert re.search(r"^  openblas .*\(blas; SciPy's: every numba-backend GEMM, .*scipy",
+                     text, re.M), text
+    # this process loaded OpenBLAS before the variable was set: the line must not claim
+    # that the variable chose the kernels unless they are the ones it names
+    line = re.search(r"^OpenBLAS kernels: (\w+) kernels .*$", text, re.M)
+    assert line, text
+    if line.group(1).lower() == "haswell":
+        assert "pinned by OPENBLAS_CORETYPE=Haswell" in line.group(0)
+    else:
+        assert "not the OPENBLAS_CORETYPE=Haswell set now" in line.group(0)
     monkeypatch.delenv("OPENBLAS_CORETYPE")
     assert cli.main(["info"]) == 0
-    assert "OPENBLAS_CORETYPE" not in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert re.search(r"^OPENBLAS_CORETYPE: +unset \(each OpenBLAS picks its kernels", text,
+                     re.M), text
+    assert re.search(r"^OpenBLAS kernels: \w+ kernels .*, OpenBLAS's own choice, on an ", text,
+                     re.M), text
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                    reason="OpenBLAS's Haswell kernels exist on x86-64 only")
+def test_info_in_a_process_pinned_to_haswell():
+    """What the FAQ describes: a pin set before OpenBLAS loads chooses its kernels, and
+    `minicnn info` says so next to the CPU's own width."""
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "minicnn.cli", "info"], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^  openblas .*: 1 thread, Haswell kernels \(blas; SciPy's", proc.stdout,
+                     re.M), proc.stdout
+    assert re.search(r"^OpenBLAS kernels: Haswell kernels \(AVX2\), pinned by "
+                     r"OPENBLAS_CORETYPE=Haswell, on an ", proc.stdout, re.M), proc.stdout
 
 
 def test_info_console_script():

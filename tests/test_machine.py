@@ -71,6 +71,12 @@ def test_describe_openblas_flags_kernels_narrower_than_the_cpu():
     assert "narrower" in machine.describe_openblas("Haswell", avx512)
     assert "narrower" not in machine.describe_openblas("Haswell", ["avx2", "fma"])
     assert "instruction set unknown" in machine.describe_openblas("Mystery", avx512)
+    # the variable names other kernels than those that loaded: it did not pin them
+    assert machine.describe_openblas("SkylakeX", avx512, coretype="Haswell") == (
+        "SkylakeX kernels (AVX-512), not the OPENBLAS_CORETYPE=Haswell set now (set after "
+        "OpenBLAS loaded, or a name this build ignores), on an AVX-512 CPU")
+    assert "pinned by OPENBLAS_CORETYPE=haswell" in machine.describe_openblas(
+        "Haswell", avx512, coretype="haswell")
 
 
 # ----------------------------------------------------------------------------- the load
