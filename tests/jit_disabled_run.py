@@ -12,7 +12,7 @@ are Python loops here), and one tiny model takes two training steps on both back
 ``sys.setprofile`` records which functions of ``minicnn/ops/_kernels/`` ran. The last
 line printed is JSON::
 
-    {"disable_jit": bool, "kernels_are_python": bool,
+    {"disable_jit": bool, "dispatchers": [kernels still compiled by Numba],
      "ops": {op: [{"case": str, "error": float | null, "exception": str | null}]},
      "model": {...same fields...}, "ran": [kernel module.function, ...],
      "unknown": [case names that are no registered op]}
@@ -399,6 +399,20 @@ def model_case(dt):
 
 
 # ----------------------------------------------------------------------------- main
+def kernel_dispatchers():
+    """Names of the Numba dispatchers in ``minicnn/ops/_kernels/`` (none with the JIT off)."""
+    import importlib
+    import pkgutil
+
+    from minicnn.ops import _kernels
+    found = []
+    for info in pkgutil.iter_modules(_kernels.__path__):
+        module = importlib.import_module(f"{_kernels.__name__}.{info.name}")
+        found += [f"{info.name}.{name}" for name in dir(module)
+                  if isinstance(getattr(module, name), numba.core.dispatcher.Dispatcher)]
+    return found
+
+
 def main():
     ran = set()
     kernel_prefix = KERNEL_DIR + os.sep
@@ -408,14 +422,10 @@ def main():
             module = os.path.splitext(os.path.basename(frame.f_code.co_filename))[0]
             ran.add(f"{module}.{frame.f_code.co_name}")
 
-    from minicnn.ops import numba_ops
     report = {
         "disable_jit": bool(numba.config.DISABLE_JIT),
         # with the JIT off, @njit hands back the Python function itself
-        "kernels_are_python": all(
-            not isinstance(getattr(mod, n), numba.core.dispatcher.Dispatcher)
-            for mod in (getattr(numba_ops, a) for a in dir(numba_ops) if a.endswith("_k"))
-            for n in dir(mod) if callable(getattr(mod, n))),
+        "dispatchers": kernel_dispatchers(),
         "ops": {}, "model": None, "ran": [],
         "unknown": sorted(set(CASES) - set(ops.OPS))}
     sys.setprofile(profile)
