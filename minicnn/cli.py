@@ -413,11 +413,6 @@ def _gemm_times(threads, size=1024, repeats=5, min_time=0.15):
     return times
 
 
-def _gemm_gflops(threads, size=1024, repeats=5):
-    """Best GFLOP/s of a float32 ``size x size`` NumPy matmul with BLAS at ``threads``."""
-    return 2.0 * size ** 3 / min(_gemm_times(threads, size, repeats)) / 1e9
-
-
 def _step_flops(step, n):
     """Multiply-adds x 2 of a step's forward and backward (0 for steps without weights)."""
     conv = getattr(step, "conv", step)
