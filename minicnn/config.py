@@ -143,6 +143,51 @@ def apply_thread_policy() -> None:
         pass
 
 
+# ----------------------------------------------------------------------------- waiting threads
+# Numba's OpenMP threading layer (GNU libgomp) lets a thread that reaches the end of a
+# parallel region first spin, burning its core, before it sleeps. On an idle machine
+# that saves a wake-up; with another process busy on the other core it is a disaster:
+# the spinning thread takes the time slices the descheduled one needs, and a seed-model
+# training step took 220 ms instead of 24 (Intel Xeon, 2 cores, 2026-12-02, see
+# benchmarks/RESULTS.md). With OMP_WAIT_POLICY=PASSIVE waiting threads sleep at once:
+# 46 ms under the same load. libgomp reads the variable once, when Numba loads it, so
+# minicnn sets it for that moment only (torch or TensorFlow loaded later keep their
+# own defaults) and leaves a value you set yourself alone.
+_wait_status = None
+
+
+def apply_wait_policy() -> str:
+    """Start Numba's threads with OMP_WAIT_POLICY=PASSIVE (see above); returns the status."""
+    global _wait_status
+    if _wait_status is not None:
+        return _wait_status
+    import numba
+    user = os.environ.get("OMP_WAIT_POLICY")
+    try:
+        layer = numba.threading_layer()
+    except ValueError:           # no parallel region ran yet: the layer is not loaded
+        layer = None
+    if layer is not None:
+        _wait_status = (f"OMP_WAIT_POLICY={user} (yours)" if user is not None else
+                        f"left alone: Numba's {layer} threads started before minicnn")
+        return _wait_status
+    from .ops import _kernels
+    if user is None:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        _kernels.warm_threading()
+    finally:
+        if user is None:
+            del os.environ["OMP_WAIT_POLICY"]
+    layer = numba.threading_layer()
+    if user is not None:
+        _wait_status = f"OMP_WAIT_POLICY={user} (yours)"
+    else:
+        _wait_status = ("PASSIVE (waiting threads sleep)" if layer == "omp" else
+                        f"not used by Numba's {layer} layer")
+    return _wait_status
+
+
 # ----------------------------------------------------------------------------- malloc
 # Every kernel call allocates its outputs and per-thread work buffers (0.1-2 MB each
 # at batch 64). glibc serves the big ones with fresh mmap'd pages, or trims the heap
@@ -228,9 +273,8 @@ def threading_layer() -> str:
     import numba
     try:
         return numba.threading_layer()
-    except ValueError:
-        from .ops import _kernels
-        _kernels.warm_threading()
+    except ValueError:           # not started yet: start it as the numba backend does
+        apply_wait_policy()
         return numba.threading_layer()
 
 

@@ -25,6 +25,7 @@ from .reference import LEAKY_RELU_SLOPE, _flat_inplace
 
 config.apply_thread_policy()
 config.tune_malloc()
+config.apply_wait_policy()
 
 _c = np.ascontiguousarray
 
@@ -48,6 +49,11 @@ def _threads(n):
     return max(1, min(numba.get_num_threads(), n))
 
 
+def _counter():
+    """The shared slot counter of a conv kernel (see :mod:`._kernels.sched`)."""
+    return np.zeros(1, dtype=np.int64)
+
+
 def _bias_or_zeros(bias, n, dtype):
     return np.zeros(n, dtype=dtype) if bias is None else _c(bias, dtype=dtype)
 
@@ -64,7 +70,7 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
     k2, geo = _conv_args(x, kernel, strides, pads)
     nt = _threads(n)
     y = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
-                              x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]))
+                              x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]), _counter())
     return y.reshape(n, geo[6], geo[7], f)
 
 
@@ -76,7 +82,7 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
     y3 = dy3 if y is None else _c(y).reshape(n, p, f)
     nt = _threads(n)
     dx, dk, db = conv_k.conv2d_backward(_c(x), k2, dy3, y3, *geo, bool(need_dx), y is not None,
-                                        x.dtype.type(0), nt, _group(n, nt, p))
+                                        x.dtype.type(0), nt, _group(n, nt, p), _counter())
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 
@@ -84,14 +90,15 @@ def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
     k2, geo = _conv_args(x, kernel, strides, pads)
     return conv_k.conv2d_relu_maxpool_forward(_c(x), k2,
                                               _bias_or_zeros(bias, kernel.shape[3], x.dtype),
-                                              *geo, x.dtype.type(0), _threads(x.shape[0]))
+                                              *geo, x.dtype.type(0), _threads(x.shape[0]),
+                                              _counter())
 
 
 def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
     k2, geo = _conv_args(x, kernel, strides, pads)
     dx, dk, db = conv_k.conv2d_relu_maxpool_backward(
         _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo, bool(need_dx),
-        x.dtype.type(0), _threads(x.shape[0]))
+        x.dtype.type(0), _threads(x.shape[0]), _counter())
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 

@@ -14,15 +14,17 @@ from numba import njit, prange
 from .partials import _sum_partials
 from .patches import (_col2im_one, _patch_buffers, _patch_views, _patches_into,
                       _patches_times_kernel, _transposed_patches)
+from .sched import _fetch_add, _slot_count, _slot_range
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, grp):
+def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, grp, counter):
     """y (n, oh*ow, f) = im2col(x) @ k2 + bias (then max(., 0) if ``relu``).
 
-    Each thread takes a contiguous share of the batch, ``grp`` images per GEMM
-    (see :func:`conv2d_backward`); the GEMM writes a thread-local buffer and the
-    bias and ReLU are applied on the way out to ``y``.
+    The batch is cut into slots of contiguous images that the threads take from a
+    shared counter (:mod:`.sched`), ``grp`` images per GEMM (see
+    :func:`conv2d_backward`); the GEMM writes a thread-local buffer and the bias and
+    ReLU are applied on the way out to ``y``.
 
     ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``bias (f,)`` (zeros for none), one dtype;
     ``relu`` bool; returns a new ``y (n, oh*ow, f)``.
@@ -34,39 +36,44 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, 
     y = np.empty((n, p, f), dtype=x.dtype)
     cbuf, xcs = _patch_buffers(x, nt, grp * p, kk, transposed)
     zs = np.empty((nt, grp * p, f), dtype=x.dtype)
-    chunk = (n + nt - 1) // nt
+    slots = _slot_count(n, nt)
     for t in prange(nt):
         cr, ct = _patch_views(cbuf, t, grp * p, kk)
         z = zs[t]
-        hi = min(n, (t + 1) * chunk)
-        for b0 in range(t * chunk, hi, grp):
-            g = min(grp, hi - b0)
-            for i in range(g):
-                _patches_into(x, b0 + i, cr, ct, xcs[t], i * p, transposed,
-                              kh, kw, sh, sw, pt, pl, oh, ow)
-            # rows of a partial last group hold stale patches: computed, never copied out
-            _patches_times_kernel(cr, ct, transposed, k2, z)
-            for i in range(g):
-                for q in range(p):
-                    for o in range(f):
-                        v = z[i * p + q, o] + bias[o]
-                        y[b0 + i, q, o] = zero if (relu and v <= zero) else v   # NaN stays NaN
+        s = _fetch_add(counter, 0, 1)
+        while s < slots:
+            lo, hi = _slot_range(s, slots, n)
+            for b0 in range(lo, hi, grp):
+                g = min(grp, hi - b0)
+                for i in range(g):
+                    _patches_into(x, b0 + i, cr, ct, xcs[t], i * p, transposed,
+                                  kh, kw, sh, sw, pt, pl, oh, ow)
+                # rows of a partial group hold stale patches: computed, never copied out
+                _patches_times_kernel(cr, ct, transposed, k2, z)
+                for i in range(g):
+                    for q in range(p):
+                        for o in range(f):
+                            v = z[i * p + q, o] + bias[o]
+                            y[b0 + i, q, o] = zero if (relu and v <= zero) else v  # NaN stays
+            s = _fetch_add(counter, 0, 1)
     return y
 
 
 @njit(cache=True)
-def _backward_buffers(x, nt, p, kk, f, need_dx, transposed):
-    """Per-thread work buffers of a conv backward pass (patches, dz, partial gradients).
+def _backward_buffers(x, nt, slots, p, kk, f, need_dx, transposed):
+    """Work buffers of a conv backward pass (patches, dz, partial gradients).
 
-    ``p``: patch rows per thread, ``kk = kh*kw*c``, ``f`` filters. Returns the patch
-    buffers of :func:`.patches._patch_buffers`, ``dzs (nt, p, f)``, zeroed ``dk_part
-    (nt, kk, f)`` and ``db_part (nt, f)``, GEMM scratch ``tmp (nt, kk, f)``, and ``dx
-    (n, h, w, c)`` plus ``dcols (nt, p, kk)`` (both empty when not ``need_dx``).
+    ``nt`` threads, ``slots`` batch slots (:mod:`.sched`), ``p``: patch rows per
+    thread, ``kk = kh*kw*c``, ``f`` filters. Returns the patch buffers of
+    :func:`.patches._patch_buffers`, ``dzs (nt, p, f)``, zeroed per-slot partial sums
+    ``dk_part (slots, kk, f)`` and ``db_part (slots, f)``, GEMM scratch ``tmp (nt, kk,
+    f)``, and ``dx (n, h, w, c)`` plus ``dcols (nt, p, kk)`` (both empty when not
+    ``need_dx``).
     """
     cbuf, xcs = _patch_buffers(x, nt, p, kk, transposed)
     dzs = np.empty((nt, p, f), dtype=x.dtype)
-    dk_part = np.zeros((nt, kk, f), dtype=x.dtype)
-    db_part = np.zeros((nt, f), dtype=x.dtype)
+    dk_part = np.zeros((max(slots, 1), kk, f), dtype=x.dtype)
+    db_part = np.zeros((max(slots, 1), f), dtype=x.dtype)
     tmp = np.empty((nt, kk, f), dtype=x.dtype)
     if need_dx:
         dx = np.empty(x.shape, dtype=x.dtype)
@@ -99,7 +106,8 @@ def _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, dcols, dx,
 
 
 @njit(parallel=True, cache=True)
-def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero, nt, grp):
+def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero, nt, grp,
+                    counter):
     """dx (recomputing im2col), dkernel2d and dbias from dy (n, oh*ow, f).
 
     With ``relu`` the forward output ``y`` (n, oh*ow, f) masks dy first:
@@ -107,7 +115,8 @@ def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
     contiguous share of the batch, ``grp`` images at a time: their patches stack
     into one ``(grp*oh*ow, kh*kw*c)`` matrix, so small layers (conv3: 64 rows per
     image) make one larger GEMM instead of several thin ones. Rows of a last,
-    partial group are zero and add nothing.
+    partial group are zero and add nothing. The threads take slots of the batch from
+    a shared counter (:mod:`.sched`); each slot sums its own partial gradients.
 
     ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``dy`` and ``y (n, oh*ow, f)`` (``y`` is read
     only when ``relu``); returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``),
@@ -117,49 +126,70 @@ def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
     kk, f = k2.shape
     p = oh * ow
     transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, True)
-    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, grp * p, kk, f,
-                                                                          need_dx, transposed)
+    slots = _slot_count(n, nt)
+    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(
+        x, nt, slots, grp * p, kk, f, need_dx, transposed)
     k2t = k2.T
-    chunk = (n + nt - 1) // nt
     for t in prange(nt):
         dz = dzs[t]
         cr, ct = _patch_views(cbuf, t, grp * p, kk)
-        hi = min(n, (t + 1) * chunk)
-        for b0 in range(t * chunk, hi, grp):
-            g = min(grp, hi - b0)
-            # branch-free masking, and the bias gradient in its own loop, so both vectorise
-            for i in range(g):
-                for q in range(p):
-                    for o in range(f):
-                        gv = dy[b0 + i, q, o]
-                        dz[i * p + q, o] = zero if (relu and not y[b0 + i, q, o] > zero) else gv
-            for r in range(g * p):
-                for o in range(f):
-                    db_part[t, o] += dz[r, o]
-            if g < grp:                  # a partial last group: zero patches add nothing
-                for r in range(g * p, grp * p):
-                    for o in range(f):
-                        dz[r, o] = zero
-                if transposed:
-                    for e in range(kk):
-                        for r in range(g * p, grp * p):
-                            ct[e, r] = zero
-                else:
-                    for r in range(g * p, grp * p):
-                        for e in range(kk):
-                            cr[r, e] = zero
-            for i in range(g):
-                _patches_into(x, b0 + i, cr, ct, xcs[t], i * p, transposed,
-                              kh, kw, sh, sw, pt, pl, oh, ow)
-            _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp[t], dk_part[t], dcols[t], dx,
-                        kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
+        s = _fetch_add(counter, 0, 1)
+        while s < slots:
+            lo, hi = _slot_range(s, slots, n)
+            _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dz, cr, ct, xcs[t], transposed,
+                                tmp[t], dk_part, db_part, s, dcols[t], dx,
+                                kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero)
+            s = _fetch_add(counter, 0, 1)
     dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
 
 
+@njit(cache=True)
+def _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dz, cr, ct, xc, transposed, tmp, dk_part,
+                        db_part, s, dcols, dx, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
+                        zero):
+    """Images ``lo .. hi-1`` (slot ``s``) of :func:`conv2d_backward`, ``grp`` per GEMM: adds
+    their weight and bias gradients into ``dk_part[s] (kk, f)`` and ``db_part[s] (f,)`` and
+    writes their rows of ``dx``; ``dz``, ``cr``/``ct``, ``xc``, ``tmp`` and ``dcols`` are
+    the calling thread's buffers."""
+    kk, f = k2t.shape[1], k2t.shape[0]
+    p = oh * ow
+    dk = dk_part[s]
+    db = db_part[s]
+    for b0 in range(lo, hi, grp):
+        g = min(grp, hi - b0)
+        # branch-free masking, and the bias gradient in its own loop, so both vectorise
+        for i in range(g):
+            for q in range(p):
+                for o in range(f):
+                    gv = dy[b0 + i, q, o]
+                    dz[i * p + q, o] = zero if (relu and not y[b0 + i, q, o] > zero) else gv
+        for r in range(g * p):
+            for o in range(f):
+                db[o] += dz[r, o]
+        if g < grp:                  # a partial group: zero patches add nothing
+            for r in range(g * p, grp * p):
+                for o in range(f):
+                    dz[r, o] = zero
+            if transposed:
+                for e in range(kk):
+                    for r in range(g * p, grp * p):
+                        ct[e, r] = zero
+            else:
+                for r in range(g * p, grp * p):
+                    for e in range(kk):
+                        cr[r, e] = zero
+        for i in range(g):
+            _patches_into(x, b0 + i, cr, ct, xc, i * p, transposed,
+                          kh, kw, sh, sw, pt, pl, oh, ow)
+        _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, dcols, dx,
+                    kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
+
+
 @njit(parallel=True, cache=True)
-def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zero, nt):
-    """Conv + bias + ReLU + 2x2/2 max-pool in one pass per image.
+def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zero, nt, counter):
+    """Conv + bias + ReLU + 2x2/2 max-pool in one pass per image (slots of the batch
+    taken from a shared counter, :mod:`.sched`).
 
     The conv output of one image stays in a thread-local (oh*ow, f) buffer; only
     the pooled ``y (n, oh//2, ow//2, f)`` and the winner ``arg`` (uint8, 0..3 =
@@ -179,42 +209,48 @@ def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zer
     arg = np.empty((n, ph, pw, f), dtype=np.uint8)
     cbuf, xcs = _patch_buffers(x, nt, p, kk, transposed)
     zs = np.empty((nt, p, f), dtype=x.dtype)
+    slots = _slot_count(n, nt)
     for t in prange(nt):
         z = zs[t]
         cr, ct = _patch_views(cbuf, t, p, kk)
-        for b in range(t, n, nt):
-            _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
-            _patches_times_kernel(cr, ct, transposed, k2, z)
-            for i in range(ph):
-                for j in range(pw):
-                    r0 = 2 * i * ow + 2 * j
-                    for o in range(f):
-                        # selects, not branches (the winner is data-dependent), so this
-                        # loop vectorises; a NaN wins and stays (first NaN, like max-pool)
-                        bo = bias[o]
-                        m = z[r0, o] + bo
-                        a = 0
-                        v = z[r0 + 1, o] + bo
-                        take = (m == m) & ((v > m) | (v != v))
-                        m = v if take else m
-                        a = 1 if take else a
-                        v = z[r0 + ow, o] + bo
-                        take = (m == m) & ((v > m) | (v != v))
-                        m = v if take else m
-                        a = 2 if take else a
-                        v = z[r0 + ow + 1, o] + bo
-                        take = (m == m) & ((v > m) | (v != v))
-                        m = v if take else m
-                        a = 3 if take else a
-                        y[b, i, j, o] = zero if m <= zero else m
-                        arg[b, i, j, o] = a
+        s = _fetch_add(counter, 0, 1)
+        while s < slots:
+            lo, hi = _slot_range(s, slots, n)
+            for b in range(lo, hi):
+                _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
+                _patches_times_kernel(cr, ct, transposed, k2, z)
+                for i in range(ph):
+                    for j in range(pw):
+                        r0 = 2 * i * ow + 2 * j
+                        for o in range(f):
+                            # selects, not branches (the winner is data-dependent), so this
+                            # loop vectorises; a NaN wins and stays (first NaN, like max-pool)
+                            bo = bias[o]
+                            m = z[r0, o] + bo
+                            a = 0
+                            v = z[r0 + 1, o] + bo
+                            take = (m == m) & ((v > m) | (v != v))
+                            m = v if take else m
+                            a = 1 if take else a
+                            v = z[r0 + ow, o] + bo
+                            take = (m == m) & ((v > m) | (v != v))
+                            m = v if take else m
+                            a = 2 if take else a
+                            v = z[r0 + ow + 1, o] + bo
+                            take = (m == m) & ((v > m) | (v != v))
+                            m = v if take else m
+                            a = 3 if take else a
+                            y[b, i, j, o] = zero if m <= zero else m
+                            arg[b, i, j, o] = a
+            s = _fetch_add(counter, 0, 1)
     return y, arg
 
 
 @njit(parallel=True, cache=True)
 def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx,
-                                 zero, nt):
-    """Backward of :func:`conv2d_relu_maxpool_forward`, one image at a time.
+                                 zero, nt, counter):
+    """Backward of :func:`conv2d_relu_maxpool_forward`, one image at a time, in slots
+    of the batch taken from a shared counter (:mod:`.sched`).
 
     The pooled gradient goes to its one winner if the pooled output is positive
     (the ReLU mask), building dz (oh*ow, f) in a thread-local buffer: every one of
@@ -232,32 +268,37 @@ def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, 
     ph = oh // 2
     pw = ow // 2
     transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, True)
-    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, p, kk, f, need_dx,
-                                                                          transposed)
+    slots = _slot_count(n, nt)
+    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, slots, p, kk, f,
+                                                                          need_dx, transposed)
     k2t = k2.T
     for t in prange(nt):
         dz = dzs[t]
         cr, ct = _patch_views(cbuf, t, p, kk)
-        for b in range(t, n, nt):
-            if oh % 2 or ow % 2:         # an odd last row or column is never a winner
-                dz[:, :] = zero
-            for i in range(ph):
-                for j in range(pw):
-                    r0 = 2 * i * ow + 2 * j
-                    for o in range(f):
-                        g = dy[b, i, j, o] if y[b, i, j, o] > zero else zero
-                        a = arg[b, i, j, o]
-                        dz[r0, o] = g if a == 0 else zero
-                        dz[r0 + 1, o] = g if a == 1 else zero
-                        dz[r0 + ow, o] = g if a == 2 else zero
-                        dz[r0 + ow + 1, o] = g if a == 3 else zero
-            for i in range(ph):
-                for j in range(pw):
-                    for o in range(f):
-                        db_part[t, o] += dy[b, i, j, o] if y[b, i, j, o] > zero else zero
-            _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
-            _conv_grads(x, b, 1, k2t, dz, cr, ct, transposed, tmp[t], dk_part[t], dcols[t], dx,
-                        kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
+        s = _fetch_add(counter, 0, 1)
+        while s < slots:
+            lo, hi = _slot_range(s, slots, n)
+            for b in range(lo, hi):
+                if oh % 2 or ow % 2:         # an odd last row or column is never a winner
+                    dz[:, :] = zero
+                for i in range(ph):
+                    for j in range(pw):
+                        r0 = 2 * i * ow + 2 * j
+                        for o in range(f):
+                            g = dy[b, i, j, o] if y[b, i, j, o] > zero else zero
+                            a = arg[b, i, j, o]
+                            dz[r0, o] = g if a == 0 else zero
+                            dz[r0 + 1, o] = g if a == 1 else zero
+                            dz[r0 + ow, o] = g if a == 2 else zero
+                            dz[r0 + ow + 1, o] = g if a == 3 else zero
+                for i in range(ph):
+                    for j in range(pw):
+                        for o in range(f):
+                            db_part[s, o] += dy[b, i, j, o] if y[b, i, j, o] > zero else zero
+                _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
+                _conv_grads(x, b, 1, k2t, dz, cr, ct, transposed, tmp[t], dk_part[s], dcols[t], dx,
+                            kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
+            s = _fetch_add(counter, 0, 1)
     dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
 
