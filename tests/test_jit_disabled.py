@@ -91,3 +91,13 @@ def test_every_kernel_ran_as_python(report):
     assert len(kernels) >= 40, kernels           # the discovery itself works
     not_run = sorted(set(kernels) - set(report["ran"]))
     assert not not_run, f"kernels no case reached with the JIT off: {not_run}"
+
+
+def test_info_reports_the_jit_off():
+    """`minicnn info` loads the numba backend: with the JIT off there is no thread pool to
+    ask about, and it says so instead of failing."""
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=os.path.dirname(HERE))
+    proc = subprocess.run([sys.executable, "-m", "minicnn.cli", "info"], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=os.path.dirname(HERE))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "numba threading layer: none (NUMBA_DISABLE_JIT=1" in proc.stdout, proc.stdout
