@@ -170,14 +170,12 @@ def numpy_gemm_gflops(threads, n=2048, shape=None, dtype=np.float32, repeats=Non
 
 # ----------------------------------------------------------------------------- machine
 def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name with its family and model number (minicnn.machine reads them)."""
+    from minicnn import machine
+    info = machine.cpu_info()
+    ident = (f", family {info['family']} model {info['model']}"
+             if info["family"] is not None else "")
+    return f"{info['model_name']}{ident}"
 
 
 def cpu_flags():

@@ -65,14 +65,18 @@ def build_parser():
     b = sub.add_parser("bench", help="per-layer forward/backward times of the seed model",
                        description="Time the forward and backward pass of each step of the "
                                    "seed model's training step, with GFLOP/s per step against "
-                                   "the machine's NumPy float32 GEMM, and whole-step images/s.")
+                                   "the machine's NumPy float32 GEMM, and whole-step images/s. "
+                                   "Prints the CPU, the spread of the repeats, the CPUs other "
+                                   "processes kept busy meanwhile (/proc/stat), and a WARNING "
+                                   "when the machine was not quiet.")
     b.add_argument("--batch-size", type=int, default=64, help="default 64")
     b.add_argument("--backend", default=None, metavar="NAMES",
                    help=f"backend or comma list, e.g. numba,numpy (default: "
                         f"{config.get_backend()})")
     b.add_argument("--threads", type=int, default=None, help="threads (default: all)")
     b.add_argument("--repeats", type=int, default=10,
-                   help="timed repetitions; the median is reported (default 10)")
+                   help="timed repetitions; the median and the spread are reported "
+                        "(default 10)")
     b.add_argument("--warmup", type=int, default=2,
                    help="untimed training steps first: JIT compilation is never timed "
                         "(default 2)")
@@ -149,26 +153,28 @@ def cmd_info(stream=None):
     import numba
     from threadpoolctl import threadpool_info
 
-    from . import ops
+    from . import machine, ops
     out = stream or sys.stdout
     ops.backend_module()          # load the active backend: on numba it limits BLAS to 1 thread
     env = os.environ.get("MINICNN_BACKEND")
+    cpu = machine.cpu_info()
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
     rows = [
         ("minicnn", __version__),
         ("python", (f"{platform.python_version()} ({platform.python_implementation()}, "
                     f"{platform.system()} {platform.machine()})")),
         ("numpy", np.__version__),
         ("numba", numba.__version__),
+        ("cpu", machine.describe_cpu(cpu)),
         ("backend", config.get_backend() + (f" (MINICNN_BACKEND={env})" if env else "")),
         ("threads", (f"{config.get_num_threads()} (Numba pool of "
                      f"{numba.config.NUMBA_NUM_THREADS}; {os.cpu_count()} CPUs)")),
         ("numba threading layer", config.threading_layer()),
         ("waiting threads", config.apply_wait_policy()),
         ("malloc", config.malloc_status()),
+        ("OPENBLAS_CORETYPE", f"{coretype} (pins OpenBLAS's kernels; see README FAQ)" if coretype
+         else "unset (each OpenBLAS picks its kernels for this CPU when it loads)"),
     ]
-    coretype = os.environ.get("OPENBLAS_CORETYPE")
-    if coretype:
-        rows.append(("OPENBLAS_CORETYPE", f"{coretype} (pins OpenBLAS's kernels; see README FAQ)"))
     width = max(len(k) for k, _ in rows) + 1
     for key, value in rows:
         out.write(f"{key + ':':<{width}} {value}\n")
@@ -176,12 +182,23 @@ def cmd_info(stream=None):
     note = (": BLAS held at 1 thread, Numba owns the parallelism"
             if config.get_backend() == "numba" else "")
     out.write(f"BLAS and OpenMP libraries (threadpoolctl, {len(libs)} loaded{note}):\n")
+    kernels = []
     for lib in libs:
         n = lib.get("num_threads")
-        arch = f", {lib['architecture']} kernels" if lib.get("architecture") else ""
+        arch = lib.get("architecture")
+        path = lib.get("filepath") or ""
+        # Numba's np.dot calls SciPy's BLAS; NumPy's serves the numpy backend's matmuls
+        role = ("; SciPy's: every numba-backend GEMM" if "scipy" in os.path.basename(
+                    os.path.dirname(path)) else
+                "; NumPy's: the numpy backend's GEMMs" if "numpy" in os.path.basename(
+                    os.path.dirname(path)) else "")
         out.write(f"  {lib.get('internal_api')} {lib.get('version') or '(version unknown)'}: "
-                  f"{n} thread{'' if n == 1 else 's'}{arch} ({lib.get('user_api')}, "
-                  f"{lib.get('filepath')})\n")
+                  f"{n} thread{'' if n == 1 else 's'}{f', {arch} kernels' if arch else ''} "
+                  f"({lib.get('user_api')}{role}, {path})\n")
+        if lib.get("internal_api") == "openblas" and arch and arch not in kernels:
+            kernels.append(arch)
+    for arch in kernels:
+        out.write(f"OpenBLAS kernels: {machine.describe_openblas(arch, cpu['simd'], coretype)}\n")
     out.flush()
     return 0
 
@@ -379,20 +396,22 @@ def cmd_gradcheck(backends, tolerance=GRADCHECK_TOLERANCE, stream=None):
 
 
 # ----------------------------------------------------------------------------- bench
-def _gemm_gflops(threads, size=1024, repeats=5):
-    """Best GFLOP/s of a float32 ``size x size`` NumPy matmul with BLAS at ``threads``."""
+def _gemm_times(threads, size=1024, repeats=5, min_time=0.15):
+    """Seconds of each float32 ``size x size`` NumPy matmul, BLAS at ``threads`` threads,
+    after one untimed call: at least ``repeats`` calls, more until ``min_time`` s have
+    passed (at most 200), so that the load of other processes can be measured meanwhile."""
     from threadpoolctl import threadpool_limits
     rng = np.random.default_rng(0)
     a = rng.random((size, size), dtype=np.float32)
     b = rng.random((size, size), dtype=np.float32)
-    best = np.inf
+    times = []
     with threadpool_limits(limits=threads, user_api="blas"):
         a @ b
-        for _ in range(repeats):
+        while len(times) < repeats or (sum(times) < min_time and len(times) < 200):
             t = time.perf_counter()
             a @ b
-            best = min(best, time.perf_counter() - t)
-    return 2.0 * size ** 3 / best / 1e9
+            times.append(time.perf_counter() - t)
+    return times
 
 
 def _step_flops(step, n):
@@ -410,12 +429,14 @@ def _step_flops(step, n):
     return fwd, fwd * (2 if conv.compute_input_gradient else 1)
 
 
-def _median_ms(times):
-    return 1000.0 * float(np.median(times))
-
-
 def bench_backend(backend, batch_size, repeats, warmup):
-    """Per-step forward/backward times (ms, medians) of the seed model's training step."""
+    """Per-step forward/backward times of the seed model's training step, in seconds.
+
+    Returns ``(rows, whole, infer)``: ``rows`` is ``[(name, output shape or None, forward
+    times, forward FLOPs, backward times, backward FLOPs)]`` (empty time lists where a step
+    has no such pass), ``whole`` the times of ``train_on_batch`` and ``infer`` those of
+    ``predict_on_batch``, ``repeats`` of each.
+    """
     from .train import build_model
     rows = []
     with config.use_backend(backend):
@@ -463,17 +484,22 @@ def bench_backend(backend, batch_size, repeats, warmup):
             model.predict_on_batch(x)
             infer.append(time.perf_counter() - t)
         for i, step in enumerate(steps):
-            shape = step.output_shape
             f_flops, b_flops = _step_flops(step, batch_size)
-            rows.append((step.name, shape, _median_ms(fwd[i]), f_flops,
-                         _median_ms(bwd[i]) if bwd[i] else 0.0, b_flops if bwd[i] else 0.0))
-        rows.append(("loss (softmax cross-entropy)", None, _median_ms(loss_t), 0.0, 0.0, 0.0))
+            rows.append((step.name, step.output_shape, fwd[i], f_flops, bwd[i],
+                         b_flops if bwd[i] else 0.0))
+        rows.append(("loss (softmax cross-entropy)", None, loss_t, 0.0, [], 0.0))
         update = f"{type(model.optimizer).__name__} update ({model.count_params():,} parameters)"
-        rows.append((update, None, 0.0, 0.0, _median_ms(update_t), 0.0))
-    return rows, _median_ms(whole), _median_ms(infer)
+        rows.append((update, None, [], 0.0, update_t, 0.0))
+    return rows, whole, infer
+
+
+def _warn(out, lines):
+    for line in lines:
+        out.write(f"WARNING: {line}\n")
 
 
 def cmd_bench(args, stream=None):
+    from . import machine
     out = stream or sys.stdout
     for key in ("batch_size", "repeats"):
         if getattr(args, key) < 1:
@@ -488,51 +514,91 @@ def cmd_bench(args, stream=None):
         except ValueError as exc:
             raise _UsageError(str(exc)) from None
     threads = config.get_num_threads()
-    roof1 = _gemm_gflops(1)
-    roof_n = _gemm_gflops(threads)
-    out.write(f"Roof: NumPy float32 GEMM 1024x1024, best of 5: {roof1:.1f} GFLOP/s on 1 thread, "
-              f"{roof_n:.1f} GFLOP/s on {threads} threads\n")
-    out.write(f"OpenBLAS kernels: {config.openblas_kernels()}\n\n")
+    cpu = machine.cpu_info()
+    cpus = cpu["cpus"] or threads
+    cpu_name = f"{cpu['model_name']}" + (f" (family {cpu['family']})"
+                                        if cpu["family"] is not None else "")
+    whole_run = machine.LoadMeter().start()
+    with machine.LoadMeter() as roof_load:
+        t1 = _gemm_times(1)
+        tn = _gemm_times(threads)
+    gflop = 2.0 * 1024 ** 3 / 1e9
+    roof1, roof_n = gflop / min(t1), gflop / min(tn)
+    out.write(f"CPU: {machine.describe_cpu(cpu)}\n")
+    out.write(f"Roof: NumPy float32 GEMM 1024x1024, best of {len(t1)}/{len(tn)}: {roof1:.1f} "
+              f"GFLOP/s on 1 thread (median {gflop / np.median(t1):.1f}), {roof_n:.1f} GFLOP/s "
+              f"on {threads} threads (median {gflop / np.median(tn):.1f}; "
+              f"{roof_n / roof1:.2f}x the 1-thread roof)\n")
+    out.write(f"OpenBLAS kernels: {config.openblas_kernels()}\n")
+    out.write(f"Load: {roof_load.describe('while the roof was measured')}\n")
+    warnings = machine.load_warnings(roof_load.others_cpus, cpus, threads, roof1, roof_n)
+    _warn(out, warnings)
+    out.write("\n")
     summary = []
     for backend in backends:
-        rows, step_ms, infer_ms = bench_backend(backend, args.batch_size, args.repeats,
-                                                args.warmup)
+        with machine.LoadMeter() as load:
+            rows, whole, infer = bench_backend(backend, args.batch_size, args.repeats,
+                                               args.warmup)
         out.write(f"Seed model, backend {backend}, batch {args.batch_size}, {threads} threads, "
-                  f"float32 (median of {args.repeats}; GFLOP/s counts 2 x multiply-adds; "
-                  f"% of the {threads}-thread roof)\n")
+                  f"float32, on {cpu_name}: medians of {args.repeats} repeats, +-: half the "
+                  f"interquartile range; GFLOP/s counts 2 x multiply-adds, % of the "
+                  f"{threads}-thread roof ({roof_n:.1f} GFLOP/s)\n")
         w = max(len(r[0]) for r in rows)
-        head = (f"{'step':<{w}}  {'output':<13} {'fwd ms':>8} {'GFLOP/s':>8} {'roof':>5}  "
-                f"{'bwd ms':>8} {'GFLOP/s':>8} {'roof':>5}")
+        head = (f"{'step':<{w}}  {'output':<13} {'fwd ms':>8} {'+-':>6} {'GFLOP/s':>8} "
+                f"{'roof':>5}  {'bwd ms':>8} {'+-':>6} {'GFLOP/s':>8} {'roof':>5}")
         out.write(head + "\n" + "-" * len(head) + "\n")
 
-        def rate(flops, ms):
-            if not flops or not ms:
-                return f"{'-':>8} {'':>5}"
-            g = flops / (ms / 1000.0) / 1e9
-            return f"{g:>8.1f} {100.0 * g / roof_n:>4.0f}%"
+        def cells(times, flops):
+            if not times:
+                return f"{'':>8} {'':>6} {'-':>8} {'':>5}"
+            s = machine.spread(times)
+            ms, half = 1000.0 * s["median"], 500.0 * (s["q3"] - s["q1"])
+            if not flops:
+                rate = f"{'-':>8} {'':>5}"
+            else:
+                g = flops / s["median"] / 1e9
+                rate = f"{g:>8.1f} {100.0 * g / roof_n:>4.0f}%"
+            return f"{ms:>8.2f} {half:>6.2f} {rate}"
 
-        for name, shape, f_ms, f_fl, b_ms, b_fl in rows:
+        for name, shape, f_t, f_fl, b_t, b_fl in rows:
             shape_s = "" if shape is None else "x".join(map(str, shape))
-            f_s = f"{f_ms:>8.2f}" if f_ms else f"{'':>8}"
-            b_s = f"{b_ms:>8.2f}" if b_ms else f"{'':>8}"
-            out.write(f"{name:<{w}}  {shape_s:<13} {f_s} {rate(f_fl, f_ms)}  {b_s} "
-                      f"{rate(b_fl, b_ms)}\n")
-        total_f = sum(r[2] for r in rows)
-        total_b = sum(r[4] for r in rows)
+            out.write(f"{name:<{w}}  {shape_s:<13} {cells(f_t, f_fl)}  {cells(b_t, b_fl)}\n")
+        total_f = sum(1000.0 * machine.spread(r[2])["median"] for r in rows if r[2])
+        total_b = sum(1000.0 * machine.spread(r[4])["median"] for r in rows if r[4])
         flops = sum(r[3] + r[5] for r in rows)
         out.write("-" * len(head) + "\n")
-        out.write(f"{'sum of the steps':<{w}}  {'':<13} {total_f:>8.2f} {'':>14} "
+        out.write(f"{'sum of the medians':<{w}}  {'':<13} {total_f:>8.2f} {'':>21} "
                   f"{total_b:>8.2f}\n")
-        ips = args.batch_size / (step_ms / 1000.0)
-        out.write(f"whole training step (train_on_batch): {step_ms:.2f} ms, {ips:.0f} images/s, "
-                  f"{flops / (step_ms / 1000.0) / 1e9:.1f} GFLOP/s; inference "
-                  f"{args.batch_size / (infer_ms / 1000.0):.0f} images/s\n\n")
-        summary.append((backend, step_ms, ips))
+        step = machine.spread(whole)
+        ips = args.batch_size / step["median"]
+        out.write(f"whole training step (train_on_batch): "
+                  f"{machine.format_spread(whole, scale=1000.0)}; {ips:.0f} images/s, "
+                  f"{flops / step['median'] / 1e9:.1f} GFLOP/s "
+                  f"({100.0 * flops / step['median'] / 1e9 / roof_n:.0f}% of the roof)\n")
+        out.write(f"inference (predict_on_batch): {machine.format_spread(infer, scale=1000.0)}; "
+                  f"{args.batch_size / machine.spread(infer)['median']:.0f} images/s\n")
+        out.write("Load: " + load.describe("during this backend's measurement") + "\n")
+        found = machine.load_warnings(load.others_cpus, cpus, threads)
+        _warn(out, found)
+        warnings += found
+        out.write("\n")
+        summary.append((backend, step, ips))
     if len(summary) > 1:
-        base = summary[0][1]
-        out.write("backend   ms/step   images/s   vs first\n")
-        for backend, ms, ips in summary:
-            out.write(f"{backend:<9} {ms:>7.2f}   {ips:>8.0f}   {base / ms:>7.2f}x\n")
+        base = summary[0][1]["median"]
+        out.write(f"backend   ms/step   min-max ms      images/s   vs first   ({cpu_name}, "
+                  f"roof {roof_n:.1f} GFLOP/s on {threads} threads)\n")
+        for backend, s, ips in summary:
+            span = f"{1000 * s['min']:.2f}-{1000 * s['max']:.2f}"
+            out.write(f"{backend:<9} {1000 * s['median']:>7.2f}   {span:<15} {ips:>8.0f}   "
+                      f"{base / s['median']:>7.2f}x\n")
+    whole_run.stop()
+    out.write(f"\nLoad: {whole_run.describe('over the whole run')}\n")
+    found = machine.load_warnings(whole_run.others_cpus, cpus, threads)
+    _warn(out, found)
+    warnings += found
+    if warnings:
+        out.write(f"{len(warnings)} warning(s): the machine was not quiet, do not quote these "
+                  f"numbers\n")
     out.flush()
     return 0
 

@@ -162,6 +162,9 @@ def apply_wait_policy() -> str:
     if _wait_status is not None:
         return _wait_status
     import numba
+    if numba.config.DISABLE_JIT:     # the kernels run as Python: no thread pool starts
+        _wait_status = "not used (NUMBA_DISABLE_JIT=1: the kernels run as Python)"
+        return _wait_status
     user = os.environ.get("OMP_WAIT_POLICY")
     try:
         layer = numba.threading_layer()
@@ -271,6 +274,8 @@ def get_num_threads() -> int:
 def threading_layer() -> str:
     """Name of Numba's threading layer (runs a tiny parallel kernel if none was chosen yet)."""
     import numba
+    if numba.config.DISABLE_JIT:     # Python loops: Numba never loads a threading layer
+        return "none (NUMBA_DISABLE_JIT=1: the kernels run as Python)"
     try:
         return numba.threading_layer()
     except ValueError:           # not started yet: start it as the numba backend does

@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import re
 import runpy
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -235,8 +237,11 @@ def test_info_in_process(capsys):
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out
     for key in ("minicnn:", "numpy:", "numba:", "python:", "backend:", "threads:",
-                "numba threading layer:", "threadpoolctl"):
+                "numba threading layer:", "threadpoolctl", "OPENBLAS_CORETYPE:"):
         assert key in text, key
+    # the CPU, as minicnn.machine reads it: what the FAQ tells the reader to look at
+    from minicnn import machine
+    assert re.search(rf"^cpu: +{re.escape(machine.describe_cpu())}$", text, re.M), text
     assert re.search(r"^  \S+ .*: \d+ threads?(, \S+ kernels)? \(", text, re.M), text
 
 
@@ -248,9 +253,39 @@ def test_info_names_the_openblas_kernels_and_a_pinned_coretype(monkeypatch, caps
     assert re.search(r"^OPENBLAS_CORETYPE: +Haswell \(pins", text, re.M), text
     # threadpoolctl reports the architecture OpenBLAS chose when it loaded
     assert re.search(r"^  openblas .*: 1 thread, \w+ kernels \(blas", text, re.M), text
+    # the OpenBLAS Numba's np.dot calls is named as such
+    assert re.search(r"^  openblas .*\(blas; SciPy's: every numba-backend GEMM, .*scipy",
+                     text, re.M), text
+    # this process loaded OpenBLAS before the variable was set: the line must not claim
+    # that the variable chose the kernels unless they are the ones it names
+    line = re.search(r"^OpenBLAS kernels: (\w+) kernels .*$", text, re.M)
+    assert line, text
+    if line.group(1).lower() == "haswell":
+        assert "pinned by OPENBLAS_CORETYPE=Haswell" in line.group(0)
+    else:
+        assert "not the OPENBLAS_CORETYPE=Haswell set now" in line.group(0)
     monkeypatch.delenv("OPENBLAS_CORETYPE")
     assert cli.main(["info"]) == 0
-    assert "OPENBLAS_CORETYPE" not in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert re.search(r"^OPENBLAS_CORETYPE: +unset \(each OpenBLAS picks its kernels", text,
+                     re.M), text
+    assert re.search(r"^OpenBLAS kernels: \w+ kernels .*, OpenBLAS's own choice, on an ", text,
+                     re.M), text
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                    reason="OpenBLAS's Haswell kernels exist on x86-64 only")
+def test_info_in_a_process_pinned_to_haswell():
+    """What the FAQ describes: a pin set before OpenBLAS loads chooses its kernels, and
+    `minicnn info` says so next to the CPU's own width."""
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "minicnn.cli", "info"], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^  openblas .*: 1 thread, Haswell kernels \(blas; SciPy's", proc.stdout,
+                     re.M), proc.stdout
+    assert re.search(r"^OpenBLAS kernels: Haswell kernels \(AVX2\), pinned by "
+                     r"OPENBLAS_CORETYPE=Haswell, on an ", proc.stdout, re.M), proc.stdout
 
 
 def test_info_console_script():
@@ -291,18 +326,78 @@ def test_gradcheck_command_fails_on_a_wrong_gradient(monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------- bench
+SPREAD = r"[\d.]+ ms \(min-max [\d.]+-[\d.]+, IQR [\d.]+-[\d.]+, n=2\)"
+
+
 def test_bench_two_backends(capsys):
     assert cli.main(["bench", "--batch-size", "4", "--repeats", "2", "--warmup", "1",
                      "--backend", "numba,numpy"]) == 0
     text = capsys.readouterr().out
-    assert re.search(r"Roof: NumPy float32 GEMM 1024x1024.*GFLOP/s on 1 thread", text)
+    # the CPU and the roof come first, and each backend's header names both again
+    assert re.search(r"^CPU: .+ \(.*\d+ CPUs\)$", text, re.M), text
+    assert re.search(r"^Roof: NumPy float32 GEMM 1024x1024, best of \d+/\d+: [\d.]+ GFLOP/s on 1 "
+                     r"thread \(median [\d.]+\), [\d.]+ GFLOP/s on \d+ threads? \(median "
+                     r"[\d.]+; [\d.]+x the 1-thread roof\)$", text, re.M), text
     assert re.search(r"^OpenBLAS kernels: \w+ \(OpenBLAS [\d.]+\)", text, re.M), text
+    assert re.search(r"^Load: other processes kept [\d.]+ CPUs busy while the roof was "
+                     r"measured \(/proc/stat\)$", text, re.M), text
     for backend in ("numba", "numpy"):
-        assert f"backend {backend}, batch 4" in text
-        assert re.search(rf"^{backend}\s+[\d.]+\s+\d+\s+[\d.]+x$", text, re.M), backend
-    assert re.search(r"^conv2d\S*\s+32x32x32\s", text, re.M)          # numpy: layer by layer
+        assert re.search(rf"^Seed model, backend {backend}, batch 4, \d+ threads?, float32, on "
+                         rf".+: medians of 2 repeats, .*roof \([\d.]+ GFLOP/s\)$", text, re.M)
+        assert re.search(rf"^{backend}\s+[\d.]+\s+[\d.]+-[\d.]+\s+\d+\s+[\d.]+x$", text,
+                         re.M), backend
+    # the spread of the repeats, not one number
+    assert len(re.findall(rf"^whole training step \(train_on_batch\): {SPREAD}; \d+ images/s",
+                          text, re.M)) == 2, text
+    assert len(re.findall(rf"^inference \(predict_on_batch\): {SPREAD}; \d+ images/s$", text,
+                          re.M)) == 2, text
+    # a backend's own window may be too short for /proc/stat's ticks on a fast machine
+    assert len(re.findall(r"^Load: (other processes kept [\d.]+ CPUs busy|unknown) during "
+                          r"this backend's measurement", text, re.M)) == 2, text
+    assert re.search(r"^Load: other processes kept [\d.]+ CPUs busy over the whole run "
+                     r"\(/proc/stat\)$", text, re.M), text
+    # per-layer rows: median, half the IQR, GFLOP/s and % of the roof
+    assert re.search(r"^conv2d\S*\s+32x32x32\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+%", text,
+                     re.M)                                                  # numpy: layer by layer
     assert re.search(r"^conv2d\S*\+max_pooling2d\S*\s+16x16x32\s", text, re.M)   # numba: fused
     assert text.count("images/s") >= 2
+
+
+def test_bench_warns_when_other_processes_were_busy(monkeypatch, capsys):
+    """The machine's busy counter advances 5 CPU-s more than this process at every read
+    (made up, so the outcome does not depend on the machine the test runs on)."""
+    from minicnn import machine
+    own = machine.own_cpu_seconds
+    reads = iter(range(1, 1000))
+    monkeypatch.setattr(machine, "machine_busy_seconds", lambda: own() + 5.0 * next(reads))
+    assert cli.main(["bench", "--batch-size", "2", "--repeats", "1", "--warmup", "1",
+                     "--backend", "numpy"]) == 0
+    text = capsys.readouterr().out
+    warning = (r"^WARNING: other processes kept [\d.]+ of the \d+ CPUs busy during the "
+               r"measurement \(/proc/stat\): these times are not reliable")
+    roof, rest = text.split("Seed model, backend numpy")
+    assert re.search(r"^Load: other processes kept [\d.]+ CPUs busy while the roof", roof, re.M)
+    assert re.search(warning, roof, re.M), text                  # under the roof's line
+    whole = rest.split("over the whole run")[1]
+    assert re.search(warning, whole, re.M), text                 # and at the end
+    assert re.search(r"^\d+ warning\(s\): the machine was not quiet, do not quote these "
+                     r"numbers$", whole, re.M), text
+
+
+def test_bench_quiet_machine_prints_no_warning(monkeypatch, capsys):
+    from minicnn import machine
+    own = machine.own_cpu_seconds
+    monkeypatch.setattr(machine, "machine_busy_seconds", lambda: own())   # nobody else ran
+    def gemm_times(threads, *args):               # a roof that doubles with two threads
+        time.sleep(0.3)                            # long enough for /proc/stat's ticks
+        return [0.01 / threads] * 5
+
+    monkeypatch.setattr(cli, "_gemm_times", gemm_times)
+    assert cli.main(["bench", "--batch-size", "2", "--repeats", "1", "--warmup", "1",
+                     "--backend", "numpy", "--threads", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "WARNING" not in text and "warning(s)" not in text, text
+    assert re.search(r"^Load: other processes kept 0.00 CPUs busy while the roof", text, re.M)
 
 
 def test_bench_rejects_unknown_backend(capsys):
