@@ -566,6 +566,17 @@ class Model(Trainer, Layer):
         self._require_built("save_weights")
         saving.save_model(self, path, weights_only=True)
 
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """Export the model for inference, Keras 3's ``export``: ``format="onnx"`` writes
+        an ONNX graph (``opset_version=`` 17 by default), ``format="torch"`` a
+        ``torch.export`` program (``.pt2``, ``torch.export.load(path).module()``). Both
+        take NHWC input as minicnn does. Keras's default ``"tf_saved_model"`` (and
+        ``"openvino"``, ``"litert"``) are not available. See :mod:`minicnn.export`."""
+        self._require_built("export")
+        from .. import export
+        return export.export_model(self, filepath, format, verbose, input_signature, **kwargs)
+
     def load_weights(self, path):
         """Load weights saved by :meth:`save` or :meth:`save_weights`.
 
