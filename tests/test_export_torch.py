@@ -199,3 +199,16 @@ def test_a_layer_without_torch_form_is_named():
     model = keras.Sequential([keras.Input(shape=(4,)), Scale(name="doubler")])
     with pytest.raises(ValueError, match=r"'doubler' \(Scale\).*Conv2D"):
         export.to_torch(model)
+
+
+def test_readme_snippet_prints_what_the_readme_says(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+    section = readme[readme.index("### ONNX and PyTorch"):]
+    code = section[section.index("```python\n") + 10:section.index("\n```\n")]
+    monkeypatch.chdir(tmp_path)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == ["onnxruntime: True", "torch: True", "gradients: True"]
+    assert "`onnxruntime: True`, `torch: True`, `gradients: True`" in section
