@@ -280,7 +280,7 @@ def compare_with_torch(model, x, y, loss=None, sample_weight=None, print_fn=prin
     Parameters
     ----------
     model : a built minicnn model; compiled, or give ``loss``
-    x, y : one batch (``x`` NHWC) and its targets for the loss
+    x, y : one batch (``x`` NHWC; a list for several inputs) and its targets
     loss : a loss name or object (default: the compiled loss), with the same
         regularizer penalties as training
     print_fn : where the table goes (``None``: nowhere)
@@ -303,15 +303,16 @@ def compare_with_torch(model, x, y, loss=None, sample_weight=None, print_fn=prin
     loss = losses.get(loss)
     copy, identities = float64_copy(model, random_as_identity=True)
     copy.compile(optimizer="sgd", loss=loss)
-    x64 = np.array(x, dtype=np.float64)                 # a new array: x is not touched
-    ours_loss = copy.backprop(x64, y, sample_weight)
+    several = isinstance(x, (list, tuple))
+    xs64 = [np.array(a, dtype=np.float64) for a in (x if several else [x])]   # new arrays
+    ours_loss = copy.backprop(xs64 if several else xs64[0], y, sample_weight)
     ours = {path: np.array(owner.grads[key], copy=True)
             for path, owner, key in copy.trainable_slots()}
 
     twin = torch_module.to_torch(copy).train()
-    xt = torch.from_numpy(x64)
     on_logits = copy.loss_from_preactivation() or loss.from_logits
-    out = twin.run([xt], preactivation=copy.loss_from_preactivation())[0]
+    out = twin.run([torch.from_numpy(a) for a in xs64],
+                   preactivation=copy.loss_from_preactivation())[0]
     entries = layout.torch_weights(copy)
     theirs_loss = (_torch_loss(torch, loss, out, y, sample_weight, on_logits)
                    + _torch_penalty(torch, twin, entries))

@@ -212,3 +212,27 @@ def test_readme_snippet_prints_what_the_readme_says(tmp_path, monkeypatch):
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.splitlines() == ["onnxruntime: True", "torch: True", "gradients: True"]
     assert "`onnxruntime: True`, `torch: True`, `gradients: True`" in section
+
+
+def test_several_inputs_in_torch_and_compare_with_torch():
+    a, b = keras.Input(shape=(4, 4, 2), name="a"), keras.Input(shape=(3,), name="b")
+    img = layers.Conv2D(2, 3, padding="same")(a)
+    vec = layers.Add()([layers.Dense(3)(layers.Flatten()(img)), b])
+    model = keras.Model([a, b], layers.Dense(4, activation="softmax")(vec))
+    rng = np.random.default_rng(0)
+    xa = rng.standard_normal((2, 4, 4, 2)).astype(np.float32)
+    xb = rng.standard_normal((2, 3)).astype(np.float32)
+    got = run_torch(export.to_torch(model), xa, xb)
+    assert max_error(got, model.predict([xa, xb], verbose=0)) < TOL
+    errors = gradcheck.compare_with_torch(model, [xa, xb], np.array([1, 3]),
+                                          loss="sparse_categorical_crossentropy", print_fn=None)
+    assert max(errors.values()) < 1e-10
+
+
+def test_names_that_torch_would_merge_are_refused():
+    model = keras.Sequential([keras.Input(shape=(3,)), layers.Dense(2, name="a.b"),
+                              layers.Dense(2, name="a_b")])
+    with pytest.raises(ValueError, match="'a.b' and 'a_b'"):
+        export.to_torch(model)
+    with pytest.raises(ValueError, match="'a.b' and 'a_b'"):
+        export.torch_state_dict(model)

@@ -76,13 +76,18 @@ def torch_weights(model, prefix=""):
     no weight for: BatchNormalization's gamma/beta when ``scale``/``center`` is False
     (ones/zeros in torch) and torch's ``num_batches_tracked``."""
     from ..models import Model
-    out, seen = [], set()
+    out, seen, owners = [], set(), {}
     for node in model.nodes:
         layer = node.layer
         if id(layer) in seen:           # a shared layer is one torch module
             continue
         seen.add(id(layer))
-        name = f"{prefix}layers.{module_key(layer.name)}"
+        key = module_key(layer.name)
+        if owners.setdefault(key, layer) is not layer:
+            raise ValueError(f"torch_state_dict: layers {owners[key].name!r} and "
+                             f"{layer.name!r} both become torch module {key!r} (torch "
+                             f"refuses '.' in names); rename one")
+        name = f"{prefix}layers.{key}"
         if isinstance(layer, Model):
             out.extend(torch_weights(layer, name + "."))
             continue

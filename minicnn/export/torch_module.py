@@ -238,10 +238,14 @@ def _classes():
             super().__init__()
             from ..models import Model
             self.layers = nn.ModuleDict()
-            program = []
+            program, owners = [], {}
             for node in model.nodes:
                 layer = node.layer
                 key = module_key(layer.name)
+                if owners.setdefault(key, layer) is not layer:
+                    raise ValueError(f"to_torch: layers {owners[key].name!r} and "
+                                     f"{layer.name!r} both become torch module {key!r} "
+                                     f"(torch refuses '.' in names); rename one")
                 if key not in self.layers:
                     if isinstance(layer, Model):
                         self.layers[key] = Graph(layer, makers)
