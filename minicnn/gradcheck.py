@@ -293,7 +293,7 @@ def compare_with_torch(model, x, y, loss=None, sample_weight=None, print_fn=prin
     """
     from . import losses
     from .export import layout, torch_module
-    layout._require_built(model, "compare_with_torch")
+    layout.require_built(model, "compare_with_torch")
     torch = torch_module.torch_module()
     if loss is None:
         if not model.compiled:

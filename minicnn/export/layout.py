@@ -116,7 +116,7 @@ def torch_state_dict(model):
     ``layers.<layer name>.<weight>`` (nested models: ``layers.<model>.layers...``).
     ``torch_module.load_state_dict({k: torch.from_numpy(v) ...})`` loads it back.
     """
-    _require_built(model, "torch_state_dict")
+    require_built(model, "torch_state_dict")
     state = {}
     for tname, layer, key, to_torch, _ in torch_weights(model):
         if key is not None:
@@ -130,7 +130,7 @@ def torch_state_dict(model):
     return state
 
 
-def _require_built(model, what):
+def require_built(model, what):
     from ..models import Model
     if not isinstance(model, Model):
         raise ValueError(f"{what}: model must be a minicnn Model or Sequential, received "

@@ -294,7 +294,7 @@ def to_onnx(model, opset_version=None):
     with no ONNX form.
     """
     from .. import __version__
-    layout._require_built(model, "export")
+    layout.require_built(model, "export")
     onnx = onnx_module()
     opset = DEFAULT_OPSET if opset_version is None else opset_version
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) \

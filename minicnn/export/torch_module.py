@@ -330,7 +330,7 @@ def to_torch(model):
     Its ``state_dict`` is :func:`minicnn.export.torch_state_dict` (keys
     ``layers.<layer name>.weight``, ...). See the module docstring for train/eval mode.
     """
-    layout._require_built(model, "to_torch")
+    layout.require_built(model, "to_torch")
     torch = torch_module()
     graph_cls, makers = _classes()
     module = graph_cls(model, makers).to(_dtype(model))
