@@ -25,7 +25,7 @@ from .utils import set_random_seed  # noqa: E402
 
 _LAZY = ("layers", "models", "datasets", "utils", "gradcheck", "losses", "optimizers",
          "callbacks", "initializers", "activations", "plot", "cli", "train", "trainer",
-         "saving", "regularizers", "schedules", "machine")
+         "saving", "regularizers", "schedules", "machine", "export")
 #: Keras's top-level names, loaded on first use
 _FROM = {"Input": "layers", "Model": "models", "Sequential": "models",
          "load_model": "models"}

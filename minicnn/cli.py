@@ -1,9 +1,10 @@
-"""The ``minicnn`` command: train, info, gradcheck, bench.
+"""The ``minicnn`` command: train, info, gradcheck, bench, export.
 
 ::
 
     minicnn train --data cifar-10-python.tar.gz --out run1   # the CIFAR-10 trainer
     minicnn train --dataset shapes --epochs 3                # no files, no network
+    minicnn export run1/best.npz --format onnx               # -> run1/best.onnx
     minicnn info                                             # versions, backend, threads, BLAS
     minicnn gradcheck                                        # every layer and loss vs finite differences
     minicnn bench --backend numba,numpy                      # per-layer times of the seed model
@@ -30,7 +31,7 @@ def build_parser():
     from . import train
     p = argparse.ArgumentParser(
         prog="minicnn", description="minicnn: a CNN library in NumPy and Numba. Commands: "
-                                    "train, info, gradcheck, bench.")
+                                    "train, info, gradcheck, bench, export.")
     p.add_argument("--version", action="version", version=f"minicnn {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -80,7 +81,31 @@ def build_parser():
     b.add_argument("--warmup", type=int, default=2,
                    help="untimed training steps first: JIT compilation is never timed "
                         "(default 2)")
+
+    e = sub.add_parser(
+        "export", help="write a model file as ONNX, Keras 3 (.keras) or a torch.export program",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read a model file minicnn loads (its own .npz, or a Keras 3 .keras file; "
+                    "nothing in it is executed)\nand write it as --format: onnx (.onnx, for "
+                    "onnxruntime), keras (.keras, for Keras 3) or torch\n(.pt2, a torch.export "
+                    "program: torch.export.load(path).module()(x), NHWC input).\nThe output "
+                    "goes next to MODEL unless -o is given.",
+        epilog="examples:\n"
+               "  minicnn export run1/best.npz --format onnx     # run1/best.onnx\n"
+               "  minicnn export run1/best.keras --format torch  # run1/best.pt2")
+    e.add_argument("model", metavar="MODEL", help="a minicnn .npz or a Keras 3 .keras file")
+    e.add_argument("--format", required=True, choices=EXPORT_EXTENSIONS,
+                   help="onnx, keras or torch")
+    e.add_argument("-o", "--output", default=None, metavar="OUT",
+                   help="where to write (default: MODEL with .onnx, .keras or .pt2)")
+    e.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset version (default 17)")
+    e.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     return p
+
+
+#: ``minicnn export --format`` -> the extension of the file written
+EXPORT_EXTENSIONS = {"onnx": ".onnx", "keras": ".keras", "torch": ".pt2"}
 
 
 def main(argv=None):
@@ -98,6 +123,8 @@ def main(argv=None):
             return cmd_gradcheck(_backends(args.backend), args.tolerance)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "export":
+            return cmd_export(args)
     except _UsageError as exc:
         sys.stderr.write(f"minicnn {args.command}: {exc}\n")
         return 2
@@ -119,6 +146,44 @@ def _backends(text):
             raise _UsageError(f"--backend: unknown backend {name!r}; choose among "
                               f"{', '.join(config.BACKENDS)}")
     return [n.lower() for n in names]
+
+
+# ----------------------------------------------------------------------------- export
+def cmd_export(args, stream=None):
+    """``minicnn export MODEL --format onnx|keras|torch [-o OUT] [--opset N] [--overwrite]``."""
+    import os
+
+    from . import models
+    out = stream or sys.stdout
+    src = args.model
+    if not os.path.isfile(src):
+        raise _UsageError(f"no such model file {src!r}")
+    if args.opset is not None and args.format != "onnx":
+        raise _UsageError(f"--opset is for --format onnx, received --format {args.format}")
+    dest = args.output
+    if dest is None:
+        low = src.lower()
+        stem = src[:-len(".keras")] if low.endswith(".keras") else os.path.splitext(src)[0]
+        dest = stem + EXPORT_EXTENSIONS[args.format]
+    if os.path.abspath(dest) == os.path.abspath(src):
+        raise _UsageError(f"the output {dest!r} is the model file itself; give -o OUT")
+    if os.path.exists(dest) and not args.overwrite:
+        raise _UsageError(f"{dest!r} exists; pass --overwrite to replace it or -o for "
+                          f"another name")
+    try:
+        # the optimizer state travels only into a .keras file (which holds one)
+        model = models.load_model(src, compile=args.format == "keras")
+        if args.format == "keras":
+            model.save(dest)
+        elif args.format == "onnx":
+            model.export(dest, format="onnx", opset_version=args.opset)
+        else:
+            model.export(dest, format="torch")
+    except (ValueError, ImportError, OSError) as exc:
+        raise _UsageError(str(exc)) from None
+    out.write(f"wrote {dest} ({args.format}, {model.count_params():,} parameters, "
+              f"input {('batch',) + tuple(model.input_shape)} NHWC)\n")
+    return 0
 
 
 # ----------------------------------------------------------------------------- info

@@ -184,3 +184,158 @@ def check_model(model, x, y, sample_weight=None, eps=1e-6, training=True):
         param[...] = original
         errors[path] = relative_error(analytic[path], numeric)
     return errors
+
+
+# ----------------------------------------------------------------------------- against torch
+def float64_copy(model, random_as_identity=False):
+    """A float64 copy of ``model`` (same architecture, weights cast to float64).
+
+    With ``random_as_identity`` every Dropout and augmentation layer (a
+    :class:`minicnn.layers.augment.RandomLayer`) becomes ``Activation('linear')`` under
+    the same name: a training pass is then deterministic. Returns ``(copy, names of the
+    layers replaced)``.
+    """
+    from . import saving
+    from .layers.augment import RandomLayer
+    from .models import Model
+    classes = {saving.get_registered_name(type(layer)): type(layer)
+               for layer in model.walk_layers()}
+    replaced = []
+
+    def convert(entry):
+        cls = saving.get_registered_object(entry["class_name"], classes)
+        cfg = entry["config"]
+        if isinstance(cls, type) and issubclass(cls, Model):
+            for inner in cfg["layers"]:
+                convert(inner)
+        elif random_as_identity and isinstance(cls, type) and issubclass(cls, RandomLayer):
+            replaced.append(cfg["name"])
+            entry["class_name"] = "Activation"
+            entry["config"] = {"name": cfg["name"], "activation": "linear", "dtype": "float64",
+                               **{k: cfg[k] for k in ("input_shape", "trainable") if k in cfg}}
+        else:
+            cfg["dtype"] = "float64"
+
+    cfg = model.get_config()
+    for entry in cfg["layers"]:
+        convert(entry)
+    copy = saving.model_from_config({"class_name": saving.model_class_name(model),
+                                     "config": cfg}, classes)
+    copy.set_weights([np.asarray(w, dtype=np.float64) for w in model.get_weights()])
+    copy.fuse = model.fuse
+    return copy, replaced
+
+
+def _torch_loss(torch, loss, out, y, sample_weight, on_logits):
+    """minicnn's cross-entropy (:mod:`minicnn.losses`) written in torch."""
+    n, k = out.shape
+    y = np.asarray(y)
+    if loss.sparse:
+        t = np.eye(k)[y.reshape(-1).astype(np.int64)]
+    else:
+        t = np.array(y, dtype=np.float64)
+    smoothing = getattr(loss, "label_smoothing", 0.0)
+    if smoothing:
+        t = t * (1 - smoothing) + smoothing / k
+    if sample_weight is not None:
+        t = t * np.asarray(sample_weight, dtype=np.float64).reshape(n, 1)
+    t = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float64))
+    if on_logits:
+        logp = torch.log_softmax(out, dim=-1)
+    else:                                       # renormalised, then clipped, as Keras
+        from .losses import EPSILON
+        p = out / out.sum(dim=-1, keepdim=True)
+        logp = torch.log(torch.clamp(p, EPSILON, 1 - EPSILON))
+    return -(t * logp).sum() / n
+
+
+def _torch_penalty(torch, twin, entries):
+    """The regularizers' penalties (``kernel_regularizer=`` ...) on the torch weights."""
+    from .regularizers import L1L2
+    params = dict(twin.named_parameters())
+    total = torch.zeros((), dtype=torch.float64)
+    for tname, layer, key, _, _ in entries:
+        reg = getattr(layer, f"{key}_regularizer", None) if key else None
+        if reg is None:
+            continue
+        if not isinstance(reg, L1L2):
+            raise ValueError(f"compare_with_torch: {layer.name}.{key}_regularizer is "
+                             f"{type(reg).__name__}, which has no torch form (L1, L2, L1L2 do)")
+        w = params[tname]
+        total = total + reg.l1 * w.abs().sum() + reg.l2 * (w * w).sum()
+    return total
+
+
+def compare_with_torch(model, x, y, loss=None, sample_weight=None, print_fn=print):
+    """One training backprop in minicnn and in its PyTorch twin, gradient by gradient.
+
+    Both run in float64 on a copy of ``model`` (:func:`float64_copy`; the model itself,
+    its weights and BatchNormalization statistics are untouched): minicnn's
+    ``backprop`` (its hand-written backward passes, the fusions of the backend) against
+    autograd through :func:`minicnn.export.to_torch`'s module, in training mode
+    (BatchNormalization on the batch statistics). Dropout and augmentation layers run as
+    the identity in both, so that the two passes see the same function (the table says
+    which ones).
+
+    Parameters
+    ----------
+    model : a built minicnn model; compiled, or give ``loss``
+    x, y : one batch (``x`` NHWC; a list for several inputs) and its targets
+    loss : a loss name or object (default: the compiled loss), with the same
+        regularizer penalties as training
+    print_fn : where the table goes (``None``: nowhere)
+
+    Returns
+    -------
+    dict : ``{'loss': err, <weight path>: err, ...}``, each the relative error
+    ``||a - b|| / (||a|| + ||b||)`` of :func:`relative_error` (about 1e-15 to 1e-12 when
+    the backward passes are right).
+    """
+    from . import losses
+    from .export import layout, torch_module
+    layout.require_built(model, "compare_with_torch")
+    torch = torch_module.torch_module()
+    if loss is None:
+        if not model.compiled:
+            raise ValueError("compare_with_torch: the model is not compiled; compile it or "
+                             "pass loss=, e.g. loss='categorical_crossentropy'")
+        loss = model.loss
+    loss = losses.get(loss)
+    copy, identities = float64_copy(model, random_as_identity=True)
+    copy.compile(optimizer="sgd", loss=loss)
+    several = isinstance(x, (list, tuple))
+    xs64 = [np.array(a, dtype=np.float64) for a in (x if several else [x])]   # new arrays
+    ours_loss = copy.backprop(xs64 if several else xs64[0], y, sample_weight)
+    ours = {path: np.array(owner.grads[key], copy=True)
+            for path, owner, key in copy.trainable_slots()}
+
+    twin = torch_module.to_torch(copy).train()
+    on_logits = copy.loss_from_preactivation() or loss.from_logits
+    out = twin.run([torch.from_numpy(a) for a in xs64],
+                   preactivation=copy.loss_from_preactivation())[0]
+    entries = layout.torch_weights(copy)
+    theirs_loss = (_torch_loss(torch, loss, out, y, sample_weight, on_logits)
+                   + _torch_penalty(torch, twin, entries))
+    theirs_loss.backward()
+    params = dict(twin.named_parameters())
+    by_slot = {(id(layer), key): (tname, back) for tname, layer, key, _, back in entries
+               if key is not None}
+    errors = {"loss": relative_error(ours_loss, float(theirs_loss.detach()))}
+    rows = []
+    for path, owner, key in copy.trainable_slots():
+        tname, back = by_slot[(id(owner), key)]
+        grad = params[tname].grad
+        theirs = np.zeros_like(ours[path]) if grad is None else back(grad.numpy())
+        errors[path] = relative_error(ours[path], theirs)
+        rows.append((path, str(ours[path].shape), tname, errors[path]))
+    if print_fn is not None:
+        print_fn(f"compare_with_torch: {model.name}, one backprop in float64, training mode"
+                 + (f"; as the identity: {', '.join(identities)}" if identities else ""))
+        width = max(len(r[0]) for r in rows + [("loss",)])
+        twidth = max(len(r[2]) for r in rows)
+        print_fn(f"{'weight':<{width}}  {'shape':<16}  {'torch':<{twidth}}  rel. error")
+        print_fn(f"{'loss':<{width}}  {'':<16}  {'':<{twidth}}  {errors['loss']:.2e}")
+        for path, shape, tname, err in rows:
+            print_fn(f"{path:<{width}}  {shape:<16}  {tname:<{twidth}}  {err:.2e}")
+        print_fn(f"worst: {max(errors.values()):.2e}")
+    return errors

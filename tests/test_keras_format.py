@@ -151,3 +151,31 @@ def test_model_checkpoint_writes_keras_files(tmp_path):
     again = models.load_model(tmp_path / "best.keras")
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("part, value, named", [
+    ("optimizer", {"module": "keras.optimizers", "class_name": "RMSprop",
+                   "config": {"name": "rmsprop", "learning_rate": 0.001, "rho": 0.9},
+                   "registered_name": None}, "'RMSprop'"),
+    ("loss", {"module": "keras.losses", "class_name": "MeanSquaredError",
+              "config": {"name": "mean_squared_error", "reduction": "sum_over_batch_size"},
+              "registered_name": None}, "'MeanSquaredError'"),
+    ("loss", "binary_focal_crossentropy", "'binary_focal_crossentropy'"),
+])
+def test_compile_config_minicnn_lacks_is_skipped_with_a_warning(tmp_path, part, value, named):
+    path, x, expected = fixture("residual")
+
+    def change(cfg):
+        cfg["compile_config"][part] = value
+    with pytest.warns(UserWarning, match=f"compile_config skipped.*{named}.*uncompiled"):
+        model = models.load_model(rewrite(tmp_path, change))
+    assert not model.compiled
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-4, rtol=0)
+
+
+def test_unknown_metric_is_skipped_with_a_warning_and_the_rest_compiles(tmp_path):
+    def change(cfg):
+        cfg["compile_config"]["metrics"] = ["accuracy", "auc"]
+    with pytest.warns(UserWarning, match="entries skipped.*auc"):
+        model = models.load_model(rewrite(tmp_path, change))
+    assert model.compiled and model.metrics == ["accuracy"]

@@ -498,16 +498,24 @@ class Model(Trainer, Layer):
         if not self._single_output:
             raise ValueError(f"{self.name}: training models with several outputs is not "
                              f"supported by minicnn yet")
-        out = self.outputs[0]
-        producer = out.node.layer
-        if (self.loss.fuses_with(producer.output_activation) and not out.node.is_input
-                and not self.consumers.get(out.id) and not out.node.multi_output):
-            z = producer.preactivation()
+        if self.loss_from_preactivation():
+            z = self.outputs[0].node.layer.preactivation()
             if z is not None:
                 loss, dz = self.loss.from_logits_forward(z, y, sample_weight)
                 return loss + self.regularization_loss(), None, dz
         loss, dy = self.loss.forward(y_pred, y, sample_weight)
         return loss + self.regularization_loss(), dy, None
+
+    def loss_from_preactivation(self, loss=None) -> bool:
+        """True when :meth:`compute_loss` takes ``loss`` (default: the compiled one) from
+        the output layer's pre-activation ``z`` (the fused softmax + cross-entropy): a
+        single output made by a layer that ends in softmax, read by nothing else."""
+        loss = self.loss if loss is None else loss
+        if loss is None or not self._single_output:
+            return False
+        out = self.outputs[0]
+        return bool(loss.fuses_with(out.node.layer.output_activation) and not out.node.is_input
+                    and not self.consumers.get(out.id) and not out.node.multi_output)
 
     def regularization_loss(self) -> float:
         """The penalties of every regularized weight (``kernel_regularizer=``)."""
@@ -565,6 +573,17 @@ class Model(Trainer, Layer):
         """Save only the weights (and the layer names and shapes) to ``path``."""
         self._require_built("save_weights")
         saving.save_model(self, path, weights_only=True)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """Export the model for inference, Keras 3's ``export``: ``format="onnx"`` writes
+        an ONNX graph (``opset_version=`` 17 by default), ``format="torch"`` a
+        ``torch.export`` program (``.pt2``, ``torch.export.load(path).module()``). Both
+        take NHWC input as minicnn does. Keras's default ``"tf_saved_model"`` (and
+        ``"openvino"``, ``"litert"``) are not available. See :mod:`minicnn.export`."""
+        self._require_built("export")
+        from .. import export
+        return export.export_model(self, filepath, format, verbose, input_signature, **kwargs)
 
     def load_weights(self, path):
         """Load weights saved by :meth:`save` or :meth:`save_weights`.
