@@ -119,6 +119,40 @@ def conv2d_backward_cases():
                 yield f"geometry {g}, need_dx={need_dx}, y={'relu output' if relu else None}", case
 
 
+#: (x shape, filters, pads) of the Winograd cases: an odd output size, more than 4
+#: channels (every transform loop), asymmetric padding, a batch of several slots
+WINOGRAD_GEOMETRIES = (((3, 5, 7, 6), 3, (1, 1, 1, 1)), ((5, 6, 6, 2), 4, (0, 1, 2, 0)))
+
+
+def _winograd_inputs(dt, geometry, g):
+    shape, f, pads = geometry
+    rng = _rng(20 + g)
+    return (_normal(rng, dt, *shape), _normal(rng, dt, 3, 3, shape[3], f),
+            _normal(rng, dt, f), pads)
+
+
+def winograd_conv2d_forward_cases():
+    for g, geometry in enumerate(WINOGRAD_GEOMETRIES):
+        for relu in (False, True):
+            def case(dt, geometry=geometry, relu=relu, g=g):
+                x, k, b, pads = _winograd_inputs(dt, geometry, g)
+                return outputs(ops.winograd_conv2d_forward(x, k, b, pads, relu))
+            yield f"geometry {g}, relu={relu}", case
+
+
+def winograd_conv2d_backward_cases():
+    for g, geometry in enumerate(WINOGRAD_GEOMETRIES):
+        for need_dx in (True, False):
+            for relu in (False, True):
+                def case(dt, geometry=geometry, need_dx=need_dx, relu=relu, g=g):
+                    x, k, b, pads = _winograd_inputs(dt, geometry, g)
+                    y = ops.winograd_conv2d_forward(x, k, b, pads, relu) if relu else None
+                    shape = ops.winograd_conv2d_forward(x, k, b, pads).shape
+                    dy = _normal(_rng(30 + g), dt, *shape)
+                    return outputs(ops.winograd_conv2d_backward(x, k, dy, pads, need_dx, y))
+                yield f"geometry {g}, need_dx={need_dx}, y={'relu output' if relu else None}", case
+
+
 FUSED_GEOMETRIES = (((2, 6, 6, 2), (3, 3, 2, 3), (1, 1), (1, 1, 1, 1)),
                     ((2, 9, 8, 1), (2, 2, 1, 2), (1, 1), (0, 0, 0, 0)),
                     ((2, 5, 6, 6), (3, 3, 6, 2), (1, 1), (1, 1, 1, 1)))
