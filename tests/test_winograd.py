@@ -166,22 +166,25 @@ def test_auto_resolves_per_backend_and_rule(monkeypatch):
     wide = (4, 8, 8, 16)
     with minicnn.use_backend("numba"):
         monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
-        assert conv.algorithm_for(wide) == "winograd"          # >= 16 input channels
+        # >= 16 input channels: Winograd forward; backward only from 16x16 outputs
+        assert conv.algorithm_for(wide) == ("winograd", "im2col")
+        assert conv.algorithm_for((4, 16, 16, 16)) == ("winograd", "winograd")
         narrow = layers.Conv2D(8, 3, padding="same")
         narrow.build((8, 8, 3))
-        assert narrow.algorithm_for((4, 8, 8, 3)) == "im2col"
+        assert narrow.algorithm_for((4, 16, 16, 3)) == ("im2col", "im2col")
         strided = layers.Conv2D(8, 3, strides=2, padding="same")
         strided.build((8, 8, 16))
-        assert strided.algorithm_for(wide) == "im2col"
+        assert strided.algorithm_for(wide) == ("im2col", "im2col")
         with algorithms.use("im2col"):
-            assert conv.algorithm_for(wide) == "im2col"
+            assert conv.algorithm_for(wide) == ("im2col", "im2col")
         forced = layers.Conv2D(8, 3, padding="same", algorithm="im2col")
         forced.build((8, 8, 16))
         with algorithms.use("winograd"):                       # only "auto" follows use()
-            assert forced.algorithm_for(wide) == "im2col"
+            assert forced.algorithm_for(wide) == ("im2col", "im2col")
+            assert conv.algorithm_for(wide) == ("winograd", "winograd")
     for name in ("reference", "numpy"):
         with minicnn.use_backend(name):
-            assert conv.algorithm_for(wide) == "im2col"
+            assert conv.algorithm_for(wide) == ("im2col", "im2col")
 
 
 def test_the_autotuner_measures_once_and_caches_per_machine(monkeypatch, tmp_path):
@@ -201,20 +204,20 @@ def test_the_autotuner_measures_once_and_caches_per_machine(monkeypatch, tmp_pat
     try:
         with minicnn.use_backend("numba"):
             first = conv.algorithm_for((4, 8, 8, 16))
-            assert first in ("im2col", "winograd") and len(calls) == 1
+            assert set(first) <= {"im2col", "winograd"} and len(calls) == 1
             assert conv.algorithm_for((4, 8, 8, 16)) == first and len(calls) == 1
             data = json.loads((tmp_path / "conv-algorithms.json").read_text())
             (entries,) = data.values()
             (entry,) = entries.values()
-            assert entry["algorithm"] == first
-            faster = min(("im2col", "winograd"), key=lambda a: entry[f"{a}_ms"])
-            assert faster == first
+            for p, chosen in zip(("forward", "backward"), first):
+                assert entry[p] == chosen
+                assert chosen == min(("im2col", "winograd"), key=lambda a: entry[f"{p}_{a}_ms"])
             assert algorithms.machine_key() in data
             algorithms.clear()                     # a new process: read from the file
             assert conv.algorithm_for((4, 8, 8, 16)) == first and len(calls) == 1
             algorithms.clear()
             (tmp_path / "conv-algorithms.json").write_text("{ damaged")
-            assert conv.algorithm_for((4, 8, 8, 16)) in ("im2col", "winograd")
+            assert set(conv.algorithm_for((4, 8, 8, 16))) <= {"im2col", "winograd"}
             assert len(calls) == 2                 # damaged file: measured again
     finally:
         algorithms.clear()
@@ -240,7 +243,7 @@ def test_a_model_trains_the_same_with_either_algorithm():
         with minicnn.use_backend("numba"):
             losses = [float(model.train_on_batch(x, y)) for _ in range(3)]
         results[algo] = (losses, model.get_weights())
-        assert model.layers[2].algorithm_for((16, 8, 8, 32)) == algo
+        assert model.layers[2].algorithm_for((16, 8, 8, 32)) == (algo, algo)
     np.testing.assert_allclose(results["im2col"][0], results["winograd"][0], rtol=1e-4)
     for a, b in zip(results["im2col"][1], results["winograd"][1]):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
@@ -276,3 +279,25 @@ def test_algorithm_is_saved_with_the_model(tmp_path):
     assert "algorithm" not in json.dumps(config)
     assert models.load_model(tmp_path / "m.keras").layers[0].algorithm == "auto"
     assert ops.winograd_conv2d_forward.__doc__ == reference.winograd_conv2d_forward.__doc__
+
+
+def test_winograd_forward_with_im2col_backward_gives_the_same_gradients(monkeypatch):
+    """The fixed rule runs an 8x8, 16-channel layer Winograd forward and im2col backward:
+    its output and gradients equal those of a plain im2col layer with the same weights."""
+    monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 8, 8, 16))
+    mixed = layers.Conv2D(4, 3, padding="same", activation="relu", dtype="float64")
+    plain = layers.Conv2D(4, 3, padding="same", activation="relu", dtype="float64",
+                          algorithm="im2col")
+    with minicnn.use_backend("numba"):
+        y = mixed.forward(x)
+        plain.build((8, 8, 16))
+        plain.set_weights(mixed.get_weights())
+        assert mixed.algorithm_for(x.shape) == ("winograd", "im2col")
+        dy = rng.standard_normal(y.shape)
+        dx = mixed.backward(dy)
+        np.testing.assert_allclose(y, plain.forward(x), atol=1e-12)
+        np.testing.assert_allclose(dx, plain.backward(dy), atol=1e-12)
+    for key in ("kernel", "bias"):
+        np.testing.assert_allclose(mixed.grads[key], plain.grads[key], atol=1e-12)

@@ -21,8 +21,8 @@ class Conv2D(Layer):
 
     ``algorithm`` (minicnn's, not Keras's): ``"auto"`` (default), ``"im2col"`` or
     ``"winograd"`` (3x3 kernels at stride 1; :func:`minicnn.ops.reference.winograd_conv2d_forward`).
-    ``"auto"`` picks per input shape, see :mod:`minicnn.ops.algorithms`; :meth:`algorithm_for`
-    tells which one runs.
+    ``"auto"`` picks per input shape and per pass, see :mod:`minicnn.ops.algorithms`;
+    :meth:`algorithm_for` tells which ones run.
     """
 
     _cache = None      # (x, z, y, algorithm) of the last forward; z is None when the ReLU fused
@@ -64,7 +64,8 @@ class Conv2D(Layer):
                             regularizer=self.bias_regularizer)
 
     def algorithm_for(self, x_shape):
-        """``'im2col'`` or ``'winograd'``: what a forward pass on ``x_shape`` runs."""
+        """``(forward, backward)``, each ``'im2col'`` or ``'winograd'``: what the passes on
+        an input of ``x_shape`` run."""
         return algorithms.resolve(self.algorithm, tuple(x_shape), self.params["kernel"].shape,
                                   self.strides, self.pads, self.dtype,
                                   owner=f"Conv2D {self.name!r}")
@@ -72,14 +73,14 @@ class Conv2D(Layer):
     def _forward_op(self, x, relu):
         kernel, bias = self.params["kernel"], self.params.get("bias")
         algo = self.algorithm_for(x.shape)
-        if algo == "winograd":
+        if algo[0] == "winograd":
             return ops.winograd_conv2d_forward(x, kernel, bias, self.pads, relu=relu), algo
         return ops.conv2d_forward(x, kernel, bias, self.strides, self.pads, relu=relu), algo
 
     def _backward_op(self, dz, y=None):
         x, algo = self._cache[0], self._cache[3]
         kernel = self.params["kernel"]
-        if algo == "winograd":
+        if algo[1] == "winograd":
             return ops.winograd_conv2d_backward(x, kernel, dz, self.pads,
                                                 self.compute_input_gradient, y=y)
         return ops.conv2d_backward(x, kernel, dz, self.strides, self.pads,

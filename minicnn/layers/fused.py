@@ -77,8 +77,8 @@ class ConvReluPool(Layer):
     def call(self, x, training=False):
         conv = self.conv
         # compose, each layer's own pass: where the backend has no fused kernel, and where
-        # the conv runs Winograd (the fused kernel is im2col's)
-        if self.fusion not in ops.fusions() or conv.algorithm_for(x.shape) != "im2col":
+        # the conv's forward runs Winograd (the fused kernels are im2col's)
+        if self.fusion not in ops.fusions() or conv.algorithm_for(x.shape)[0] != "im2col":
             self._composed = True
             return self.pool.forward(conv.forward(x, training), training)
         self._composed = False

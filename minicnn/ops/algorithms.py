@@ -7,15 +7,19 @@ and rounds differently (float32: about 1e-6 of the output's scale, see
 
 - on the reference and numpy backends: im2col, the algorithm the walkthrough teaches;
 - on the numba backend, where a layer is eligible (3x3, stride 1): the faster of the
-  two *measured on this CPU* (the autotuner: the first time a shape is seen, one
-  forward and backward pass of each, then the median of three, about 0.1-0.5 s per
+  two *measured on this CPU*, for the forward and for the backward pass separately
+  (the backward of either algorithm needs only x, the kernel, dy and y, so a layer can
+  run Winograd forward and im2col backward). The autotuner times one pass of each
+  the first time it sees a shape, then the median of three (about 0.1-0.5 s per
   shape). Choices are cached per CPU, Numba thread count and threading layer in
   ``$MINICNN_HOME/conv-algorithms.json`` (default ``~/.minicnn``), so they hold
-  from run to run; ``minicnn bench`` prints them.
-- ``MINICNN_AUTOTUNE=0`` skips the measuring and uses a fixed rule instead: Winograd
-  when the layer has at least :data:`WINOGRAD_MIN_CHANNELS` input channels (the
-  measurements in benchmarks/RESULTS.md: Winograd lost on every 3-channel first layer
-  and won on every wider one but one).
+  from run to run.
+- ``MINICNN_AUTOTUNE=0`` skips the measuring and uses a fixed rule instead (from the
+  measurements in benchmarks/RESULTS.md): Winograd forward when the layer has at least
+  :data:`WINOGRAD_MIN_CHANNELS` input channels (it lost on every 3-channel first layer
+  and won or tied on every wider one), Winograd backward when, besides, the output has
+  at least :data:`WINOGRAD_MIN_BACKWARD_PIXELS` pixels (it won at 32x32 and 16x16 with
+  64 channels, tied at 16x16 with 32 and lost at 8x8).
 
 :func:`use` overrides ``"auto"`` for a block of code::
 
@@ -38,6 +42,8 @@ from .. import config
 ALGORITHMS = ("auto", "im2col", "winograd")
 #: the fixed rule's threshold (``MINICNN_AUTOTUNE=0``): input channels for Winograd
 WINOGRAD_MIN_CHANNELS = 16
+#: and output pixels (oh * ow) for a Winograd backward pass
+WINOGRAD_MIN_BACKWARD_PIXELS = 256
 
 _override = None            # set by use()
 _memory = {}                # key -> choice, this process
@@ -70,7 +76,8 @@ def use(algorithm):
 
 
 def resolve(algorithm, x_shape, kernel_shape, strides, pads, dtype, owner="Conv2D"):
-    """The algorithm a layer runs for an input of ``x_shape``: ``'im2col'`` or ``'winograd'``.
+    """The algorithms a layer runs for an input of ``x_shape``: ``(forward, backward)``,
+    each ``'im2col'`` or ``'winograd'``.
 
     ``algorithm`` is the layer's setting; asking for Winograd where it does not apply
     (not 3x3, or strided) is a ValueError naming the layer.
@@ -82,26 +89,39 @@ def resolve(algorithm, x_shape, kernel_shape, strides, pads, dtype, owner="Conv2
                          f"received kernel_size {tuple(kernel_shape[:2])} and strides "
                          f"{tuple(strides)}")
     if chosen is not None:
-        return chosen
+        return chosen, chosen
     if not eligible or config.get_backend() != "numba":
-        return "im2col"
+        return "im2col", "im2col"
     if os.environ.get("MINICNN_AUTOTUNE", "").strip() == "0":
-        return "winograd" if kernel_shape[2] >= WINOGRAD_MIN_CHANNELS else "im2col"
+        _, h, w, c = x_shape
+        wide = kernel_shape[2] >= WINOGRAD_MIN_CHANNELS
+        pixels = (h + pads[0] + pads[1] - 2) * (w + pads[2] + pads[3] - 2)
+        return (("winograd" if wide else "im2col"),
+                ("winograd" if wide and pixels >= WINOGRAD_MIN_BACKWARD_PIXELS else "im2col"))
     key = _key(x_shape, kernel_shape, pads, dtype)
-    choice = _memory.get(key) or _cached().get(key, {}).get("algorithm")
-    if choice not in ("im2col", "winograd"):
-        entry = measure(x_shape, kernel_shape, pads, dtype)
-        choice = entry["algorithm"]
-        _store(key, entry)
-    _memory[key] = choice
+    choice = _memory.get(key)
+    if choice is None:
+        entry = _cached().get(key)
+        if not _valid(entry):
+            entry = measure(x_shape, kernel_shape, pads, dtype)
+            _store(key, entry)
+        choice = (entry["forward"], entry["backward"])
+        _memory[key] = choice
     return choice
 
 
-def measure(x_shape, kernel_shape, pads, dtype, repeats=3):
-    """Time a forward and backward pass of both algorithms on random data of these shapes
-    (numba backend; the first call of each, which may compile, is not timed).
+def _valid(entry):
+    return (isinstance(entry, dict) and entry.get("forward") in ALGORITHMS[1:]
+            and entry.get("backward") in ALGORITHMS[1:])
 
-    Returns ``{"algorithm": the faster, "im2col_ms": ..., "winograd_ms": ...}`` (medians).
+
+def measure(x_shape, kernel_shape, pads, dtype, repeats=3):
+    """Time the forward and the backward pass of both algorithms on random data of these
+    shapes (numba backend; the first call of each, which may compile, is not timed).
+
+    Returns ``{"forward": the faster, "backward": the faster, "forward_im2col_ms": ...,
+    "forward_winograd_ms": ..., "backward_im2col_ms": ..., "backward_winograd_ms": ...}``
+    (medians).
     """
     from . import numba_ops as nb
     rng = np.random.default_rng(0)
@@ -110,27 +130,30 @@ def measure(x_shape, kernel_shape, pads, dtype, repeats=3):
     kernel = (0.1 * rng.standard_normal(kernel_shape)).astype(dtype)
     bias = np.zeros(kernel_shape[3], dtype=dtype)
 
-    def im2col():
-        y = nb.conv2d_forward(x, kernel, bias, (1, 1), pads, relu=True)
-        nb.conv2d_backward(x, kernel, y, (1, 1), pads, y=y)
-
-    def winograd():
-        y = nb.winograd_conv2d_forward(x, kernel, bias, pads, relu=True)
-        nb.winograd_conv2d_backward(x, kernel, y, pads, y=y)
-
-    runs = {"im2col": im2col, "winograd": winograd}
-    times = {name: [] for name in runs}
-    for fn in runs.values():
+    passes = {
+        ("forward", "im2col"): lambda: nb.conv2d_forward(x, kernel, bias, (1, 1), pads,
+                                                         relu=True),
+        ("forward", "winograd"): lambda: nb.winograd_conv2d_forward(x, kernel, bias, pads,
+                                                                    relu=True),
+    }
+    y = passes["forward", "im2col"]()
+    passes["backward", "im2col"] = lambda: nb.conv2d_backward(x, kernel, y, (1, 1), pads, y=y)
+    passes["backward", "winograd"] = lambda: nb.winograd_conv2d_backward(x, kernel, y, pads, y=y)
+    times = {key: [] for key in passes}
+    for fn in passes.values():
         fn()
     for _ in range(repeats):                  # alternate, so drift hits both alike
-        for name, fn in runs.items():
+        for key, fn in passes.items():
             t0 = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(t) for name, t in times.items()}
-    return {"algorithm": min(med, key=med.get),
-            "im2col_ms": round(med["im2col"] * 1e3, 3),
-            "winograd_ms": round(med["winograd"] * 1e3, 3)}
+            times[key].append(time.perf_counter() - t0)
+    med = {key: statistics.median(t) for key, t in times.items()}
+    entry = {}
+    for p in ("forward", "backward"):
+        entry[p] = min(("im2col", "winograd"), key=lambda a: med[p, a])
+        for a in ("im2col", "winograd"):
+            entry[f"{p}_{a}_ms"] = round(med[p, a] * 1e3, 3)
+    return entry
 
 
 def choices():
