@@ -266,6 +266,14 @@ def test_fused_conv_pool_composes_when_the_conv_runs_winograd():
         y_ref = pool.forward(conv.forward(x))
         dx_ref = conv.backward(pool.backward(dy))
     assert np.array_equal(y, y_ref) and np.array_equal(dx, dx_ref)
+    auto = ConvReluPool(layers.Conv2D(8, 3, padding="same", activation="relu"),
+                        layers.MaxPooling2D(2, 2))
+    with minicnn.use_backend("numba"):                 # "auto": the fused im2col step
+        auto.forward(x)
+        assert not auto._composed
+        with algorithms.use("winograd"):
+            auto.forward(x)
+            assert auto._composed
 
 
 def test_algorithm_is_saved_with_the_model(tmp_path):

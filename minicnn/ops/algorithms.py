@@ -21,7 +21,8 @@ and rounds differently (float32: about 1e-6 of the output's scale, see
   at least :data:`WINOGRAD_MIN_BACKWARD_PIXELS` pixels (it won at 32x32 and 16x16 with
   64 channels, tied at 16x16 with 32 and lost at 8x8).
 
-:func:`use` overrides ``"auto"`` for a block of code::
+:func:`use` overrides ``"auto"`` for a block of code, and the environment variable
+``MINICNN_CONV_ALGORITHM=im2col|winograd`` for a whole process (a benchmark's switch)::
 
     with minicnn.ops.algorithms.use("im2col"):
         model.fit(...)
@@ -83,7 +84,9 @@ def resolve(algorithm, x_shape, kernel_shape, strides, pads, dtype, owner="Conv2
     (not 3x3, or strided) is a ValueError naming the layer.
     """
     eligible = winograd_applies(kernel_shape, strides)
-    chosen = algorithm if algorithm != "auto" else _override
+    chosen = algorithm if algorithm != "auto" else forced()
+    if chosen == "winograd" and not eligible and algorithm == "auto":
+        chosen = None                           # a process-wide choice: where it applies
     if chosen == "winograd" and not eligible:
         raise ValueError(f"{owner}: algorithm='winograd' needs a 3x3 kernel and strides (1, 1), "
                          f"received kernel_size {tuple(kernel_shape[:2])} and strides "
@@ -108,6 +111,19 @@ def resolve(algorithm, x_shape, kernel_shape, strides, pads, dtype, owner="Conv2
         choice = (entry["forward"], entry["backward"])
         _memory[key] = choice
     return choice
+
+
+def forced():
+    """The algorithm ``use()`` or ``MINICNN_CONV_ALGORITHM`` sets for ``"auto"`` layers, or
+    None when neither does (then ``"auto"`` layers follow the autotuner or the rule)."""
+    return _override or _from_environment()
+
+
+def _from_environment():
+    value = os.environ.get("MINICNN_CONV_ALGORITHM", "").strip()
+    if not value or value == "auto":
+        return None
+    return check(value, "MINICNN_CONV_ALGORITHM")
 
 
 def _valid(entry):
