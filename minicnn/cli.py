@@ -236,6 +236,7 @@ def cmd_info(stream=None):
                      f"{numba.config.NUMBA_NUM_THREADS}; {os.cpu_count()} CPUs)")),
         ("numba threading layer", config.threading_layer()),
         ("waiting threads", config.apply_wait_policy()),
+        ("threads under load", config.adapt_status()),
         ("malloc", config.malloc_status()),
         ("OPENBLAS_CORETYPE", f"{coretype} (pins OpenBLAS's kernels; see README FAQ)" if coretype
          else "unset (each OpenBLAS picks its kernels for this CPU when it loads)"),

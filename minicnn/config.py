@@ -191,6 +191,75 @@ def apply_wait_policy() -> str:
     return _wait_status
 
 
+# ----------------------------------------------------------------------------- threads under load
+# Every parallel region ends when all its threads are done. When another process keeps a
+# core busy, the thread that shares that core waits for a time slice at every region, and
+# a seed-model step took 110 ms instead of 19.5 (5.5x; Keras 1.7x, PyTorch 5.6x: Intel
+# Xeon, 2 cores, 2026-12-02, benchmarks/RESULTS.md), with the passive wait policy and the
+# dynamic scheduling above in place. One thread is then faster: it runs on the free core
+# at the one-thread speed. So once per training or inference step the trainer calls
+# :func:`adapt_threads`, which at most every ADAPT_INTERVAL seconds reads how many CPUs
+# other processes kept busy (``/proc/stat`` minus this process, minicnn.machine) and runs
+# Numba on the CPUs left free, never more than the threads you set. MINICNN_ADAPT_THREADS=0
+# switches it off (the thread count changes how partial sums round: a run that must be
+# bitwise reproducible on a shared machine sets it, or set_num_threads(1)); ``minicnn info``
+# shows what it did.
+ADAPT_INTERVAL = 0.5
+_adapt = {"sample": None, "status": "not started", "others": None}
+_clock = None                # time.perf_counter; replaceable by the tests
+
+
+def free_threads(base: int, cpus: int, others: float) -> int:
+    """Threads to run when other processes keep ``others`` of ``cpus`` CPUs busy: the CPUs
+    left, rounded to the nearest, at least 1 and at most ``base`` (e.g. 2 CPUs, another
+    process at 0.9: 1 thread; at 0.3: 2)."""
+    return max(1, min(int(base), int(cpus - others + 0.5)))
+
+
+def adapt_threads() -> int:
+    """Fit Numba's thread count to the CPUs other processes leave free (see above).
+
+    Cheap: a clock read per call, two counter reads every ADAPT_INTERVAL seconds. Only on
+    the numba backend, and only when more than one thread is allowed. Returns the thread
+    count in effect.
+    """
+    import time
+
+    import numba
+    clock = _clock or time.perf_counter
+    base = _num_threads or numba.config.NUMBA_NUM_THREADS
+    if (_backend != "numba" or base <= 1
+            or os.environ.get("MINICNN_ADAPT_THREADS", "").strip() == "0"):
+        return numba.get_num_threads()
+    from . import machine
+    now = clock()
+    last = _adapt["sample"]
+    if last is not None and now - last[2] < ADAPT_INTERVAL:
+        return numba.get_num_threads()
+    sample = (machine.machine_busy_seconds(), machine.own_cpu_seconds(), now)
+    _adapt["sample"] = sample
+    if last is None:
+        return numba.get_num_threads()
+    others = machine.others_cpus(last[0], sample[0], last[1], sample[1], now - last[2])
+    if others is None:                                   # no /proc/stat: leave it
+        return numba.get_num_threads()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    target = free_threads(base, cpus, others)
+    if target != numba.get_num_threads():
+        numba.set_num_threads(target)
+    _adapt["others"] = others
+    _adapt["status"] = (f"{target} of {base} threads (other processes kept {others:.2f} of "
+                        f"{cpus} CPUs busy)")
+    return target
+
+
+def adapt_status() -> str:
+    """What :func:`adapt_threads` last did (for ``minicnn info``)."""
+    if os.environ.get("MINICNN_ADAPT_THREADS", "").strip() == "0":
+        return "off (MINICNN_ADAPT_THREADS=0)"
+    return _adapt["status"]
+
+
 # ----------------------------------------------------------------------------- malloc
 # Every kernel call allocates its outputs and per-thread work buffers (0.1-2 MB each
 # at batch 64). glibc serves the big ones with fresh mmap'd pages, or trims the heap
@@ -262,6 +331,7 @@ def set_num_threads(n: int) -> None:
             f"set_num_threads: n must be at most {n_max} (NUMBA_NUM_THREADS), received {n}")
     numba.set_num_threads(n)
     _num_threads = n
+    _adapt["sample"] = None              # the next look starts from the new setting
     _applied_limit = None
     apply_thread_policy()
 

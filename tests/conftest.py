@@ -16,6 +16,11 @@ import pytest
 # (MINICNN_AUTOTUNE=0), so that they never depend on timings nor write to the home
 # directory; tests/test_winograd.py runs the autotuner itself in a temporary home.
 os.environ.setdefault("MINICNN_AUTOTUNE", "0")
+# The thread governor (minicnn.config.adapt_threads) drops threads when other processes
+# load the machine; the partial sums of a step then round differently. Tests must not
+# depend on the load: off here, and tests/test_threads_under_load.py drives it with fake
+# counters.
+os.environ.setdefault("MINICNN_ADAPT_THREADS", "0")
 
 import minicnn  # noqa: E402
 from minicnn import config  # noqa: E402
