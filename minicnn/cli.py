@@ -551,12 +551,25 @@ def bench_backend(backend, batch_size, repeats, warmup):
             infer.append(time.perf_counter() - t)
         for i, step in enumerate(steps):
             f_flops, b_flops = _step_flops(step, batch_size)
-            rows.append((step.name, step.output_shape, fwd[i], f_flops, bwd[i],
-                         b_flops if bwd[i] else 0.0))
+            rows.append((step.name + _conv_algorithm_note(step, batch_size), step.output_shape,
+                         fwd[i], f_flops, bwd[i], b_flops if bwd[i] else 0.0))
         rows.append(("loss (softmax cross-entropy)", None, loss_t, 0.0, [], 0.0))
         update = f"{type(model.optimizer).__name__} update ({model.count_params():,} parameters)"
         rows.append((update, None, [], 0.0, update_t, 0.0))
     return rows, whole, infer
+
+
+def _conv_algorithm_note(step, batch_size):
+    """`` [forward/backward algorithm]`` of a conv step (``fused im2col`` for the fused
+    conv+ReLU+pool kernel), '' for any other step."""
+    from .layers import Conv2D
+    conv = getattr(step, "conv", step)
+    if not isinstance(conv, Conv2D) or not conv.built:
+        return ""
+    fwd, bwd = conv.algorithm_for((batch_size,) + tuple(conv.input_shape))
+    if conv is not step and not getattr(step, "_composed", True):
+        return " [fused im2col]"
+    return f" [{fwd}]" if fwd == bwd else f" [{fwd}/{bwd}]"
 
 
 def _warn(out, lines):

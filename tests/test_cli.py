@@ -346,6 +346,12 @@ def test_bench_two_backends(capsys):
                          rf".+: medians of 2 repeats, .*roof \([\d.]+ GFLOP/s\)$", text, re.M)
         assert re.search(rf"^{backend}\s+[\d.]+\s+[\d.]+-[\d.]+\s+\d+\s+[\d.]+x$", text,
                          re.M), backend
+    # which algorithm each conv step ran: the numba backend fuses the first two with their
+    # pools (im2col), the numpy backend runs im2col everywhere (conftest: the fixed rule,
+    # under which the third conv, 64 channels at 8x8, runs Winograd forward only)
+    assert len(re.findall(r"^conv2d\S*\+max_pooling2d\S* \[fused im2col\]", text, re.M)) == 2
+    assert len(re.findall(r"^conv2d_\d+ \[winograd/im2col\] ", text, re.M)) == 1, text
+    assert len(re.findall(r"^conv2d_\d+ \[im2col\] ", text, re.M)) == 3, text
     # the spread of the repeats, not one number
     assert len(re.findall(rf"^whole training step \(train_on_batch\): {SPREAD}; \d+ images/s",
                           text, re.M)) == 2, text
@@ -357,9 +363,10 @@ def test_bench_two_backends(capsys):
     assert re.search(r"^Load: other processes kept [\d.]+ CPUs busy over the whole run "
                      r"\(/proc/stat\)$", text, re.M), text
     # per-layer rows: median, half the IQR, GFLOP/s and % of the roof
-    assert re.search(r"^conv2d\S*\s+32x32x32\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+%", text,
-                     re.M)                                                  # numpy: layer by layer
-    assert re.search(r"^conv2d\S*\+max_pooling2d\S*\s+16x16x32\s", text, re.M)   # numba: fused
+    assert re.search(r"^conv2d\S*( \[\S+\])?\s+32x32x32\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+%",
+                     text, re.M)                                            # numpy: layer by layer
+    assert re.search(r"^conv2d\S*\+max_pooling2d\S*( \[.+?\])?\s+16x16x32\s", text,
+                     re.M)                                                  # numba: fused
     assert text.count("images/s") >= 2
 
 
