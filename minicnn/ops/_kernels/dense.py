@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import PRANGE_ONLY
 from .partials import _sum_partials
 
 
@@ -29,7 +28,7 @@ def dense_forward(x, kernel, bias, nt):
     return y
 
 
-@njit(parallel=PRANGE_ONLY, cache=True)
+@njit(parallel=True, cache=True)
 def dense_backward(x, kernel, dy, need_dx, nt):
     """dx = dy @ kernel.T, dkernel = x.T @ dy, dbias = sum(dy) over the batch.
 
