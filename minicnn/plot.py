@@ -28,26 +28,41 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["history", "filters", "feature_maps", "confusion_matrix", "misclassified"]
+from .callbacks import ModelCheckpoint
+
+__all__ = ["history", "best_epoch", "filters", "feature_maps", "confusion_matrix",
+           "misclassified", "worst_errors"]
 
 #: cells of a confusion matrix are annotated only up to this many classes
 MAX_ANNOTATED_CLASSES = 30
 
 
 # ----------------------------------------------------------------------------- learning curves
-def history(history, path=None):
-    """Accuracy and loss against the epoch (1-based), training beside validation.
+def history(history, path=None, monitor=None, mode="auto"):
+    """Accuracy and loss against the epoch (1-based), training beside validation, with the
+    best epoch marked and the learning rate on a second axis when a schedule ran.
 
     Parameters
     ----------
     history : :class:`minicnn.callbacks.History` (what ``fit`` returns) or a dict
-        mapping 'loss', 'accuracy' (or 'acc'), 'val_loss', 'val_accuracy' to lists of
-        per-epoch values. Missing validation entries are simply not drawn.
+        mapping 'loss', 'accuracy' (or 'acc'), 'val_loss', 'val_accuracy' and optionally
+        'learning_rate' to lists of per-epoch values. Missing entries are not drawn.
     path : str or os.PathLike, optional
+    monitor : the metric whose best epoch is marked, e.g. 'val_accuracy' (what
+        ``minicnn train`` checkpoints); default 'val_loss' (Keras's ModelCheckpoint
+        default), or 'loss' without validation. See :func:`best_epoch`.
+    mode : 'auto', 'min' or 'max', as for :class:`minicnn.callbacks.ModelCheckpoint`.
+
+    The best epoch is a dotted vertical line on both axes, labelled 'best epoch E
+    (monitor V)'. 'learning_rate' (logged by ``fit`` when the optimizer has a schedule:
+    the rate of the next step, read at the end of each epoch) is drawn on a second y axis
+    of the loss plot, labelled 'learning rate', when it varies; a constant rate is only
+    named in the loss plot's title.
 
     Returns
     -------
-    Figure with two axes, titled 'Accuracy' and 'Loss', x label 'Epoch'.
+    Figure with the axes 'Accuracy' and 'Loss' (x label 'Epoch'), plus the learning-rate
+    axis (a twin of 'Loss') when a schedule ran.
     """
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict):
@@ -59,9 +74,15 @@ def history(history, path=None):
                        ("loss", "loss"), ("val_loss", "val_loss")):
         if key is not None and key in logs:
             series[label] = _as_series(logs[key], key)
-    if not series:
-        raise ValueError(f"plot.history: history holds no 'loss' or 'accuracy' entries, "
-                         f"received keys {sorted(logs)}")
+    if not series or not any(len(v) for v in series.values()):
+        raise ValueError(f"plot.history: history holds no 'loss' or 'accuracy' values (was any "
+                         f"epoch trained?), received keys {sorted(logs)}")
+    if monitor is None:
+        monitor = "val_loss" if "val_loss" in logs else "loss"
+    elif monitor not in logs:
+        raise ValueError(f"plot.history: monitor {monitor!r} is not in the history, received "
+                         f"keys {sorted(logs)}")
+    best = best_epoch(logs, monitor, mode)
 
     fig = _figure((11, 4))
     ax_acc, ax_loss = fig.subplots(1, 2)
@@ -73,8 +94,12 @@ def history(history, path=None):
                 values = series[key]
                 ax.plot(np.arange(1, len(values) + 1), values, style, label=label, markersize=4)
                 drawn = True
+        if drawn and best is not None:
+            value = float(np.asarray(logs[monitor], dtype=np.float64)[best - 1])
+            ax.axvline(best, color="tab:green", linestyle=":", linewidth=1.5,
+                       label=f"best epoch {best} ({monitor} {value:.4g})")
         if drawn:
-            ax.legend()
+            ax.legend(loc="best", fontsize=8)
         else:
             ax.text(0.5, 0.5, f"no {name.lower()} recorded", ha="center", va="center",
                     transform=ax.transAxes, color="gray")
@@ -83,7 +108,43 @@ def history(history, path=None):
         ax.set_ylabel(name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
+    if "learning_rate" in logs:
+        lr = _as_series(logs["learning_rate"], "learning_rate")
+        if len(lr) and np.ptp(lr) > 1e-6 * np.max(np.abs(lr)):
+            ax_lr = ax_loss.twinx()
+            ax_lr.plot(np.arange(1, len(lr) + 1), lr, "-", color="tab:gray", alpha=0.7,
+                       linewidth=1, label="learning rate")
+            ax_lr.set_ylabel("learning rate", color="tab:gray")
+            ax_lr.tick_params(axis="y", colors="tab:gray")
+            ax_lr.set_ylim(bottom=0)
+            ax_lr.legend(loc="upper center", fontsize=8)
+        elif len(lr):
+            ax_loss.set_title(f"Loss (learning rate {lr[0]:.3g}, constant)")
     return _finish(fig, path)
+
+
+def best_epoch(history, monitor="val_loss", mode="auto"):
+    """The 1-based epoch that :class:`minicnn.callbacks.ModelCheckpoint` with
+    ``save_best_only=True`` keeps: the first epoch whose ``monitor`` value beats every
+    earlier one (strictly; a tie keeps the earlier epoch), the highest for accuracies and
+    the lowest for losses (``mode='auto'``). None when the history has no such value
+    (``monitor`` absent or empty). A NaN is never better than a number, as in the checkpoint
+    (a NaN first epoch stays best: nothing compares better than it).
+
+    ``history``: a History or a dict of per-epoch lists.
+    """
+    logs = getattr(history, "history", history)
+    if not isinstance(logs, dict):
+        raise ValueError(f"plot.best_epoch: history must be a History or a dict of per-epoch "
+                         f"lists, received {type(history).__name__}")
+    if monitor not in logs:
+        return None
+    rule = ModelCheckpoint(os.devnull, monitor=monitor, save_best_only=True, mode=mode).mode
+    best, epoch = None, None
+    for i, v in enumerate(_as_series(logs[monitor], monitor)):
+        if best is None or (v > best if rule == "max" else v < best):
+            best, epoch = v, i + 1
+    return epoch
 
 
 def _as_series(values, key):
@@ -96,8 +157,13 @@ def _as_series(values, key):
 
 
 # ----------------------------------------------------------------------------- filters
+#: a filter tile is enlarged to at least this many pixels a side, by whole-pixel repeats
+FILTER_TILE_PIXELS = 24
+
+
 def filters(layer, path=None):
-    """The kernels of a Conv2D layer as a grid of image tiles, one per filter.
+    """The kernels of a Conv2D layer as a grid of image tiles, one per filter, labelled by
+    the filter index.
 
     Parameters
     ----------
@@ -105,13 +171,18 @@ def filters(layer, path=None):
         or a model, whose first layer with such a kernel is used.
     path : str or os.PathLike, optional
 
-    With ``c == 3`` each filter is drawn in colour, min-max normalised on its own
-    (``(k - k.min()) / (k.max() - k.min())``); otherwise the mean over the input
-    channels is drawn in grey, also normalised per filter. Bright means a large weight.
+    Each filter is min-max normalised on its own, ``(k - k.min()) / (k.max() - k.min())``
+    (so the tiles compare patterns, not magnitudes; a constant filter is mid-grey), and
+    enlarged by repeating every weight ``s x s`` times (``s = ceil(24 / max(kh, kw))``:
+    a 3x3 kernel becomes 24x24 pixels of 8x8 blocks, drawn with nearest-neighbour
+    interpolation, so no smoothing blurs the weights together). With ``c == 3`` a filter
+    is drawn in colour (the RGB weights of the first layer); otherwise the mean over the
+    input channels is drawn in grey. Bright means a large weight.
 
     Returns
     -------
-    Figure with ``f`` axes titled '0', '1', ... (the filter index).
+    Figure with ``f`` axes titled '0', '1', ... (the filter index); each holds one image
+    of shape ``(kh*s, kw*s, 3)`` or ``(kh*s, kw*s)`` with values in [0, 1].
     """
     if hasattr(layer, "walk_layers"):          # a model
         conv = next((l for l in layer.walk_layers() if _kernel4(l) is not None), None)
@@ -129,17 +200,19 @@ def filters(layer, path=None):
                          f"(kh, kw, c, f), received {layer!r} with {got}")
     kh, kw, c, f = kernel.shape
     kernel = np.asarray(kernel, dtype=np.float64)
-    fig, axes = _grid(f, tile=1.1, title_space=0.45)
+    scale = max(1, math.ceil(FILTER_TILE_PIXELS / max(kh, kw)))
+    fig, axes = _grid(f, tile=1.1, title_space=0.3)
     for i, ax in enumerate(axes):
-        k = kernel[:, :, :, i]
+        k = kernel[:, :, :, i] if c == 3 else kernel[:, :, :, i].mean(axis=2)
+        tile = np.repeat(np.repeat(_minmax(k), scale, axis=0), scale, axis=1)
         if c == 3:
-            ax.imshow(_minmax(k), interpolation="nearest")
+            ax.imshow(tile, interpolation="nearest")
         else:
-            ax.imshow(_minmax(k.mean(axis=2)), cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
-        ax.set_title(str(i), fontsize=8)
+            ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(str(i), fontsize=8, pad=2)
     mode = "RGB" if c == 3 else ("grey" if c == 1 else f"mean of {c} channels")
-    fig.suptitle(f"{getattr(layer, 'name', 'conv')}: {f} filters {kh}x{kw}x{c} ({mode})")
+    fig.suptitle(f"{getattr(layer, 'name', 'conv')}: {f} filters {kh}x{kw}x{c} ({mode}), "
+                 f"each scaled to [0, 1] on its own")
     return _finish(fig, path)
 
 
@@ -339,14 +412,55 @@ def _class_names(class_names, k, what):
 
 
 # ----------------------------------------------------------------------------- misclassified
+def worst_errors(y_true, y_pred):
+    """The indices of the misclassified examples, worst first.
+
+    The worst error is the most confident wrong prediction: examples are ordered by the
+    probability the model gave its (wrong) predicted class, highest first; equal
+    probabilities keep the examples' order. With integer labels for ``y_pred`` (no
+    probabilities) the order is the examples' order.
+
+    Parameters
+    ----------
+    y_true : int labels (n,) or (n, 1), or one-hot (n, k)
+    y_pred : probabilities (n, k) (what ``model.predict`` returns), or int labels
+
+    Returns
+    -------
+    int64 array of the indices ``i`` with ``argmax y_pred[i] != y_true[i]``.
+    """
+    what = "plot.worst_errors"
+    t, _ = _labels(y_true, "y_true", what)
+    p, _ = _labels(y_pred, "y_pred", what)
+    if len(t) != len(p):
+        raise ValueError(f"{what}: y_true and y_pred must have the same length, received "
+                         f"{len(t)} and {len(p)}")
+    wrong = np.flatnonzero(t != p)
+    confidence = _confidence(y_pred, p)
+    if confidence is None:
+        return wrong.astype(np.int64)
+    return wrong[np.argsort(-confidence[wrong], kind="stable")].astype(np.int64)
+
+
+def _confidence(y_pred, p):
+    """The probability of each predicted class ``p`` when ``y_pred`` is (n, k), else None."""
+    y = np.asarray(y_pred)
+    if y.ndim == 2 and y.shape[1] > 1:
+        return np.asarray(y, dtype=np.float64)[np.arange(len(p)), p]
+    return None
+
+
 def misclassified(images, y_true, y_pred, class_names=None, path=None, max_images=25):
-    """The misclassified images (the first ``max_images`` of them), each titled
-    'true: X / pred: Y'.
+    """The misclassified images, worst first (:func:`worst_errors`: the most confident
+    wrong predictions first), at most ``max_images``, each titled with the predicted
+    class and its probability over the true class: 'pred: dog 93%' / 'true: cat'.
 
     Parameters
     ----------
     images : (n, h, w, c) with c 1 or 3 (or (n, h, w)), uint8 in [0, 255] or float in [0, 1]
-    y_true, y_pred : int labels (n,) or (n, 1), or one-hot / probabilities (n, k)
+    y_true : int labels (n,) or (n, 1), or one-hot (n, k)
+    y_pred : predicted probabilities (n, k) (``model.predict``), or int labels (then no
+        probability is shown and the images keep their order)
     class_names : sequence of str, optional (default: the label numbers)
     path : str or os.PathLike, optional
     max_images : int >= 1
@@ -367,7 +481,8 @@ def misclassified(images, y_true, y_pred, class_names=None, path=None, max_image
                          f"received {len(x)}, {len(t)} and {len(p)}")
     k = max(k_true, k_pred, int(max(t.max(), p.max())) + 1 if len(t) else 0)
     names = _class_names(class_names, k, what)
-    wrong = np.flatnonzero(t != p)
+    wrong = worst_errors(y_true, y_pred)
+    confidence = _confidence(y_pred, p)
     shown = wrong[:int(max_images)]
     if len(shown) == 0:
         fig = _figure((4, 2))
@@ -376,16 +491,19 @@ def misclassified(images, y_true, y_pred, class_names=None, path=None, max_image
         ax.text(0.5, 0.5, f"no misclassified images ({len(t)} of {len(t)} correct)",
                 ha="center", va="center", transform=ax.transAxes)
         return _finish(fig, path)
-    fig, axes = _grid(len(shown), tile=1.9, title_space=0.35)
+    fig, axes = _grid(len(shown), tile=1.9, title_space=0.5)
     for ax, i in zip(axes, shown):
         img = x[i]
         if img.shape[2] == 1:
             ax.imshow(img[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         else:
             ax.imshow(img, interpolation="nearest")
-        ax.set_title(f"true: {names[t[i]]} / pred: {names[p[i]]}", fontsize=7)
+        prob = "" if confidence is None else f" {confidence[i]:.0%}"
+        ax.set_title(f"pred: {names[p[i]]}{prob}\ntrue: {names[t[i]]}", fontsize=7)
+    order = (", most confident first" if confidence is not None else "")
     fig.suptitle(f"{len(wrong)} of {len(t)} misclassified"
-                 + (f" (first {len(shown)} shown)" if len(shown) < len(wrong) else ""))
+                 + (f" (the first {len(shown)} shown{order})" if len(shown) < len(wrong)
+                    else (f" ({order[2:]})" if order else "")))
     return _finish(fig, path)
 
 

@@ -17,9 +17,10 @@ held out for validation. It writes into ``out``:
 
 A run never overwrites another by accident. Without ``out`` it writes into
 ``runs/<dataset>``, or, when that folder already holds a run (any of the files above),
-into the first of ``runs/<dataset>-2``, ``runs/<dataset>-3``, ... that holds none. An
-``out`` that holds a run is refused (:class:`TrainError`) unless ``overwrite=True``
-(``--overwrite``), which first deletes that run's files. ``resume`` writes into the
+into the first of ``runs/<dataset>-2``, ``runs/<dataset>-3``, ... that holds none; the
+folder is claimed atomically (:func:`claim_run_folder`), so runs started at the same
+moment never share one. An ``out`` that holds a run is refused (:class:`TrainError`)
+unless ``overwrite=True`` (``--overwrite``), which first deletes that run's files. ``resume`` writes into the
 checkpoint's folder, as it continues the run there.
 
 Use it from Python::
@@ -322,13 +323,60 @@ def run_files_in(folder):
 
 
 def free_run_folder(base):
-    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none."""
-    if not run_files_in(base):
-        return base
+    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds
+    none (a folder being claimed by a run that has not written a file yet counts as holding
+    one). Only a look: :func:`claim_run_folder` is the one that takes a folder."""
+    for candidate in _numbered(base):
+        if not _taken(candidate):
+            return candidate
+
+
+#: the file by which a run claims its folder before writing anything else (removed at the end)
+CLAIM_FILE = ".minicnn-train-claim"
+
+
+def claim_run_folder(base):
+    """Take the first of ``base``, ``base-2``, ``base-3``, ... that holds no run, atomically.
+
+    A folder is claimed by creating :data:`CLAIM_FILE` in it with ``O_CREAT | O_EXCL``:
+    of several runs starting at once (two terminals, a job array), exactly one creates
+    it and the others move on to the next number, so no two runs share a folder even
+    when each saw it free (a missing or an empty folder). Returns the folder's path; the
+    caller removes the claim when the run's own files are there (:func:`release_claim`).
+    """
+    for candidate in _numbered(base):
+        if run_files_in(candidate):
+            continue
+        os.makedirs(candidate, exist_ok=True)
+        try:
+            fd = os.open(os.path.join(candidate, CLAIM_FILE), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:        # another run claimed it first
+            continue
+        os.close(fd)
+        if run_files_in(candidate):    # a run that started earlier wrote its files and
+            release_claim(candidate)   # released its claim between our look and our claim
+            continue
+        return candidate
+
+
+def release_claim(folder):
+    """Remove the claim :func:`claim_run_folder` left in ``folder`` (if any)."""
+    try:
+        os.remove(os.path.join(folder, CLAIM_FILE))
+    except FileNotFoundError:
+        pass
+
+
+def _numbered(base):
+    yield base
     number = 2
-    while run_files_in(f"{base}-{number}"):
+    while True:
+        yield f"{base}-{number}"
         number += 1
-    return f"{base}-{number}"
+
+
+def _taken(folder):
+    return bool(run_files_in(folder)) or os.path.exists(os.path.join(folder, CLAIM_FILE))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -357,6 +405,7 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
              "label_smoothing": label_smoothing}
     state = None
     earlier = None                   # the default folder, when it held a run and was skipped
+    base = None                      # the default folder, when no --out is given
     continuing = False               # writing into the folder of the run being resumed
     if resume is not None:
         state = read_state(resume)
@@ -374,12 +423,10 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
         continuing = os.path.realpath(os.fspath(out)) == checkpoint_dir
     else:
         settings = {k: (given[k] if given[k] is not None else DEFAULTS[k]) for k in DEFAULTS}
-        if out is None:
+        if out is None:              # claimed once the run starts (claim_run_folder)
             base = os.path.join("runs", settings["dataset"])
-            out = free_run_folder(base)
-            earlier = base if out != base else None
-    out = os.fspath(out)
-    stale = [] if continuing else run_files_in(out)
+    out = None if out is None else os.fspath(out)
+    stale = [] if continuing or out is None else run_files_in(out)
     if stale and not overwrite:
         hint = (f", --resume {os.path.join(out, 'last.npz')} to continue it"
                 if resume is None and "last.npz" in stale else "")
@@ -444,6 +491,10 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
 
     for name in stale:               # --overwrite: no file of the earlier run may survive
         os.remove(os.path.join(out, name))
+    claimed = out is None
+    if claimed:
+        out = claim_run_folder(base)
+        earlier = base if out != base else None
     os.makedirs(out, exist_ok=True)
     if state is None:
         steps = s["epochs"] * -(-(len(x) - n_val) // s["batch_size"])
@@ -511,13 +562,21 @@ def train(dataset=None, data=None, epochs=None, batch_size=None, lr=None, augmen
     write_json(files["history"], result)
 
     from . import plot
-    plot.history(history, files["curves"])
+    if history.get("loss"):
+        plot.history(history, files["curves"], monitor=checkpoint.monitor, mode=checkpoint.mode)
+    else:                            # --epochs 0: the untrained model is tested, no curves
+        del files["curves"]
+        stream.write("No epoch was trained (--epochs 0): no curves.png; the test scores "
+                     "below are the untrained model's\n")
     plot.confusion_matrix(y_test, y_prob, class_names, files["confusion_matrix"])
     plot.misclassified(x_test, y_test, y_prob, class_names, files["misclassified"])
+    if claimed:
+        release_claim(out)           # the run's own files mark the folder from now on
 
     where = (f"best checkpoint, epoch {recorder.best_epoch} of {len(history.get('loss', []))}"
              if recorder.best_epoch else "final model")
-    stream.write(f"Wrote {', '.join(os.path.basename(p) for p in files.values())} to {out}\n")
+    written = [os.path.basename(p) for p in files.values() if os.path.isfile(p)]
+    stream.write(f"Wrote {', '.join(written)} to {out}\n")
     stream.write(f"Test accuracy: {test_acc:.4f} (loss {test_loss:.4f}, {len(xt)} images, "
                  f"{where})\n")
     stream.flush()

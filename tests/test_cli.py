@@ -206,11 +206,16 @@ def test_example_script_runs_the_same_trainer(tmp_path, capsys):
 def test_plots_of_a_run_show_what_they_claim(run_dir):
     out, _ = run_dir
     history = load_history(out)
-    fig = plot.history(history)
+    fig = plot.history(history, monitor="val_accuracy")     # what the run's checkpoint watched
     acc, loss = fig.axes
+    best = history["best_epoch"]
     for ax, name in ((acc, "Accuracy"), (loss, "Loss")):
         assert ax.get_xlabel() == "Epoch" and ax.get_ylabel() == name
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "validation"]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "train", "validation",
+            f"best epoch {best} (val_accuracy {history['val_accuracy'][best - 1]:.4g})"]
+        # the marker stands at the epoch whose weights best.npz holds
+        assert list(ax.lines[2].get_xdata()) == [best, best]
     np.testing.assert_allclose(acc.lines[1].get_ydata(), history["val_accuracy"])
 
     (_, _), (x_test, y_test) = shapes.load_data(n_train=160, n_test=40)
@@ -227,7 +232,11 @@ def test_plots_of_a_run_show_what_they_claim(run_dir):
     assert len(fig.axes) == min(wrong, 25) or (wrong == 0 and len(fig.axes) == 1)
     if wrong:
         first = fig.axes[0]
-        assert first.get_title().startswith("true: ") and " / pred: " in first.get_title()
+        assert re.fullmatch(r"pred: \w+ \d+%\ntrue: \w+", first.get_title())
+        worst = plot.worst_errors(y_test, y_prob)[0]
+        assert f"{y_prob[worst].max():.0%}" in first.get_title()
+        assert y_prob[worst].max() == max(y_prob[i].max() for i in range(len(y_test))
+                                          if np.argmax(y_prob[i]) != y_test[i, 0])
         shown = first.get_images()[0].get_array()
         assert shown.shape == (32, 32, 3) and np.ptp(np.asarray(shown)) > 0.1   # a real image
 

@@ -71,8 +71,9 @@ def test_history_object_writes_png_and_has_two_labelled_axes(tmp_path):
     for ax, name in ((acc, "Accuracy"), (loss, "Loss")):
         assert ax.get_xlabel() == "Epoch"
         assert ax.get_ylabel() == name
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "validation"]
-        for line in ax.get_lines():
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "train", "validation", "best epoch 3 (val_loss 0.4)"]    # val_loss: 1.2 / epoch
+        for line in ax.get_lines()[:2]:
             assert list(line.get_xdata()) == [1, 2, 3]      # epochs count from 1
     np.testing.assert_allclose(loss.get_lines()[0].get_ydata(), [1.0, 0.5, 1 / 3])
     np.testing.assert_allclose(acc.get_lines()[1].get_ydata(), [0.25, 0.35, 0.45])
@@ -82,8 +83,9 @@ def test_history_dict_without_validation_and_with_acc_key(tmp_path):
     path = tmp_path / "h.png"
     fig = plot.history({"loss": [0.9, 0.7], "acc": [0.5, 0.6]}, str(path))
     assert_png(path)
-    for ax in fig.axes:
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train"]
+    for ax in fig.axes:     # no validation: the best epoch is the lowest training loss
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "train", "best epoch 2 (loss 0.7)"]
 
 
 def test_history_without_path_writes_nothing(tmp_path, monkeypatch):
@@ -96,8 +98,100 @@ def test_history_without_path_writes_nothing(tmp_path, monkeypatch):
 def test_history_rejects_bad_input():
     with pytest.raises(ValueError, match="history must be a History .* received list"):
         plot.history([1, 2, 3])
-    with pytest.raises(ValueError, match=r"no 'loss' or 'accuracy' entries.*'lr'"):
+    with pytest.raises(ValueError, match=r"no 'loss' or 'accuracy' values.*'lr'"):
         plot.history({"lr": [0.1]})
+    with pytest.raises(ValueError, match=r"monitor 'val_accuracy' is not in the history, "
+                                         r"received keys \['loss'\]"):
+        plot.history({"loss": [1.0]}, monitor="val_accuracy")
+    with pytest.raises(ValueError, match="mode must be 'auto', 'min' or 'max', received 'up'"):
+        plot.history({"loss": [1.0]}, mode="up")
+
+
+def best_marker(ax):
+    """The epoch of the best-epoch line of an axes (its x data is [e, e]) and its label."""
+    lines = [l for l in ax.get_lines() if l.get_label().startswith("best epoch")]
+    assert len(lines) == 1, [l.get_label() for l in ax.get_lines()]
+    x = list(lines[0].get_xdata())
+    assert x[0] == x[1]
+    return x[0], lines[0].get_label()
+
+
+@pytest.mark.parametrize("monitor, expected", [("val_accuracy", 3), ("val_loss", 2),
+                                               ("accuracy", 4), ("loss", 1)])
+def test_history_marks_the_best_epoch_of_the_monitored_metric(monitor, expected):
+    logs = {"loss": [0.5, 0.9, 0.7, 0.8], "accuracy": [0.1, 0.2, 0.3, 0.4],
+            "val_loss": [1.0, 0.6, 0.6, 0.9], "val_accuracy": [0.3, 0.5, 0.7, 0.7]}
+    # ties keep the earlier epoch (val_loss 0.6 at 2 and 3, val_accuracy 0.7 at 3 and 4), as the
+    # checkpoint does; accuracies are best high, losses low
+    assert plot.best_epoch(logs, monitor) == expected
+    fig = plot.history(logs, monitor=monitor)
+    for ax in fig.axes[:2]:
+        epoch, label = best_marker(ax)
+        assert epoch == expected
+        assert label == f"best epoch {expected} ({monitor} {logs[monitor][expected - 1]:.4g})"
+    assert plot.best_epoch(logs, "val_loss", mode="max") == 1
+    assert plot.best_epoch(logs, "auc") is None
+
+
+def test_history_default_monitor_is_val_loss_then_loss():
+    fig = plot.history({"loss": [1.0, 0.5], "val_loss": [0.4, 0.6]})
+    assert best_marker(fig.axes[1])[0] == 1
+    fig = plot.history({"loss": [1.0, 0.5]})
+    assert best_marker(fig.axes[1])[0] == 2
+
+
+def test_best_epoch_is_the_epoch_the_checkpoint_keeps(tmp_path, rng):
+    """The marker replays ModelCheckpoint(save_best_only=True): same epoch on random curves."""
+    from minicnn.callbacks import ModelCheckpoint
+
+    class Saves:
+        epochs = []
+
+        def save(self, path):
+            self.epochs.append(current[0])
+
+    for trial in range(20):
+        values = np.round(rng.random(8), 1).tolist()        # rounded: ties happen
+        for monitor in ("val_accuracy", "val_loss"):
+            ckpt = ModelCheckpoint(tmp_path / "best.npz", monitor=monitor, save_best_only=True)
+            ckpt.model = Saves()
+            Saves.epochs = []
+            for e, v in enumerate(values):
+                current = [e + 1]
+                ckpt.on_epoch_end(e, {monitor: v})
+            assert plot.best_epoch({monitor: values}, monitor) == Saves.epochs[-1], values
+
+
+def test_history_learning_rate_on_a_second_axis_when_it_varies(tmp_path):
+    logs = {"loss": [1.0, 0.8, 0.7], "val_loss": [1.1, 0.9, 0.95],
+            "learning_rate": [1e-3, 5e-4, 1e-4]}
+    path = tmp_path / "curves.png"
+    fig = plot.history(logs, path)
+    assert_png(path)
+    assert len(fig.axes) == 3
+    acc, loss, lr_axis = fig.axes
+    assert lr_axis.get_ylabel() == "learning rate"
+    assert lr_axis.get_shared_x_axes().joined(lr_axis, loss)        # a twin of the loss axes
+    (line,) = lr_axis.get_lines()
+    assert list(line.get_xdata()) == [1, 2, 3]
+    np.testing.assert_allclose(line.get_ydata(), logs["learning_rate"])
+    assert loss.get_title() == "Loss"
+
+
+def test_history_constant_learning_rate_has_no_second_axis():
+    fig = plot.history({"loss": [1.0, 0.8], "learning_rate": [1e-3, 1e-3]})
+    assert len(fig.axes) == 2
+    assert fig.axes[1].get_title() == "Loss (learning rate 0.001, constant)"
+    fig = plot.history({"loss": [1.0, 0.8]})                      # no rate logged: nothing said
+    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "Loss"
+
+
+def test_history_of_no_epoch_says_so():
+    with pytest.raises(ValueError, match=r"no 'loss' or 'accuracy' values \(was any epoch "
+                                         r"trained\?\), received keys \[\]"):
+        plot.history(History())                  # fit(epochs=0) returns an empty History
+    with pytest.raises(ValueError, match="was any epoch trained"):
+        plot.history({"loss": [], "val_loss": []})
     with pytest.raises(ValueError, match=r"history\['loss'\] must be a list of numbers"):
         plot.history({"loss": ["a", "b"]})
 
@@ -111,11 +205,32 @@ def test_filters_rgb_tiles_normalised_per_filter(tmp_path, model):
     assert [ax.get_title() for ax in fig.axes] == ["0", "1", "2", "3"]
     kernel = model.layers[0].params["kernel"]
     for i, ax in enumerate(fig.axes):
+        assert ax.images[0].get_interpolation() == "nearest"
         tile = np.asarray(ax.images[0].get_array())
-        assert tile.shape == (3, 3, 3)
+        assert tile.shape == (24, 24, 3)                    # 3x3 weights, 8x8 pixels each
         k = kernel[:, :, :, i]
-        np.testing.assert_allclose(tile, (k - k.min()) / (k.max() - k.min()), atol=1e-6)
+        normalised = (k - k.min()) / (k.max() - k.min())    # this filter's own min and max
+        np.testing.assert_allclose(tile, np.kron(normalised, np.ones((8, 8, 1))), atol=1e-6)
+        assert tile.min() == pytest.approx(0) and tile.max() == pytest.approx(1)
     assert "conv" in fig._suptitle.get_text()
+    assert "each scaled to [0, 1] on its own" in fig._suptitle.get_text()
+
+
+def test_filters_each_normalised_on_its_own():
+    """A filter of tiny weights beside one of large weights: both span [0, 1]."""
+    conv = layers.Conv2D(2, 5, input_shape=(8, 8, 3))
+    conv.build((8, 8, 3))
+    k = np.arange(5 * 5 * 3 * 2, dtype=np.float32).reshape(5, 5, 3, 2)
+    k[..., 0] *= 1e-4
+    k[..., 1] = 100.0 - k[..., 1]
+    conv.params["kernel"][...] = k
+    fig = plot.filters(conv)
+    for i, ax in enumerate(fig.axes):
+        tile = np.asarray(ax.images[0].get_array())
+        assert tile.shape == (25, 25, 3)                    # ceil(24 / 5) = 5 pixels a weight
+        assert tile.min() == pytest.approx(0) and tile.max() == pytest.approx(1)
+        ki = k[..., i]
+        np.testing.assert_allclose(tile[::5, ::5], (ki - ki.min()) / np.ptp(ki), atol=1e-6)
 
 
 def test_filters_grayscale_for_other_channel_counts_and_model_argument():
@@ -123,7 +238,7 @@ def test_filters_grayscale_for_other_channel_counts_and_model_argument():
     fig = plot.filters(m)      # a model: its first Conv2D
     assert len(image_axes(fig)) == 6
     tile = np.asarray(fig.axes[0].images[0].get_array())
-    assert tile.shape == (3, 3)
+    assert tile.shape == (24, 24)
     assert tile.min() == pytest.approx(0) and tile.max() == pytest.approx(1)
 
 
@@ -249,11 +364,52 @@ def test_misclassified_uint8(tmp_path, rng):
     path = tmp_path / "wrong.png"
     fig = plot.misclassified(images, y_true.reshape(-1, 1), np.eye(3)[y_pred], NAMES, path)
     assert_png(path)
-    assert [ax.get_title() for ax in fig.axes] == ["true: dog / pred: bird",
-                                                   "true: cat / pred: dog",
-                                                   "true: dog / pred: cat"]
+    # one-hot predictions: all equally confident (100%), so the images keep their order
+    assert [ax.get_title() for ax in fig.axes] == ["pred: bird 100%\ntrue: dog",
+                                                   "pred: dog 100%\ntrue: cat",
+                                                   "pred: cat 100%\ntrue: dog"]
     np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), images[1] / 255.0)
     assert "3 of 10 misclassified" in fig._suptitle.get_text()
+
+
+def test_worst_errors_most_confident_wrong_first(rng):
+    y_true = np.array([0, 1, 2, 0, 1, 2, 0])
+    y_prob = np.array([[0.9, 0.05, 0.05],     # right
+                       [0.6, 0.3, 0.1],       # wrong, 0.6
+                       [0.1, 0.1, 0.8],       # right
+                       [0.2, 0.7, 0.1],       # wrong, 0.7
+                       [0.4, 0.35, 0.25],     # wrong, 0.4
+                       [0.05, 0.9, 0.05],     # wrong, 0.9: the worst
+                       [0.3, 0.6, 0.1]])      # wrong, 0.6: ties with 1, comes after it
+    order = plot.worst_errors(y_true, y_prob)
+    assert order.tolist() == [5, 3, 1, 6, 4]
+    assert plot.worst_errors(np.eye(3)[y_true], y_prob).tolist() == [5, 3, 1, 6, 4]
+    assert plot.worst_errors(y_true, y_prob.argmax(axis=1)).tolist() == [1, 3, 4, 5, 6]
+    # against a naive sort on random probabilities
+    probs = rng.random((200, 5))
+    probs /= probs.sum(axis=1, keepdims=True)
+    labels = rng.integers(0, 5, 200)
+    wrong = [i for i in range(200) if probs[i].argmax() != labels[i]]
+    naive = sorted(wrong, key=lambda i: (-probs[i].max(), i))
+    assert plot.worst_errors(labels, probs).tolist() == naive
+    with pytest.raises(ValueError, match="same length, received 7 and 2"):
+        plot.worst_errors(y_true, y_prob[:2])
+
+
+def test_misclassified_shows_the_worst_first_with_probabilities(tmp_path):
+    images = np.zeros((4, 4, 4, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = [10, 20, 30, 40]                     # tell the images apart
+    y_true = np.array([0, 1, 2, 0])
+    y_prob = np.array([[0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.05, 0.9, 0.05], [0.1, 0.1, 0.8]])
+    path = tmp_path / "worst.png"
+    fig = plot.misclassified(images, y_true, y_prob, NAMES, path, max_images=2)
+    assert_png(path)
+    assert [ax.get_title() for ax in fig.axes] == ["pred: dog 90%\ntrue: bird",
+                                                   "pred: bird 80%\ntrue: cat"]
+    assert np.asarray(fig.axes[0].images[0].get_array())[0, 0, 0] == pytest.approx(30 / 255)
+    assert np.asarray(fig.axes[1].images[0].get_array())[0, 0, 0] == pytest.approx(40 / 255)
+    assert fig._suptitle.get_text() == ("3 of 4 misclassified (the first 2 shown, most "
+                                        "confident first)")
 
 
 def test_misclassified_float_gray_and_max_images(rng):
@@ -262,7 +418,7 @@ def test_misclassified_float_gray_and_max_images(rng):
     y_pred = np.ones(30, dtype=int)
     fig = plot.misclassified(images, y_true, y_pred, max_images=7)
     assert len(fig.axes) == 7
-    assert fig.axes[0].get_title() == "true: 0 / pred: 1"
+    assert fig.axes[0].get_title() == "pred: 1\ntrue: 0"      # labels: no probability
     assert np.asarray(fig.axes[0].images[0].get_array()).shape == (5, 5)
     assert "first 7 shown" in fig._suptitle.get_text()
 

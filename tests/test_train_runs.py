@@ -209,3 +209,59 @@ def test_epoch_lines_star_is_explained_once_before_the_first_epoch(tmp_path, cap
     lines = out.splitlines()
     assert lines.count(LEGEND) == 1
     assert lines.index(LEGEND) < next(i for i, line in enumerate(lines) if EPOCH.match(line))
+
+
+# ----------------------------------------------------------------------------- runs started at once
+def test_runs_claiming_at_once_get_distinct_folders(tmp_path):
+    """Many runs looking for a folder at the same moment: each gets its own, none shares one."""
+    import threading
+
+    base = tmp_path / "runs" / "shapes"
+    plant_run(tmp_path / "runs" / "shapes-2")             # a finished run: never handed out
+    (tmp_path / "runs" / "shapes-3").mkdir()              # an empty folder: free, once
+    n = 12
+    start = threading.Barrier(n)
+    got = [None] * n
+
+    def claim(i):
+        start.wait()
+        got[i] = trainer.claim_run_folder(str(base))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == n, sorted(got)
+    expected = {str(base)} | {f"{base}-{k}" for k in range(3, n + 2)}
+    assert set(got) == expected
+    for folder in got:             # each holds its claim until its run has written its files
+        assert os.listdir(folder) == [trainer.CLAIM_FILE]
+    assert trainer.free_run_folder(str(base)) == f"{base}-{n + 2}"
+
+
+def test_a_claimed_folder_is_released_when_the_run_ends(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    taken = tmp_path / "runs" / "shapes"
+    taken.mkdir(parents=True)
+    (taken / trainer.CLAIM_FILE).write_bytes(b"")        # a run that has just started there
+    code, out, err = run(capsys)
+    assert code == 0, err
+    assert holds_new_run(tmp_path / "runs" / "shapes-2")
+    assert not (tmp_path / "runs" / "shapes-2" / trainer.CLAIM_FILE).exists()
+    assert os.listdir(taken) == [trainer.CLAIM_FILE]      # the other run's folder is left alone
+
+
+# ----------------------------------------------------------------------------- --epochs 0
+def test_epochs_0_tests_the_untrained_model_without_curves(tmp_path, capsys):
+    folder = tmp_path / "run0"
+    code, out, err = run(capsys, "--out", str(folder), "--epochs", "0")
+    assert code == 0, err
+    assert "No epoch was trained (--epochs 0): no curves.png" in out
+    assert re.search(r"Test accuracy: [\d.]+ .*final model", out)
+    assert sorted(os.listdir(folder)) == ["confusion_matrix.png", "history.json",
+                                          "misclassified.png"]
+    assert re.search(r"^Wrote history.json, confusion_matrix.png, misclassified.png to ", out,
+                     flags=re.M)
+    history = json.loads((folder / "history.json").read_text())
+    assert history["best_epoch"] is None and "loss" not in history

@@ -23,6 +23,15 @@ buffer; partial weight gradients are summed serially afterwards. The thread
 count ``nt`` is an argument (``numba.get_num_threads()`` read inside a kernel
 would stop Numba from caching it).
 
+Kernels whose bodies also hold whole-array NumPy expressions (``np.zeros`` of the
+partial buffers, ``part / m`` over the channels) take ``parallel=PRANGE_ONLY``:
+``parallel=True`` would turn each such expression into a parallel loop of its own,
+one more gufunc to compile (``batchnorm_train_forward`` had 6), for arrays too small to
+gain from threads. With it the ``prange`` loops are the only parallel regions, as
+designed. ``dense_backward`` (5 gufuncs, 3 of them its ``np.zeros``) keeps
+``parallel=True``: prange-only, its allocations change so that the page-fault test of
+``tests/test_config.py`` no longer sees the faults that ``config.tune_malloc`` removes.
+
 Scalars such as 0 and 1 arrive as arguments typed like the arrays (``zero``,
 ``one``): a Python int or float mixed with float32 would make Numba compute
 in float64.
@@ -31,6 +40,11 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+#: ``parallel=`` for kernels whose only parallel regions are their ``prange`` loops
+PRANGE_ONLY = {"prange": True, "comprehension": False, "reduction": False,
+               "inplace_binop": False, "setitem": False, "numpy": False, "stencil": False,
+               "fusion": False}
 
 
 @njit(parallel=True, cache=True)

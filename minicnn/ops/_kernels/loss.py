@@ -5,9 +5,12 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _row_logsumexp(logits, b, zero):
-    """Stable ``log sum_j exp(logits[b, j])``: ``m + log sum_j exp(logits[b, j] - m)``."""
+    """Stable ``log sum_j exp(logits[b, j])``: ``m + log sum_j exp(logits[b, j] - m)``.
+
+    Inlined: called with the ``prange`` index ``b``, it would otherwise compile twice (the
+    int64 index of the kernel's typing and the uint64 one of its parallel loop)."""
     k = logits.shape[1]
     m = logits[b, 0]
     for j in range(1, k):

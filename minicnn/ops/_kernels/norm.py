@@ -5,16 +5,25 @@ iteration. Per-channel sums are first gathered per block into ``(nt, c)``
 partials, each iteration writing only its own row of them, then merged
 serially; the elementwise passes write only their own block of rows.
 Every scalar (``m``, ``eps``, ``one``) arrives in x's dtype.
+
+Rows of the partials are copied channel by channel rather than as ``part[t] = acc``: an
+array assigned to a slice makes Numba compile its string formatting for the shape-mismatch
+error, about 2 s of a cold compile that no other kernel needs.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+from . import PRANGE_ONLY
 
-@njit(cache=True)
+
+@njit(cache=True, inline="always")
 def _block(t, nt, m):
-    """Rows ``[lo, hi)`` of block ``t`` of ``nt`` over ``m`` rows."""
+    """Rows ``[lo, hi)`` of block ``t`` of ``nt`` over ``m`` rows.
+
+    Inlined: called with the ``prange`` index, it would otherwise compile twice, for the
+    int64 index of the kernel's typing and the uint64 one of its parallel loop."""
     chunk = (m + nt - 1) // nt
     lo = min(m, t * chunk)
     return lo, min(m, lo + chunk)
@@ -29,7 +38,7 @@ def _merge(part):
     return total
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PRANGE_ONLY, cache=True)
 def batchnorm_train_forward(x, gamma, beta, m, eps, one, nt):
     """Normalise ``x (m, c)`` by its per-channel batch mean and biased variance.
 
@@ -47,7 +56,8 @@ def batchnorm_train_forward(x, gamma, beta, m, eps, one, nt):
         for r in range(lo, hi):
             for ch in range(c):
                 acc[ch] += x[r, ch]
-        part[t] = acc
+        for ch in range(c):          # not part[t] = acc: see the module docstring
+            part[t, ch] = acc[ch]
     mean = _merge(part) / m
     for t in prange(nt):
         lo, hi = _block(t, nt, rows)
@@ -56,7 +66,8 @@ def batchnorm_train_forward(x, gamma, beta, m, eps, one, nt):
             for ch in range(c):
                 d = x[r, ch] - mean[ch]
                 acc[ch] += d * d
-        part[t] = acc
+        for ch in range(c):          # not part[t] = acc: see the module docstring
+            part[t, ch] = acc[ch]
     var = _merge(part) / m
     inv_std = one / np.sqrt(var + eps)
     xhat = np.empty_like(x)
@@ -85,7 +96,7 @@ def batchnorm_inference_forward(x, gamma, beta, mean, inv_std, nt):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PRANGE_ONLY, cache=True)
 def batchnorm_backward(dy, xhat, gamma, inv_std, m, nt):
     """Full batch-norm backward for ``dy, xhat (m, c)``, ``gamma, inv_std (c,)``.
 
@@ -105,8 +116,9 @@ def batchnorm_backward(dy, xhat, gamma, inv_std, m, nt):
             for ch in range(c):
                 acc_b[ch] += dy[r, ch]
                 acc_g[ch] += dy[r, ch] * xhat[r, ch]
-        part_b[t] = acc_b
-        part_g[t] = acc_g
+        for ch in range(c):
+            part_b[t, ch] = acc_b[ch]
+            part_g[t, ch] = acc_g[ch]
     dbeta = _merge(part_b)
     dgamma = _merge(part_g)
     scale = gamma * inv_std / m

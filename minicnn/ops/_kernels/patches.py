@@ -50,7 +50,7 @@ def _im2col_one(x, b, cols, kh, kw, sh, sw, pt, pl, oh, ow):
 _TCOLS_MAX_C = 4
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")     # called with a literal True or False: one copy each
 def _transposed_patches(c, sh, sw, w, ow, backward):
     """True where the transposed patch layout is the faster one (see above).
 
@@ -143,7 +143,7 @@ def _patch_buffers(x, nt, rows, kk, transposed):
     return cbuf, xcs
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")     # called with the prange index: int64 and uint64
 def _patch_views(cbuf, t, rows, kk):
     """Thread ``t``'s patch buffer viewed as rows ``(rows, kk)`` and transposed ``(kk, rows)``."""
     return cbuf[t].reshape((rows, kk)), cbuf[t].reshape((kk, rows))
@@ -190,9 +190,13 @@ def _col2im_one(dcols, dx, b, kh, kw, sh, sw, pt, pl, oh, ow):
 @njit(cache=True)
 def _patches_into(x, b, cr, ct, xc, q_off, transposed, kh, kw, sh, sw, pt, pl, oh, ow):
     """Patches of image ``b`` into rows ``q_off ..`` of ``cr`` (row layout) or into
-    columns ``q_off ..`` of ``ct`` (transposed layout, see :func:`_transposed_patches`)."""
+    columns ``q_off ..`` of ``ct`` (transposed layout, see :func:`_transposed_patches`).
+
+    ``q_off`` is made an int64 first: a caller passing the constant 0 would otherwise
+    compile a second copy of :func:`_im2colT_one` for the literal."""
+    q0 = np.int64(q_off)
     if transposed:
-        _im2colT_one(x, b, xc, ct, q_off, kh, kw, sh, sw, pt, pl, oh, ow)
+        _im2colT_one(x, b, xc, ct, q0, kh, kw, sh, sw, pt, pl, oh, ow)
     else:
-        _im2col_one(x, b, cr[q_off:q_off + oh * ow], kh, kw, sh, sw, pt, pl, oh, ow)
+        _im2col_one(x, b, cr[q0:q0 + oh * ow], kh, kw, sh, sw, pt, pl, oh, ow)
 

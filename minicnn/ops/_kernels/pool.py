@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import PRANGE_ONLY
+
 
 @njit(parallel=True, cache=True)
 def maxpool2d_forward(x, ph, pw, sh, sw, pt, pl, oh, ow):
@@ -47,7 +49,7 @@ def maxpool2d_forward(x, ph, pw, sh, sw, pt, pl, oh, ow):
     return y, arg
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PRANGE_ONLY, cache=True)
 def maxpool2d_backward(dy, arg, h, w, pw, sh, sw, pt, pl):
     """Route ``dy (n, oh, ow, c)`` to the winners ``arg`` (int32, like dy) of
     :func:`maxpool2d_forward`: returns new ``dx (n, h, w, c)`` (dy's dtype) with
@@ -159,7 +161,7 @@ def global_avgpool_backward(dy, h, w, hw):
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PRANGE_ONLY, cache=True)
 def global_maxpool_forward(x):
     """Per image and channel of ``x (n, h, w, c)``: the maximum and the flat position
     ``r*w + s`` (int32) of the first maximum in row-major order (the first NaN wins over
@@ -182,7 +184,7 @@ def global_maxpool_forward(x):
     return y, arg
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PRANGE_ONLY, cache=True)
 def global_maxpool_backward(dy, arg, h, w):
     """``dx[b, r, s, ch] = dy[b, ch]`` at ``r*w + s == arg[b, ch]`` (int32), 0 elsewhere;
     ``dy, arg (n, c)``. Returns new ``dx (n, h, w, c)``."""

@@ -1,0 +1,78 @@
+"""A cold compile compiles each kernel, and each helper it calls, once per dtype.
+
+``minicnn compile`` runs in a subprocess with an empty NUMBA_CACHE_DIR (a warm cache loads the
+kernels whole and never compiles the helpers, so it would show nothing), then lists the
+signatures of every Numba dispatcher in ``minicnn.ops._kernels``. A second signature for the
+same dtype is compile time spent twice: a literal constant (``0``, ``True``) or the unsigned
+index of a ``prange`` loop passed to a helper, C- and A-contiguous arrays, int32 and int64
+scalars.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: duplicates made by the callers in conv.py (being rewritten elsewhere): the fused kernels pass
+#: the constants 0 (``q_off``) and 1 (``g``) where the plain ones pass variables
+KNOWN_IN_CONV = {"patches._patches_into", "conv._conv_grads"}
+
+LIST_SIGNATURES = r"""
+import io, json, sys
+from numba.core.registry import CPUDispatcher
+from minicnn import cli
+import minicnn.ops._kernels as K
+from minicnn.ops._kernels import (conv, dense, elementwise, loss, norm, optim, partials,
+                                  patches, pool)
+cli.cmd_compile(io.StringIO())
+found = {}
+for mod in (K, conv, dense, elementwise, loss, norm, optim, partials, patches, pool):
+    for name, obj in vars(mod).items():
+        if isinstance(obj, CPUDispatcher) and obj.__module__ == mod.__name__:
+            found[mod.__name__.rsplit(".", 1)[1] + "." + name] = [
+                [str(t) for t in sig] for sig in obj.signatures]
+json.dump(found, sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def signatures(tmp_path_factory):
+    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        pytest.skip("NUMBA_DISABLE_JIT=1: nothing is compiled")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path_factory.mktemp("numba_cache")),
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get(
+                   "PYTHONPATH")])]))
+    done = subprocess.run([sys.executable, "-c", LIST_SIGNATURES], capture_output=True,
+                          text=True, env=env, timeout=1200, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def dtype_key(sig):
+    """What a signature must differ in to be worth a compile of its own: the array dtypes."""
+    return tuple(t.split("(")[1].split(",")[0] if t.startswith("Array(") else "-" for t in sig)
+
+
+def test_the_shipped_models_compile_each_function_once_per_dtype(signatures):
+    compiled = {name: sigs for name, sigs in signatures.items() if sigs}
+    assert {"conv.conv2d_forward", "norm.batchnorm_train_forward",
+            "dense.dense_backward"} <= set(compiled)             # the check saw the kernels
+    twice = {}
+    for name, sigs in compiled.items():
+        keys = [dtype_key(s) for s in sigs]
+        if len(set(keys)) < len(keys):
+            twice[name] = sigs
+    assert set(twice) <= KNOWN_IN_CONV, json.dumps(twice, indent=1)
+
+
+def test_only_float32_is_compiled_for_float32_models(signatures):
+    for name, sigs in signatures.items():
+        if name == "_kernels._warm":          # picks the threading layer, float64 by design
+            continue
+        for sig in sigs:
+            assert not any("float64" in t for t in sig), (name, sig)
