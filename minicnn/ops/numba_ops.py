@@ -8,6 +8,7 @@ only ever compiles float32 signatures. Same signatures and conventions as
 from __future__ import annotations
 
 import math
+import warnings
 
 import numba
 import numpy as np
@@ -49,6 +50,22 @@ def _group(n, nt, rows_per_image):
 def _threads(n):
     """Threads for a batch of ``n``: never more threads than images."""
     return max(1, min(numba.get_num_threads(), n))
+
+
+_NO_PARALLEL_HINT = r"(?s).*no transformation for parallel execution was possible"
+
+
+def _quiet(kernel, *args):
+    """``kernel(*args)`` without Numba's hint that ``parallel=True`` found nothing to do.
+
+    The kernels compiled with ``parallel=PRANGE_ONLY`` (see :mod:`._kernels`) get it,
+    for the inner function of their ``prange`` loop, at every cold compile: only their
+    ``prange`` loops are parallel, on purpose. Any other warning still shows.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_PARALLEL_HINT,
+                                category=numba.NumbaPerformanceWarning)
+        return kernel(*args)
 
 
 def _counter():
@@ -146,7 +163,7 @@ def maxpool2d_forward(x, pool, strides, pads):
 def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
     _, h, w, _ = x_shape
     sh, sw = strides
-    return pool_k.maxpool2d_backward(_c(dy), _c(argmax, dtype=np.int32), h, w, pool[1], sh, sw,
+    return _quiet(pool_k.maxpool2d_backward, _c(dy), _c(argmax, dtype=np.int32), h, w, pool[1], sh, sw,
                                      pads[0], pads[2])
 
 
@@ -175,12 +192,12 @@ def global_avgpool_backward(dy, x_shape):
 
 
 def global_maxpool_forward(x):
-    return pool_k.global_maxpool_forward(_c(x))
+    return _quiet(pool_k.global_maxpool_forward, _c(x))
 
 
 def global_maxpool_backward(dy, argmax, x_shape):
     _, h, w, _ = x_shape
-    return pool_k.global_maxpool_backward(_c(dy), _c(argmax, dtype=np.int32), h, w)
+    return _quiet(pool_k.global_maxpool_backward, _c(dy), _c(argmax, dtype=np.int32), h, w)
 
 
 def _channel_vector(v, c, dtype, fill):
@@ -192,7 +209,7 @@ def batchnorm_train_forward(x, gamma, beta, epsilon):
     dt = x.dtype.type
     c = x.shape[-1]
     rows = _c(x).reshape(-1, c)
-    y, mean, var, xhat, inv_std = norm_k.batchnorm_train_forward(
+    y, mean, var, xhat, inv_std = _quiet(norm_k.batchnorm_train_forward, 
         rows, _channel_vector(gamma, c, x.dtype, 1), _channel_vector(beta, c, x.dtype, 0),
         dt(rows.shape[0]), dt(epsilon), dt(1), _threads(rows.shape[0]))
     return y.reshape(x.shape), mean, var, xhat.reshape(x.shape), inv_std
@@ -212,7 +229,7 @@ def batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon):
 def batchnorm_backward(dy, xhat, gamma, inv_std):
     c = dy.shape[-1]
     rows = _c(dy).reshape(-1, c)
-    dx, dgamma, dbeta = norm_k.batchnorm_backward(
+    dx, dgamma, dbeta = _quiet(norm_k.batchnorm_backward, 
         rows, _c(xhat, dtype=dy.dtype).reshape(-1, c), _channel_vector(gamma, c, dy.dtype, 1),
         _c(inv_std, dtype=dy.dtype), dy.dtype.type(rows.shape[0]), _threads(rows.shape[0]))
     return dx.reshape(dy.shape), dgamma, dbeta
