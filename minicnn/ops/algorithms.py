@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -185,15 +184,9 @@ def cache_path():
 def machine_key():
     """The CPU, Numba's thread count and its threading layer: what the timings depend on."""
     import numba
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+
+    from .. import machine
+    cpu = machine.cpu_info()["model_name"]
     return f"{cpu} | {numba.get_num_threads()} threads | {config.threading_layer()}"
 
 

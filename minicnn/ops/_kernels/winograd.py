@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .partials import _sum_partials
 from .sched import _fetch_add, _slot_count, _slot_range
 
 
@@ -265,12 +266,8 @@ def winograd_backward(x, u_t, dy, y, pt, pl, oh, ow, need_dx, relu, zero, nt, gr
                                     g4s[t], tmps[t], du_part, db_part, s, dx, pt, pl, oh, ow, th, tw,
                                     need_dx, relu, zero)
             s = _fetch_add(counter, 0, 1)
-    du = du_part[0].copy()
-    db = db_part[0].copy()
-    for p in range(1, du_part.shape[0]):
-        du += du_part[p]
-        db += db_part[p]
-    return dx, du, db
+    du, db = _sum_partials(du_part.reshape(du_part.shape[0], 16 * c, f), db_part)
+    return dx, du.reshape(16, c, f), db
 
 
 @njit(cache=True)
