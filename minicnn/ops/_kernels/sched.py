@@ -6,7 +6,11 @@ With a second busy process on a two-core machine the seed step ran 3.5x slower t
 idle that way (benchmarks/RESULTS.md). Here the batch is cut into ``slots``
 contiguous ranges, more than there are threads, and each thread takes the next free
 slot from a shared counter (an atomic fetch-and-add) until none is left, so a thread
-that runs slowly simply takes fewer slots.
+that runs slowly simply takes fewer slots. It does not cure a core taken by another
+process on its own: every parallel region still ends only when each of its threads has
+at least looked at the counter, and the thread sharing the busy core waits for a time
+slice to do so (section 8a of benchmarks/RESULTS.md); ``minicnn.config.adapt_threads``
+then runs on fewer threads.
 
 Results stay reproducible: a slot's partial weight gradient goes to that slot's own
 buffer, and the buffers are summed in slot order afterwards, so the rounding does
