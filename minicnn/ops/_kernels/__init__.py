@@ -17,8 +17,9 @@ float64 signature is ever compiled for float32 data).
 - :mod:`.partials`: the serial sum of per-thread partial gradients.
 
 Parallel design: one ``prange`` region per pass. ``prange(nt)`` hands each of
-the ``nt`` threads one iteration; thread ``t`` walks images ``t, t + nt, ...``
-one at a time, so the patches of one image stay in its L2 cache and each
+the ``nt`` threads one iteration; in the conv kernels each thread then takes slots
+of contiguous images from a shared counter (:mod:`.sched`) and walks them one image
+(or a small group) at a time, so the patches of one image stay in its L2 cache and each
 thread calls single-threaded BLAS (``np.dot``). Every ``prange`` iteration
 writes only its own output rows or its own slot of a per-thread partial
 buffer; partial weight gradients are summed serially afterwards. The thread
