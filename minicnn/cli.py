@@ -568,7 +568,8 @@ def _conv_algorithm_note(step, batch_size):
         return ""
     fwd, bwd = conv.algorithm_for((batch_size,) + tuple(conv.input_shape))
     if conv is not step and not getattr(step, "_composed", True):
-        return " [fused im2col]"
+        forward = getattr(step, "_forward_algorithm", "im2col")
+        return " [fused im2col]" if forward == "im2col" else f" [fused {forward}/im2col]"
     return f" [{fwd}]" if fwd == bwd else f" [{fwd}/{bwd}]"
 
 

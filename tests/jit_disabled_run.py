@@ -140,6 +140,15 @@ def winograd_conv2d_forward_cases():
             yield f"geometry {g}, relu={relu}", case
 
 
+def winograd_conv2d_relu_maxpool_forward_cases():
+    for g, geometry in enumerate(WINOGRAD_GEOMETRIES):
+        def case(dt, geometry=geometry, g=g):
+            x, k, b, pads = _winograd_inputs(dt, geometry, g)
+            y, arg = ops.winograd_conv2d_relu_maxpool_forward(x, k, b, pads)
+            return [y, np.where(y > 0, arg, 0)]      # no gradient where the ReLU stops it
+        yield f"geometry {g}", case
+
+
 def winograd_conv2d_backward_cases():
     for g, geometry in enumerate(WINOGRAD_GEOMETRIES):
         for need_dx in (True, False):

@@ -309,3 +309,64 @@ def test_winograd_forward_with_im2col_backward_gives_the_same_gradients(monkeypa
         np.testing.assert_allclose(dx, plain.backward(dy), atol=1e-12)
     for key in ("kernel", "bias"):
         np.testing.assert_allclose(mixed.grads[key], plain.grads[key], atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=conv_case())
+def test_fused_winograd_relu_pool_forward_equals_the_composition(case):
+    """Every backend's fused Winograd + ReLU + 2x2 pool equals maxpool(relu(direct conv)),
+    argmax included wherever the ReLU passes (elsewhere no gradient flows)."""
+    x, kernel, bias, _ = _arrays(*case)
+    pads = case[5]
+    y_ref, arg_ref = reference.conv2d_relu_maxpool_forward(x, kernel, bias, (1, 1), pads)
+    for name, impl in _IMPLS.items():
+        y, arg = impl.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads)
+        assert y.shape == y_ref.shape and arg.dtype == np.uint8, name
+        np.testing.assert_allclose(y, y_ref, rtol=1e-11, atol=1e-11, err_msg=name)
+        assert np.array_equal(arg[y_ref > 0], arg_ref[y_ref > 0]), name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_winograd_ties_go_to_the_first_maximum(dtype):
+    """Integer images and kernel, a positive bias: Winograd's transforms stay exact (sums
+    of integers and quarters), so tied windows tie exactly and the winner must be the
+    first, as in the im2col fused kernel (black MNIST backgrounds are such ties)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 3, size=(3, 10, 12, 2)).astype(dtype)
+    x[0] = 0
+    x[1, 1:9, 2:11, :] = 1
+    kernel = rng.integers(-1, 3, size=(3, 3, 2, 4)).astype(dtype)
+    bias = np.arange(1, 5).astype(dtype)
+    pads = (1, 1, 1, 1)
+    y_im2col, arg_im2col = numba_ops.conv2d_relu_maxpool_forward(x, kernel, bias, (1, 1), pads)
+    y, arg = numba_ops.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads)
+    assert np.array_equal(y, y_im2col)
+    assert np.array_equal(arg, arg_im2col)
+    assert (arg[0] == 0).all()                       # the all-zeros image: four-way ties
+
+
+def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_forward(monkeypatch):
+    """The fixed rule gives a 16-channel conv Winograd forward: the fused step pools the
+    Winograd output and takes the fused im2col backward, with the unfused numbers."""
+    from minicnn.layers.fused import ConvReluPool
+    monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 8, 8, 16))
+    conv = layers.Conv2D(6, 3, padding="same", activation="relu", dtype="float64")
+    fused = ConvReluPool(conv, layers.MaxPooling2D(2, 2, dtype="float64"))
+    plain_conv = layers.Conv2D(6, 3, padding="same", activation="relu", dtype="float64",
+                               algorithm="im2col")
+    plain_pool = layers.MaxPooling2D(2, 2, dtype="float64")
+    with minicnn.use_backend("numba"):
+        y = fused.forward(x)
+        assert not fused._composed and fused._forward_algorithm == "winograd"
+        plain_conv.build((8, 8, 16))
+        plain_conv.set_weights(conv.get_weights())
+        dy = rng.standard_normal(y.shape)
+        dx = fused.backward(dy)
+        y_ref = plain_pool.forward(plain_conv.forward(x))
+        dx_ref = plain_conv.backward(plain_pool.backward(dy))
+    np.testing.assert_allclose(y, y_ref, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, atol=1e-12)
+    for key in ("kernel", "bias"):
+        np.testing.assert_allclose(conv.grads[key], plain_conv.grads[key], atol=1e-12)

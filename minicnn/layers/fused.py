@@ -78,18 +78,27 @@ class ConvReluPool(Layer):
     def call(self, x, training=False):
         conv = self.conv
         # compose, each layer's own pass: where the backend has no fused kernel, and where
-        # Winograd is asked for by name (the fused kernels are im2col's). An "auto" conv
-        # stays fused: the autotuner times the conv alone, and the fused im2col step beat
-        # Winograd + a separate pool on the seed model's conv2 (21.5 against 20.2 ms/step)
+        # Winograd is asked for by name (its backward is Winograd's; the fused backward is
+        # im2col's). An "auto" conv stays fused: forward by the algorithm the autotuner
+        # chose (the Winograd variant pools each tile's 2x2 output block as it leaves the
+        # output transform), backward by the fused im2col kernel, which reads only x, the
+        # pooled y and the argmax. (Composing Winograd with a separate pool instead was
+        # slower than the fused im2col step: 21.5 against 20.2 ms per seed step.)
         wanted = conv.algorithm if conv.algorithm != "auto" else algorithms.forced()
-        if self.fusion not in ops.fusions() or (
-                wanted == "winograd" and conv.algorithm_for(x.shape)[0] == "winograd"):
+        forward = conv.algorithm_for(x.shape)[0]
+        fusions = ops.fusions()
+        if self.fusion not in fusions or (wanted == "winograd" and forward == "winograd"):
             self._composed = True
             return self.pool.forward(conv.forward(x, training), training)
         self._composed = False
-        y, argmax = ops.conv2d_relu_maxpool_forward(x, conv.params["kernel"],
-                                                    conv.params.get("bias"), conv.strides,
-                                                    conv.pads)
+        kernel, bias = conv.params["kernel"], conv.params.get("bias")
+        if forward == "winograd" and "winograd_conv2d_relu_maxpool" in fusions:
+            y, argmax = ops.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, conv.pads)
+        else:
+            y, argmax = ops.conv2d_relu_maxpool_forward(x, kernel, bias, conv.strides,
+                                                        conv.pads)
+        self._forward_algorithm = forward if "winograd_conv2d_relu_maxpool" in fusions \
+            else "im2col"
         self._x, self._y, self._argmax = x, y, argmax
         return y
 

@@ -112,6 +112,12 @@ def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
     return np.maximum(y, 0) if relu else np.ascontiguousarray(y)
 
 
+def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
+    z = winograd_conv2d_forward(x, kernel, bias, pads, relu=True)
+    y, argmax = maxpool2d_forward(z, (2, 2), (2, 2), (0, 0, 0, 0))
+    return y, argmax.astype(np.uint8)
+
+
 def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
     _winograd_check(kernel, pads, "winograd_conv2d_backward")
     n, h, w, c = x.shape

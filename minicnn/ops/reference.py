@@ -261,6 +261,18 @@ def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
     return dx, dkernel, dbias
 
 
+def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
+    """:func:`conv2d_relu_maxpool_forward` with the convolution by Winograd F(2x2, 3x3)
+    (3x3, stride 1): ``maxpool(relu(winograd_conv(x) + bias))``. Each 2x2 block of
+    Winograd outputs is exactly one 2x2 pool window, so the numba backend pools each
+    tile's block as it leaves the output transform. Returns ``y (n, oh // 2, ow // 2, f)``
+    and ``argmax`` (uint8), which :func:`conv2d_relu_maxpool_backward` takes.
+    """
+    z = winograd_conv2d_forward(x, kernel, bias, pads, relu=True)
+    y, argmax = maxpool2d_forward(z, (2, 2), (2, 2), (0, 0, 0, 0))
+    return y, argmax.astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------- max pooling
 def maxpool2d_forward(x, pool, strides, pads):
     """Max pooling, NHWC; padded positions never win (TensorFlow's 'same').
