@@ -181,6 +181,17 @@ def machine_info():
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE") or "unset"}
 
 
+def worker_record(stdout):
+    """The last JSON object line a worker printed on ``stdout``, or None."""
+    for line in reversed((stdout or "").splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
 def _last_line(text):
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     return lines[-1] if lines else ""
@@ -258,14 +269,7 @@ def _run_worker(args, fw, mode):
         return "unavailable", None, f"{python}: {exc.strerror or exc}"
     except subprocess.TimeoutExpired:
         return "failed", None, f"timed out after {args.timeout:g} s"
-    record = None
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            try:
-                record = json.loads(line)
-                break
-            except json.JSONDecodeError:
-                continue
+    record = worker_record(proc.stdout)
     if record is not None and "unavailable" in record:
         return "unavailable", record, record["unavailable"]
     if proc.returncode != 0 or record is None or not record.get("step_times"):

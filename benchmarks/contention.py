@@ -50,6 +50,10 @@ if ROOT not in sys.path:
 
 from minicnn import machine  # noqa: E402
 
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+from compare_frameworks import worker_record  # noqa: E402
+
 LABELS = {"minicnn": "minicnn (numba)", "keras": "Keras/TF", "torch": "PyTorch"}
 SEED_WORKERS = {"minicnn": "_minicnn_seed.py", "keras": "_keras_seed.py",
                 "torch": "_torch_seed.py"}
@@ -189,14 +193,7 @@ def run_once(args, fw, busy):
         if hog is not None:
             hog.kill()
             hog.wait()
-    record = None
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            try:
-                record = json.loads(line)
-                break
-            except json.JSONDecodeError:
-                continue
+    record = worker_record(proc.stdout)
     if record is not None and "unavailable" in record:
         return None, f"unavailable: {record['unavailable']}"
     if proc.returncode != 0 or record is None or not record.get("step_times"):
@@ -309,7 +306,6 @@ def markdown(args, summary, failures, header):
 
 def machine_header(args):
     """The CPU, the GEMM roofs and the BLAS kernels, as markdown bullets."""
-    sys.path.insert(0, HERE)
     import _common
     from minicnn import config, ops
     with config.use_backend("numba"):
