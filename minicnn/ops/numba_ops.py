@@ -134,18 +134,19 @@ def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_forward")
     c, f = kernel.shape[2], kernel.shape[3]
     u = _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f))
-    return winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
-                                       pads[2], oh, ow, bool(relu), x.dtype.type(0), nt, grp,
-                                       _counter())
+    y, _ = winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
+                                       pads[2], oh, ow, bool(relu), False, x.dtype.type(0), nt,
+                                       grp, _counter())
+    return y
 
 
 def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_relu_maxpool_forward")
     c, f = kernel.shape[2], kernel.shape[3]
     u = _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f))
-    return winograd_k.winograd_relu_maxpool_forward(
-        _c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0], pads[2], oh, ow,
-        x.dtype.type(0), nt, grp, _counter())
+    return winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
+                                       pads[2], oh, ow, True, True, x.dtype.type(0), nt, grp,
+                                       _counter())
 
 
 def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):

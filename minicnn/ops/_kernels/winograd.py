@@ -96,18 +96,68 @@ def _output_transform(m, y, b, row0, th, tw, oh, ow, bias, relu, zero, t2):
                                 y[b, i, j, o] = zero if (relu and val <= zero) else val
 
 
+@njit(cache=True)
+def _output_transform_pool(m, y, arg, b, row0, th, tw, bias, zero, t2):
+    """The 2x2 output block of every tile of image ``b`` (``A^T m_tile A + bias``), max-
+    pooled where it lands: the block *is* the 2x2 pool window. Writes ``y[b, ti, tj, :]``
+    (ReLU after the max: they commute) and ``arg`` (uint8, 0..3, the row-major position
+    of the first maximum; a NaN wins and stays, as in the im2col fused kernel). Only the
+    ``ph x pw`` complete windows: an odd last row or column of outputs is dropped."""
+    f = m.shape[2]
+    ph, pw = y.shape[1], y.shape[2]
+    for ti in range(ph):
+        for tj in range(pw):
+            row = row0 + ti * tw + tj
+            for e in range(4):                       # rows: A^T m
+                for o in range(f):
+                    m0 = m[e, row, o]
+                    m1 = m[4 + e, row, o]
+                    m2 = m[8 + e, row, o]
+                    m3 = m[12 + e, row, o]
+                    t2[0, e, o] = m0 + m1 + m2
+                    t2[1, e, o] = m1 - m2 - m3
+            for o in range(f):
+                bo = bias[o]
+                best = t2[0, 0, o] + t2[0, 1, o] + t2[0, 2, o] + bo
+                a = 0
+                v = t2[0, 1, o] - t2[0, 2, o] - t2[0, 3, o] + bo
+                take = (best == best) & ((v > best) | (v != v))
+                best = v if take else best
+                a = 1 if take else a
+                v = t2[1, 0, o] + t2[1, 1, o] + t2[1, 2, o] + bo
+                take = (best == best) & ((v > best) | (v != v))
+                best = v if take else best
+                a = 2 if take else a
+                v = t2[1, 1, o] - t2[1, 2, o] - t2[1, 3, o] + bo
+                take = (best == best) & ((v > best) | (v != v))
+                best = v if take else best
+                a = 3 if take else a
+                y[b, ti, tj, o] = zero if best <= zero else best
+                arg[b, ti, tj, o] = a
+
+
 @njit(parallel=True, cache=True)
-def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, zero, nt, grp, counter):
+def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, counter):
     """y (n, oh, ow, f) = the 3x3 stride-1 convolution of x (+ bias, ReLU'd if ``relu``).
 
-    ``x (n, h, w, c)``, ``u (16, c, f)``, ``bias (f,)`` (zeros for none); returns new ``y``.
+    ``x (n, h, w, c)``, ``u (16, c, f)``, ``bias (f,)`` (zeros for none). Returns new
+    ``(y, arg)``; ``arg`` is empty unless ``pool``. With ``pool`` (conv + bias + ReLU +
+    2x2/2 max-pool in one pass, ``relu`` ignored): each tile's 2x2 output block is
+    pooled as it leaves the output transform, so the conv output never leaves the
+    thread-local ``m``; ``y (n, oh//2, ow//2, f)`` and ``arg`` (uint8) are those of
+    :func:`.conv.conv2d_relu_maxpool_forward`, whose backward they feed.
     """
     n, c = x.shape[0], x.shape[3]
     f = u.shape[2]
     th = (oh + 1) // 2
     tw = (ow + 1) // 2
     tiles = th * tw
-    y = np.empty((n, oh, ow, f), dtype=x.dtype)
+    if pool:
+        y = np.empty((n, oh // 2, ow // 2, f), dtype=x.dtype)
+        arg = np.empty((n, oh // 2, ow // 2, f), dtype=np.uint8)
+    else:
+        y = np.empty((n, oh, ow, f), dtype=x.dtype)
+        arg = np.empty((0, 0, 0, 0), dtype=np.uint8)
     vs = np.empty((nt, 16, grp * tiles, c), dtype=x.dtype)
     ms = np.empty((nt, 16, grp * tiles, f), dtype=x.dtype)
     ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
@@ -127,10 +177,14 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, zero, nt, grp, counter):
                 for k in range(16):
                     np.dot(v[k], u[k], m[k])
                 for i in range(g):
-                    _output_transform(m, y, b0 + i, i * tiles, th, tw, oh, ow, bias, relu,
-                                      zero, t2s[t])
+                    if pool:
+                        _output_transform_pool(m, y, arg, b0 + i, i * tiles, th, tw, bias,
+                                               zero, t2s[t])
+                    else:
+                        _output_transform(m, y, b0 + i, i * tiles, th, tw, oh, ow, bias,
+                                          relu, zero, t2s[t])
             s = _fetch_add(counter, 0, 1)
-    return y
+    return y, arg
 
 
 @njit(cache=True)
@@ -299,79 +353,3 @@ def _winograd_backward_slot(x, u_t, dy, y, lo, hi, grp, v, dm, dv, d, g4, tmp, d
                 np.dot(dm[k], u_t[k], dv[k])
             for i in range(g):
                 _input_transform_adjoint(dv, dx, b0 + i, i * tiles, th, tw, pt, pl, d)
-
-
-@njit(cache=True)
-def _output_transform_pool(m, y, arg, b, row0, th, tw, bias, zero, t2):
-    """The 2x2 output block of every tile of image ``b`` (``A^T m_tile A + bias``), max-
-    pooled where it lands: the block *is* the 2x2 pool window. Writes ``y[b, ti, tj, :]``
-    (ReLU after the max: they commute) and ``arg`` (uint8, 0..3, the row-major position
-    of the first maximum; a NaN wins and stays, as in the im2col fused kernel). Only the
-    ``ph x pw`` complete windows: an odd last row or column of outputs is dropped."""
-    f = m.shape[2]
-    ph, pw = y.shape[1], y.shape[2]
-    for ti in range(ph):
-        for tj in range(pw):
-            row = row0 + ti * tw + tj
-            for e in range(4):                       # rows: A^T m
-                for o in range(f):
-                    m0 = m[e, row, o]
-                    m1 = m[4 + e, row, o]
-                    m2 = m[8 + e, row, o]
-                    m3 = m[12 + e, row, o]
-                    t2[0, e, o] = m0 + m1 + m2
-                    t2[1, e, o] = m1 - m2 - m3
-            for o in range(f):
-                bo = bias[o]
-                best = t2[0, 0, o] + t2[0, 1, o] + t2[0, 2, o] + bo
-                a = 0
-                v = t2[0, 1, o] - t2[0, 2, o] - t2[0, 3, o] + bo
-                take = (best == best) & ((v > best) | (v != v))
-                best = v if take else best
-                a = 1 if take else a
-                v = t2[1, 0, o] + t2[1, 1, o] + t2[1, 2, o] + bo
-                take = (best == best) & ((v > best) | (v != v))
-                best = v if take else best
-                a = 2 if take else a
-                v = t2[1, 1, o] - t2[1, 2, o] - t2[1, 3, o] + bo
-                take = (best == best) & ((v > best) | (v != v))
-                best = v if take else best
-                a = 3 if take else a
-                y[b, ti, tj, o] = zero if best <= zero else best
-                arg[b, ti, tj, o] = a
-
-
-@njit(parallel=True, cache=True)
-def winograd_relu_maxpool_forward(x, u, bias, pt, pl, oh, ow, zero, nt, grp, counter):
-    """Winograd conv + bias + ReLU + 2x2/2 max-pool in one pass: the conv output never
-    leaves the thread-local ``m``. Returns ``y (n, oh//2, ow//2, f)`` and ``arg`` (uint8),
-    as :func:`.conv.conv2d_relu_maxpool_forward` (whose backward they feed)."""
-    n, c = x.shape[0], x.shape[3]
-    f = u.shape[2]
-    th = (oh + 1) // 2
-    tw = (ow + 1) // 2
-    tiles = th * tw
-    y = np.empty((n, oh // 2, ow // 2, f), dtype=x.dtype)
-    arg = np.empty((n, oh // 2, ow // 2, f), dtype=np.uint8)
-    vs = np.empty((nt, 16, grp * tiles, c), dtype=x.dtype)
-    ms = np.empty((nt, 16, grp * tiles, f), dtype=x.dtype)
-    ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
-    t2s = np.empty((nt, 2, 4, f), dtype=x.dtype)
-    slots = _slot_count(n, nt)
-    for t in prange(nt):
-        v = vs[t]
-        m = ms[t]
-        s = _fetch_add(counter, 0, 1)
-        while s < slots:
-            lo, hi = _slot_range(s, slots, n)
-            for b0 in range(lo, hi, grp):
-                g = min(grp, hi - b0)
-                for i in range(g):
-                    _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
-                for k in range(16):
-                    np.dot(v[k], u[k], m[k])
-                for i in range(g):
-                    _output_transform_pool(m, y, arg, b0 + i, i * tiles, th, tw, bias, zero,
-                                           t2s[t])
-            s = _fetch_add(counter, 0, 1)
-    return y, arg
