@@ -43,11 +43,7 @@ class Conv2D(Layer):
         self.kernel_regularizer = regularizers.get(kernel_regularizer, owner)
         self.bias_regularizer = regularizers.get(bias_regularizer, owner)
         self.algorithm = algorithms.check(algorithm, owner)
-        if algorithm == "winograd" and not algorithms.winograd_applies(self.kernel_size,
-                                                                        self.strides):
-            raise ValueError(f"{owner}: algorithm='winograd' needs kernel_size (3, 3) and strides "
-                             f"(1, 1), received kernel_size {self.kernel_size} and strides "
-                             f"{self.strides}")
+        algorithms.check_applies(algorithm, self.kernel_size, self.strides, owner)
         reject_kwargs(owner, kwargs)
         super().__init__(input_shape=input_shape, dtype=dtype, name=name, trainable=trainable)
 

@@ -46,7 +46,7 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_BACKWARD_PIXELS = 256
 
 _override = None            # set by use()
-_memory = {}                # key -> choice, this process
+_memory = {}                # (shapes, dtype) -> choice, this process
 _disk = None                # the cache file's entries for this machine, loaded once
 
 
@@ -61,6 +61,15 @@ def check(value, owner="Conv2D"):
 def winograd_applies(kernel_shape, strides) -> bool:
     """Winograd F(2x2, 3x3) computes 3x3 kernels at stride 1 (any padding)."""
     return tuple(kernel_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
+
+
+def check_applies(algorithm, kernel_shape, strides, owner="Conv2D"):
+    """A ValueError naming ``owner`` when ``algorithm`` is ``'winograd'`` and the layer is
+    not a 3x3, stride-1 convolution."""
+    if algorithm == "winograd" and not winograd_applies(kernel_shape, strides):
+        raise ValueError(f"{owner}: algorithm='winograd' needs kernel_size (3, 3) and strides "
+                         f"(1, 1), received kernel_size {tuple(kernel_shape[:2])} and strides "
+                         f"{tuple(strides)}")
 
 
 @contextlib.contextmanager
@@ -86,10 +95,7 @@ def resolve(algorithm, x_shape, kernel_shape, strides, pads, dtype, owner="Conv2
     chosen = algorithm if algorithm != "auto" else forced()
     if chosen == "winograd" and not eligible and algorithm == "auto":
         chosen = None                           # a process-wide choice: where it applies
-    if chosen == "winograd" and not eligible:
-        raise ValueError(f"{owner}: algorithm='winograd' needs a 3x3 kernel and strides (1, 1), "
-                         f"received kernel_size {tuple(kernel_shape[:2])} and strides "
-                         f"{tuple(strides)}")
+    check_applies(chosen, kernel_shape, strides, owner)
     if chosen is not None:
         return chosen, chosen
     if not eligible or config.get_backend() != "numba":
@@ -100,15 +106,16 @@ def resolve(algorithm, x_shape, kernel_shape, strides, pads, dtype, owner="Conv2
         pixels = (h + pads[0] + pads[1] - 2) * (w + pads[2] + pads[3] - 2)
         return (("winograd" if wide else "im2col"),
                 ("winograd" if wide and pixels >= WINOGRAD_MIN_BACKWARD_PIXELS else "im2col"))
-    key = _key(x_shape, kernel_shape, pads, dtype)
-    choice = _memory.get(key)
+    shapes = (tuple(x_shape), tuple(kernel_shape), tuple(pads), np.dtype(dtype).name)
+    choice = _memory.get(shapes)              # the hot path: one dict lookup per pass
     if choice is None:
-        entry = _cached().get(key)
+        key = _key(*shapes)
+        entry = _cached()[1].get(key)
         if not _valid(entry):
             entry = measure(x_shape, kernel_shape, pads, dtype)
             _store(key, entry)
         choice = (entry["forward"], entry["backward"])
-        _memory[key] = choice
+        _memory[shapes] = choice
     return choice
 
 
@@ -173,7 +180,7 @@ def measure(x_shape, kernel_shape, pads, dtype, repeats=3):
 
 def choices():
     """This machine's cached choices: ``{shape key: entry}`` (see :func:`measure`)."""
-    return dict(_cached())
+    return dict(_cached()[1])
 
 
 def cache_path():
@@ -206,32 +213,31 @@ def _read_file():
 
 
 def _cached():
+    """This process's view of the cache file: ``(machine key, {shape key: entry})``, read
+    once. The machine key is taken at that first look, so the thread governor dropping a
+    thread for a while does not send later choices to another machine's entries."""
     global _disk
     if _disk is None:
-        entries = _read_file().get(machine_key(), {})
-        _disk = entries if isinstance(entries, dict) else {}
+        key = machine_key()
+        entries = _read_file().get(key, {})
+        _disk = (key, entries if isinstance(entries, dict) else {})
     return _disk
 
 
 def _store(key, entry):
-    _cached()[key] = entry
+    from ..saving import write_atomically
+    machine, entries = _cached()
+    entries[key] = entry
     path = cache_path()
-    data = _read_file()
-    data.setdefault(machine_key(), {})
-    if not isinstance(data[machine_key()], dict):
-        data[machine_key()] = {}
-    data[machine_key()][key] = entry
-    tmp = f"{path}.tmp-{os.getpid()}"
+    data = _read_file()                         # another process may have added entries
+    if not isinstance(data.get(machine), dict):
+        data[machine] = {}
+    data[machine][key] = entry
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
     except OSError:                             # a read-only home: keep it in memory only
         pass
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def clear():
