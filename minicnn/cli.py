@@ -567,9 +567,9 @@ def _conv_algorithm_note(step, batch_size):
     if not isinstance(conv, Conv2D) or not conv.built:
         return ""
     fwd, bwd = conv.algorithm_for((batch_size,) + tuple(conv.input_shape))
-    if conv is not step and not getattr(step, "_composed", True):
-        forward = getattr(step, "_forward_algorithm", "im2col")
-        return " [fused im2col]" if forward == "im2col" else f" [fused {forward}/im2col]"
+    fused = getattr(step, "fused_forward", None) if conv is not step else None
+    if fused is not None:
+        return " [fused im2col]" if fused == "im2col" else f" [fused {fused}/im2col]"
     return f" [{fwd}]" if fwd == bwd else f" [{fwd}/{bwd}]"
 
 

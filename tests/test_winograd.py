@@ -359,7 +359,7 @@ def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_forward(monkeypatch)
     plain_pool = layers.MaxPooling2D(2, 2, dtype="float64")
     with minicnn.use_backend("numba"):
         y = fused.forward(x)
-        assert not fused._composed and fused._forward_algorithm == "winograd"
+        assert fused.fused_forward == "winograd"
         plain_conv.build((8, 8, 16))
         plain_conv.set_weights(conv.get_weights())
         dy = rng.standard_normal(y.shape)

@@ -95,12 +95,21 @@ class ConvReluPool(Layer):
         if forward == "winograd" and "winograd_conv2d_relu_maxpool" in fusions:
             y, argmax = ops.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, conv.pads)
         else:
+            forward = "im2col"
             y, argmax = ops.conv2d_relu_maxpool_forward(x, kernel, bias, conv.strides,
                                                         conv.pads)
-        self._forward_algorithm = forward if "winograd_conv2d_relu_maxpool" in fusions \
-            else "im2col"
+        self._forward_algorithm = forward
         self._x, self._y, self._argmax = x, y, argmax
         return y
+
+    @property
+    def fused_forward(self):
+        """What the last forward pass ran: ``'im2col'`` or ``'winograd'`` (the fused kernel's
+        convolution; the backward is always the fused im2col kernel), or None when the
+        two layers ran their own passes (or no pass ran yet)."""
+        if getattr(self, "_composed", True):
+            return None
+        return self._forward_algorithm
 
     def backward(self, dy):
         conv = self.conv
