@@ -337,11 +337,7 @@ def confusion_matrix(y_true, y_pred, class_names=None, path=None, normalize=True
     Figure with two axes: the matrix and its colorbar.
     """
     what = "plot.confusion_matrix"
-    t, k_true = _labels(y_true, "y_true", what)
-    p, k_pred = _labels(y_pred, "y_pred", what)
-    if len(t) != len(p):
-        raise ValueError(f"{what}: y_true and y_pred must have the same length, received "
-                         f"{len(t)} and {len(p)}")
+    t, k_true, p, k_pred = _label_pair(y_true, y_pred, what)
     if len(t) == 0:
         raise ValueError(f"{what}: y_true and y_pred are empty")
     names = _class_names(class_names, max(k_true, k_pred, int(max(t.max(), p.max())) + 1), what)
@@ -398,6 +394,17 @@ def _labels(y, arg, what):
     return y.astype(np.int64), 0
 
 
+def _label_pair(y_true, y_pred, what):
+    """:func:`_labels` of both, checked to be as long as each other:
+    ``(t, k_true, p, k_pred)``."""
+    t, k_true = _labels(y_true, "y_true", what)
+    p, k_pred = _labels(y_pred, "y_pred", what)
+    if len(t) != len(p):
+        raise ValueError(f"{what}: y_true and y_pred must have the same length, received "
+                         f"{len(t)} and {len(p)}")
+    return t, k_true, p, k_pred
+
+
 def _class_names(class_names, k, what):
     if class_names is None:
         return [str(i) for i in range(k)]
@@ -430,11 +437,7 @@ def worst_errors(y_true, y_pred):
     int64 array of the indices ``i`` with ``argmax y_pred[i] != y_true[i]``.
     """
     what = "plot.worst_errors"
-    t, _ = _labels(y_true, "y_true", what)
-    p, _ = _labels(y_pred, "y_pred", what)
-    if len(t) != len(p):
-        raise ValueError(f"{what}: y_true and y_pred must have the same length, received "
-                         f"{len(t)} and {len(p)}")
+    t, _, p, _ = _label_pair(y_true, y_pred, what)
     wrong = np.flatnonzero(t != p)
     confidence = _confidence(y_pred, p)
     if confidence is None:
