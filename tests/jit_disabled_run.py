@@ -162,6 +162,16 @@ def winograd_conv2d_backward_cases():
                 yield f"geometry {g}, need_dx={need_dx}, y={'relu output' if relu else None}", case
 
 
+def winograd_conv2d_backward_input_cases():
+    for g, geometry in enumerate(WINOGRAD_GEOMETRIES):
+        def case(dt, geometry=geometry, g=g):
+            x, k, b, pads = _winograd_inputs(dt, geometry, g)
+            shape = ops.winograd_conv2d_forward(x, k, b, pads).shape
+            dz = _normal(_rng(40 + g), dt, *shape)
+            return outputs(ops.winograd_conv2d_backward_input(dz, k, pads))
+        yield f"geometry {g}", case
+
+
 FUSED_GEOMETRIES = (((2, 6, 6, 2), (3, 3, 2, 3), (1, 1), (1, 1, 1, 1)),
                     ((2, 9, 8, 1), (2, 2, 1, 2), (1, 1), (0, 0, 0, 0)),
                     ((2, 5, 6, 6), (3, 3, 6, 2), (1, 1), (1, 1, 1, 1)))
@@ -184,13 +194,16 @@ def conv2d_relu_maxpool_forward_cases():
 def conv2d_relu_maxpool_backward_cases():
     for g, geometry in enumerate(FUSED_GEOMETRIES):
         for need_dx in (True, False):
-            def case(dt, geometry=geometry, need_dx=need_dx, g=g):
-                x, k, b, strides, pads = _fused_inputs(dt, geometry, g)
-                y, argmax = ops.conv2d_relu_maxpool_forward(x, k, b, strides, pads)
-                dy = _normal(_rng(20 + g), dt, *y.shape)
-                return outputs(ops.conv2d_relu_maxpool_backward(x, k, dy, y, argmax, strides,
-                                                                pads, need_dx))
-            yield f"geometry {g}, need_dx={need_dx}", case
+            for dx_algorithm in ("im2col", "winograd"):
+                if dx_algorithm == "winograd" and geometry[1][:2] != (3, 3):
+                    continue
+                def case(dt, geometry=geometry, need_dx=need_dx, g=g, dx_algorithm=dx_algorithm):
+                    x, k, b, strides, pads = _fused_inputs(dt, geometry, g)
+                    y, argmax = ops.conv2d_relu_maxpool_forward(x, k, b, strides, pads)
+                    dy = _normal(_rng(20 + g), dt, *y.shape)
+                    return outputs(ops.conv2d_relu_maxpool_backward(x, k, dy, y, argmax, strides,
+                                                                    pads, need_dx, dx_algorithm))
+                yield f"geometry {g}, need_dx={need_dx}, dx by {dx_algorithm}", case
 
 
 POOL_GEOMETRIES = (((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (2, 2), (1, 1, 1, 1)),

@@ -370,3 +370,126 @@ def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_forward(monkeypatch)
     np.testing.assert_allclose(dx, dx_ref, atol=1e-12)
     for key in ("kernel", "bias"):
         np.testing.assert_allclose(conv.grads[key], plain_conv.grads[key], atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=conv_case())
+def test_the_input_gradient_by_winograd_equals_the_convolution_backward(case, error_log):
+    """``winograd_conv2d_backward_input`` (dz convolved with the rotated kernel) gives the
+    dx of ``conv2d_backward`` on every backend, float64, odd sizes and every padding."""
+    x, kernel, bias, dz = _arrays(*case)
+    pads = case[5]
+    want = reference.conv2d_backward(x, kernel, dz, (1, 1), pads)[0]
+    for name, impl in _IMPLS.items():
+        dx = impl.winograd_conv2d_backward_input(dz, kernel, pads)
+        assert dx.shape == x.shape and dx.dtype == np.float64, name
+        err = np.abs(dx - want).max()
+        error_log.record(f"winograd input gradient {name} vs direct, float64", err)
+        assert err < 1e-11, name
+
+
+def _fused_case(seed, n, h, w, c, f, pads, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    kernel = rng.standard_normal((3, 3, c, f)).astype(dtype)
+    bias = rng.standard_normal(f).astype(dtype)
+    return x, kernel, bias, rng
+
+
+@pytest.mark.parametrize("geometry", [(3, 8, 8, 5, 4, (1, 1, 1, 1)),
+                                      (2, 7, 9, 3, 6, (1, 1, 1, 1)),   # odd: a dropped row
+                                      (2, 9, 6, 4, 3, (0, 1, 2, 0))])
+def test_fused_conv_pool_backward_takes_dx_from_winograd_with_the_same_gradients(geometry):
+    """``conv2d_relu_maxpool_backward(..., dx_algorithm='winograd')`` equals the im2col
+    dx and leaves the weight gradients as they are, on every backend (float64); without
+    dx wanted it computes none."""
+    x, kernel, bias, rng = _fused_case(11, *geometry)
+    pads = geometry[-1]
+    y, arg = reference.conv2d_relu_maxpool_forward(x, kernel, bias, (1, 1), pads)
+    dy = rng.standard_normal(y.shape)
+    want = reference.conv2d_relu_maxpool_backward(x, kernel, dy, y, arg, (1, 1), pads)
+    for name, impl in _IMPLS.items():
+        got = impl.conv2d_relu_maxpool_backward(x, kernel, dy, y, arg, (1, 1), pads,
+                                                dx_algorithm="winograd")
+        for g, w_ in zip(got, want):
+            assert g.shape == w_.shape
+            np.testing.assert_allclose(g, w_, rtol=1e-10, atol=1e-10, err_msg=name)
+        dx, dk, db = impl.conv2d_relu_maxpool_backward(x, kernel, dy, y, arg, (1, 1), pads,
+                                                       need_dx=False, dx_algorithm="winograd")
+        assert dx is None
+        np.testing.assert_allclose(dk, want[1], rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+def test_winograd_dx_float32_stays_within_the_bound():
+    """float32, the seed model's conv2 shape: the Winograd dx and the im2col dx against the
+    float64 truth, both within WINOGRAD_F32_BOUND of the scale sum |dz| |kernel|."""
+    x, kernel, bias, rng = _fused_case(12, 4, 16, 16, 32, 64, (1, 1, 1, 1), np.float32)
+    pads = (1, 1, 1, 1)
+    y, arg = numba_ops.conv2d_relu_maxpool_forward(x, kernel, bias, (1, 1), pads)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    truth = reference.conv2d_relu_maxpool_backward(
+        x.astype(np.float64), kernel.astype(np.float64), dy.astype(np.float64),
+        y.astype(np.float64), arg, (1, 1), pads)[0]
+    dz = numpy_ops.maxpool2d_backward(np.where(y > 0, dy, 0).astype(np.float64), arg,
+                                      (4, 16, 16, 64), (2, 2), (2, 2), (0, 0, 0, 0))
+    scale = reference.conv2d_backward(x.astype(np.float64), np.abs(kernel).astype(np.float64),
+                                      np.abs(dz), (1, 1), pads)[0].max()
+    for algorithm in ("im2col", "winograd"):
+        dx = numba_ops.conv2d_relu_maxpool_backward(x, kernel, dy, y, arg, (1, 1), pads,
+                                                    dx_algorithm=algorithm)[0]
+        assert dx.dtype == np.float32
+        assert np.abs(dx - truth).max() < WINOGRAD_F32_BOUND * scale, algorithm
+
+
+def test_a_dx_algorithm_it_cannot_run_is_refused():
+    x, kernel, bias, rng = _fused_case(13, 2, 6, 6, 2, 3, (1, 1, 1, 1))
+    y, arg = reference.conv2d_relu_maxpool_forward(x, kernel, bias, (1, 1), (1, 1, 1, 1))
+    for impl in _IMPLS.values():
+        with pytest.raises(ValueError, match="dx_algorithm must be 'im2col' or 'winograd', "
+                                             "received 'fft'"):
+            impl.conv2d_relu_maxpool_backward(x, kernel, y, y, arg, (1, 1), (1, 1, 1, 1),
+                                              dx_algorithm="fft")
+        y2, arg2 = reference.conv2d_relu_maxpool_forward(x, kernel, bias, (2, 2), (1, 1, 1, 1))
+        with pytest.raises(ValueError, match=r"needs a 3x3 kernel at strides \(1, 1\), received "
+                                             r"kernel shape \(3, 3, 2, 3\) and strides \(2, 2\)"):
+            impl.conv2d_relu_maxpool_backward(x, kernel, y2, y2, arg2, (2, 2), (1, 1, 1, 1),
+                                              dx_algorithm="winograd")
+        with pytest.raises(ValueError, match=r"each pad must be 0, 1 or 2.*\(3, 0, 0, 0\)"):
+            impl.winograd_conv2d_backward_input(np.zeros((1, 4, 4, 3)), kernel, (3, 0, 0, 0))
+
+
+def test_the_fused_winograd_step_gradchecks_and_matches_torch(monkeypatch, error_log):
+    """The fused conv + ReLU + pool step on the numba backend with a Winograd forward (and
+    so a Winograd dx): float64 finite differences with a random upstream gradient, and
+    PyTorch's conv2d + relu + max_pool2d gradients."""
+    from minicnn.layers.fused import ConvReluPool
+    monkeypatch.setenv("MINICNN_AUTOTUNE", "0")       # the fixed rule: 16 channels, Winograd
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 6, 6, 16))
+    with minicnn.use_backend("numba"):
+        conv = layers.Conv2D(3, 3, padding="same", activation="relu", dtype="float64")
+        fused = ConvReluPool(conv, layers.MaxPooling2D(2, 2, dtype="float64"))
+        errors = gradcheck.check_layer(fused, (6, 6, 16), batch_size=2, x=x)
+        assert fused.fused_forward == "winograd"
+        y = fused.forward(x)
+        upstream = rng.standard_normal(y.shape)
+        dx = fused.backward(upstream)
+    assert set(errors) == {"dx", "kernel", "bias"}
+    for err in errors.values():
+        error_log.record("gradcheck fused winograd conv+relu+pool (numba)", err)
+        assert err < 1e-7
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    kt = torch.tensor(conv.params["kernel"].transpose(3, 2, 0, 1), requires_grad=True)
+    bt = torch.tensor(conv.params["bias"], requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(xt, kt, bt,
+                                                                              padding=1)), 2)
+    yt.backward(torch.tensor(upstream.transpose(0, 3, 1, 2)))
+    pairs = [(y, yt.detach().numpy().transpose(0, 2, 3, 1)),
+             (dx, xt.grad.numpy().transpose(0, 2, 3, 1)),
+             (conv.grads["kernel"], kt.grad.numpy().transpose(2, 3, 1, 0)),
+             (conv.grads["bias"], bt.grad.numpy())]
+    for mine, theirs in pairs:
+        err = gradcheck.relative_error(mine, theirs)
+        error_log.record("torch parity fused winograd conv+relu+pool", err)
+        assert err < 1e-12

@@ -115,9 +115,11 @@ class ConvReluPool(Layer):
         conv = self.conv
         if self._composed:
             return conv.backward(self.pool.backward(dy))
+        # after a Winograd forward, dx is a Winograd convolution of the unpooled gradient
+        # too (the weight gradient stays im2col's, the faster one here)
         return conv.set_kernel_grads(*ops.conv2d_relu_maxpool_backward(
             self._x, conv.params["kernel"], dy, self._y, self._argmax, conv.strides, conv.pads,
-            self.compute_input_gradient))
+            self.compute_input_gradient, dx_algorithm=self._forward_algorithm))
 
 
 class Fusion:

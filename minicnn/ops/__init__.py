@@ -20,6 +20,7 @@ conv2d_relu_maxpool_forward = register("conv2d_relu_maxpool_forward")
 conv2d_relu_maxpool_backward = register("conv2d_relu_maxpool_backward")
 winograd_conv2d_forward = register("winograd_conv2d_forward")
 winograd_conv2d_backward = register("winograd_conv2d_backward")
+winograd_conv2d_backward_input = register("winograd_conv2d_backward_input")
 winograd_conv2d_relu_maxpool_forward = register("winograd_conv2d_relu_maxpool_forward")
 # pooling
 maxpool2d_forward = register("maxpool2d_forward")

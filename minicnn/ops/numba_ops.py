@@ -24,7 +24,7 @@ from ._kernels import pool as pool_k
 from ._kernels import winograd as winograd_k
 from ._shapes import out_hw
 from .reference import (LEAKY_RELU_SLOPE, WINOGRAD_G, _flat_inplace, _winograd_check,
-                        winograd_kernel_transform)
+                        backward_input_pads, rotated_kernel, split_dx, winograd_kernel_transform)
 
 config.apply_thread_policy()
 config.tune_malloc()
@@ -113,11 +113,18 @@ def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
                                               _counter())
 
 
-def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
+def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True,
+                                 dx_algorithm="im2col"):
+    split = split_dx(need_dx, dx_algorithm, kernel, strides, "conv2d_relu_maxpool_backward")
     k2, geo = _conv_args(x, kernel, strides, pads)
+    n, oh, ow, f = x.shape[0], geo[6], geo[7], kernel.shape[3]
+    # split: the kernel keeps dz (the unpooled, masked gradient) and skips its dx
+    dz = np.empty((n, oh * ow, f) if split else (0, 0, 0), dtype=x.dtype)
     dx, dk, db = conv_k.conv2d_relu_maxpool_backward(
-        _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo, bool(need_dx),
-        x.dtype.type(0), _threads(x.shape[0]), _counter())
+        _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo, bool(need_dx) and not split,
+        dz, x.dtype.type(0), _threads(n), _counter())
+    if split:
+        dx = winograd_conv2d_backward_input(dz.reshape(n, oh, ow, f), kernel, pads)
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 
@@ -161,6 +168,12 @@ def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
     g = WINOGRAD_G.astype(x.dtype)
     dkernel = np.einsum("ai,abcf,bj->ijcf", g, du.reshape(4, 4, c, f), g)
     return (dx if need_dx else None), dkernel, db
+
+
+def winograd_conv2d_backward_input(dz, kernel, pads):
+    _winograd_check(kernel, pads, "winograd_conv2d_backward_input")
+    back_pads = backward_input_pads(pads, "winograd_conv2d_backward_input")
+    return winograd_conv2d_forward(dz, rotated_kernel(kernel), None, back_pads)
 
 
 def maxpool2d_forward(x, pool, strides, pads):

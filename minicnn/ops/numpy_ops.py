@@ -18,7 +18,8 @@ from scipy.special import erfc
 
 from ._shapes import out_hw
 from .reference import (LEAKY_RELU_SLOPE, WINOGRAD_AT, WINOGRAD_BT, WINOGRAD_G,
-                        _winograd_check, _winograd_tiles, winograd_kernel_transform)
+                        _winograd_check, _winograd_tiles, backward_input_pads, rotated_kernel,
+                        split_dx, winograd_kernel_transform)
 
 
 def _pad(x, pads, value=0):
@@ -156,13 +157,24 @@ def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
     return y, argmax.astype(np.uint8)
 
 
-def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
+def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True,
+                                 dx_algorithm="im2col"):
     n, h, w, _ = x.shape
     kh, kw, _, f = kernel.shape
     oh, ow = out_hw(h, w, kh, kw, strides, pads)
+    split = split_dx(need_dx, dx_algorithm, kernel, strides, "conv2d_relu_maxpool_backward")
     dpool = np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
     dz = maxpool2d_backward(dpool, argmax, (n, oh, ow, f), (2, 2), (2, 2), (0, 0, 0, 0))
-    return conv2d_backward(x, kernel, dz, strides, pads, need_dx)
+    dx, dkernel, dbias = conv2d_backward(x, kernel, dz, strides, pads, need_dx and not split)
+    if split:
+        dx = winograd_conv2d_backward_input(dz, kernel, pads)
+    return dx, dkernel, dbias
+
+
+def winograd_conv2d_backward_input(dz, kernel, pads):
+    _winograd_check(kernel, pads, "winograd_conv2d_backward_input")
+    back_pads = backward_input_pads(pads, "winograd_conv2d_backward_input")
+    return winograd_conv2d_forward(dz, rotated_kernel(kernel), None, back_pads)
 
 
 def _inside_counts(size, k, s, before, out):

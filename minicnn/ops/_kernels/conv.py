@@ -248,7 +248,7 @@ def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zer
 
 @njit(parallel=True, cache=True)
 def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx,
-                                 zero, nt, counter):
+                                 dz_out, zero, nt, counter):
     """Backward of :func:`conv2d_relu_maxpool_forward`, one image at a time, in slots
     of the batch taken from a shared counter (:mod:`.sched`).
 
@@ -260,7 +260,8 @@ def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, 
 
     ``dy``, ``y`` (the pooled output) and ``arg`` (uint8) are ``(n, oh//2, ow//2, f)``;
     returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``dk (kh*kw*c, f)``,
-    ``db (f,)``.
+    ``db (f,)``. A ``dz_out (n, oh*ow, f)`` with rows (not ``(0, 0, 0)``) receives each
+    image's dz, for a caller that computes dx another way.
     """
     n = x.shape[0]
     kk, f = k2.shape
@@ -295,6 +296,8 @@ def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, 
                     for j in range(pw):
                         for o in range(f):
                             db_part[s, o] += dy[b, i, j, o] if y[b, i, j, o] > zero else zero
+                if dz_out.shape[0]:
+                    dz_out[b] = dz
                 _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
                 _conv_grads(x, b, 1, k2t, dz, cr, ct, transposed, tmp[t], dk_part[s], dcols[t], dx,
                             kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
