@@ -493,3 +493,23 @@ def test_the_fused_winograd_step_gradchecks_and_matches_torch(monkeypatch, error
         err = gradcheck.relative_error(mine, theirs)
         error_log.record("torch parity fused winograd conv+relu+pool", err)
         assert err < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_numba_kernel_transforms_equal_the_reference_matrices(dtype):
+    """The numba backend's written-out ``G g G^T`` and its transpose ``G^T dU G`` against
+    the reference's matrix products, with the dtype kept."""
+    from minicnn.ops._kernels import winograd as winograd_k
+    rng = np.random.default_rng(15)
+    kernel = rng.standard_normal((3, 3, 5, 7)).astype(dtype)
+    u = winograd_k.kernel_transform(kernel, dtype(0.5))
+    assert u.dtype == dtype and u.shape == (16, 5, 7)
+    tol = 1e-14 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(u, reference.winograd_kernel_transform(kernel).reshape(16, 5, 7),
+                               atol=tol)
+    du = rng.standard_normal((16, 5, 7)).astype(dtype)
+    g = reference.WINOGRAD_G
+    want = np.einsum("ai,abcf,bj->ijcf", g, du.reshape(4, 4, 5, 7).astype(np.float64), g)
+    dk = winograd_k.kernel_gradient(du, dtype(0.5))
+    assert dk.dtype == dtype and dk.shape == (3, 3, 5, 7)
+    np.testing.assert_allclose(dk, want, atol=tol)

@@ -23,8 +23,8 @@ from ._kernels import optim as optim_k
 from ._kernels import pool as pool_k
 from ._kernels import winograd as winograd_k
 from ._shapes import out_hw
-from .reference import (LEAKY_RELU_SLOPE, WINOGRAD_G, _flat_inplace, _winograd_check,
-                        backward_input_pads, rotated_kernel, split_dx, winograd_kernel_transform)
+from .reference import (LEAKY_RELU_SLOPE, _flat_inplace, _winograd_check, backward_input_pads,
+                        rotated_kernel, split_dx)
 
 config.apply_thread_policy()
 config.tune_malloc()
@@ -140,7 +140,7 @@ def _winograd_geometry(x, kernel, pads, op):
 def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_forward")
     c, f = kernel.shape[2], kernel.shape[3]
-    u = _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f))
+    u = winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5))
     y, _ = winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
                                        pads[2], oh, ow, bool(relu), False, x.dtype.type(0), nt,
                                        grp, _counter())
@@ -150,7 +150,7 @@ def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
 def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_relu_maxpool_forward")
     c, f = kernel.shape[2], kernel.shape[3]
-    u = _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f))
+    u = winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5))
     return winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
                                        pads[2], oh, ow, True, True, x.dtype.type(0), nt, grp,
                                        _counter())
@@ -159,14 +159,13 @@ def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
 def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_backward")
     c, f = kernel.shape[2], kernel.shape[3]
-    u_t = _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f).transpose(0, 2, 1))
+    u_t = _c(winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5)).transpose(0, 2, 1))
     dy = _c(dy)
     dx, du, db = winograd_k.winograd_backward(_c(x), u_t, dy, dy if y is None else _c(y),
                                               pads[0], pads[2], oh, ow, bool(need_dx),
                                               y is not None, x.dtype.type(0), nt, grp,
                                               _counter())
-    g = WINOGRAD_G.astype(x.dtype)
-    dkernel = np.einsum("ai,abcf,bj->ijcf", g, du.reshape(4, 4, c, f), g)
+    dkernel = winograd_k.kernel_gradient(du.reshape(16, c, f), x.dtype.type(0.5))
     return (dx if need_dx else None), dkernel, db
 
 

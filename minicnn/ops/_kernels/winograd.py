@@ -21,6 +21,66 @@ from .partials import _sum_partials
 from .sched import _fetch_add, _slot_count, _slot_range
 
 
+@njit(cache=True, inline="always")
+def _g_row(a, g0, g1, g2, half):
+    """Row ``a`` of ``G (g0, g1, g2)^T``: G's rows are ``(1, 0, 0)``, ``(1/2, 1/2, 1/2)``,
+    ``(1/2, -1/2, 1/2)``, ``(0, 0, 1)``."""
+    if a == 0:
+        return g0
+    if a == 1:
+        return half * (g0 + g1 + g2)
+    if a == 2:
+        return half * (g0 - g1 + g2)
+    return g2
+
+
+@njit(cache=True)
+def kernel_transform(k, half):
+    """``U = G g G^T`` of every channel pair, written out: ``k (3, 3, c, f)`` -> ``u (16, c, f)``
+    (position ``a*4 + e`` first; G as in :func:`_g_row`). ``half`` is 1/2 in k's dtype.
+    Filters innermost, so the loop over them vectorises.
+    """
+    c, f = k.shape[2], k.shape[3]
+    u = np.empty((16, c, f), dtype=k.dtype)
+    for a in range(4):
+        for e in range(4):
+            for ch in range(c):
+                for o in range(f):
+                    t0 = _g_row(a, k[0, 0, ch, o], k[1, 0, ch, o], k[2, 0, ch, o], half)
+                    t1 = _g_row(a, k[0, 1, ch, o], k[1, 1, ch, o], k[2, 1, ch, o], half)
+                    t2 = _g_row(a, k[0, 2, ch, o], k[1, 2, ch, o], k[2, 2, ch, o], half)
+                    u[a * 4 + e, ch, o] = _g_row(e, t0, t1, t2, half)
+    return u
+
+
+@njit(cache=True)
+def kernel_gradient(du, half):
+    """``dkernel = G^T dU G`` of every channel pair (the transpose of
+    :func:`kernel_transform`): ``du (16, c, f)`` -> ``dk (3, 3, c, f)``."""
+    c, f = du.shape[1], du.shape[2]
+    dk = np.empty((3, 3, c, f), dtype=du.dtype)
+    s = np.empty((3, 4), dtype=du.dtype)
+    for ch in range(c):
+        for o in range(f):
+            for e in range(4):                       # rows: G^T dU
+                d0 = du[e, ch, o]
+                d1 = du[4 + e, ch, o]
+                d2 = du[8 + e, ch, o]
+                d3 = du[12 + e, ch, o]
+                s[0, e] = d0 + half * (d1 + d2)
+                s[1, e] = half * (d1 - d2)
+                s[2, e] = half * (d1 + d2) + d3
+            for i in range(3):                       # columns: (G^T dU) G
+                d0 = s[i, 0]
+                d1 = s[i, 1]
+                d2 = s[i, 2]
+                d3 = s[i, 3]
+                dk[i, 0, ch, o] = d0 + half * (d1 + d2)
+                dk[i, 1, ch, o] = half * (d1 - d2)
+                dk[i, 2, ch, o] = half * (d1 + d2) + d3
+    return dk
+
+
 @njit(cache=True)
 def _input_transform(x, b, v, row0, th, tw, pt, pl, d):
     """``v[a*4 + e, row0 + tile, :] = (B^T d B)[a, e, :]`` for every tile of image ``b``.
