@@ -188,13 +188,21 @@ def cache_path():
     return os.path.join(home, "conv-algorithms.json")
 
 
+#: the revision of the conv kernels the cached timings were taken with: raised when a change
+#: moves their speed (2: the Winograd kernel transform as a kernel, Winograd dx after the
+#: fused pool), so that choices measured on the old kernels are measured again
+KERNELS_REVISION = 2
+
+
 def machine_key():
-    """The CPU, Numba's thread count and its threading layer: what the timings depend on."""
+    """The CPU, Numba's thread count, its threading layer and :data:`KERNELS_REVISION`:
+    what the timings depend on."""
     import numba
 
     from .. import machine
     cpu = machine.cpu_info()["model_name"]
-    return f"{cpu} | {numba.get_num_threads()} threads | {config.threading_layer()}"
+    return (f"{cpu} | {numba.get_num_threads()} threads | {config.threading_layer()} | "
+            f"kernels r{KERNELS_REVISION}")
 
 
 def _key(x_shape, kernel_shape, pads, dtype):
