@@ -569,7 +569,8 @@ def _conv_algorithm_note(step, batch_size):
     fwd, bwd = conv.algorithm_for((batch_size,) + tuple(conv.input_shape))
     fused = getattr(step, "fused_forward", None) if conv is not step else None
     if fused is not None:
-        return " [fused im2col]" if fused == "im2col" else f" [fused {fused}/im2col]"
+        back = step.fused_backward
+        return f" [fused {fused}]" if fused == back else f" [fused {fused}/{back}]"
     return f" [{fwd}]" if fwd == bwd else f" [{fwd}/{bwd}]"
 
 

@@ -162,6 +162,18 @@ def winograd_conv2d_backward_cases():
                 yield f"geometry {g}, need_dx={need_dx}, y={'relu output' if relu else None}", case
 
 
+def winograd_conv2d_relu_maxpool_backward_cases():
+    for g, geometry in enumerate(WINOGRAD_GEOMETRIES):
+        for need_dx in (True, False):
+            def case(dt, geometry=geometry, need_dx=need_dx, g=g):
+                x, k, b, pads = _winograd_inputs(dt, geometry, g)
+                y, arg = ops.winograd_conv2d_relu_maxpool_forward(x, k, b, pads)
+                dy = _normal(_rng(50 + g), dt, *y.shape)
+                return outputs(ops.winograd_conv2d_relu_maxpool_backward(x, k, dy, y, arg, pads,
+                                                                         need_dx))
+            yield f"geometry {g}, need_dx={need_dx}", case
+
+
 def winograd_conv2d_backward_input_cases():
     for g, geometry in enumerate(WINOGRAD_GEOMETRIES):
         def case(dt, geometry=geometry, g=g):

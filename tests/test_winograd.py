@@ -346,8 +346,9 @@ def test_fused_winograd_ties_go_to_the_first_maximum(dtype):
 
 
 def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_forward(monkeypatch):
-    """The fixed rule gives a 16-channel conv Winograd forward: the fused step pools the
-    Winograd output and takes the fused im2col backward, with the unfused numbers."""
+    """The fixed rule gives a 16-channel conv at 8x8 Winograd forward and im2col backward:
+    the fused step pools the Winograd output and takes the im2col weight gradient with a
+    Winograd dx, with the unfused numbers."""
     from minicnn.layers.fused import ConvReluPool
     monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
     rng = np.random.default_rng(8)
@@ -359,7 +360,7 @@ def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_forward(monkeypatch)
     plain_pool = layers.MaxPooling2D(2, 2, dtype="float64")
     with minicnn.use_backend("numba"):
         y = fused.forward(x)
-        assert fused.fused_forward == "winograd"
+        assert (fused.fused_forward, fused.fused_backward) == ("winograd", "im2col+winograd")
         plain_conv.build((8, 8, 16))
         plain_conv.set_weights(conv.get_weights())
         dy = rng.standard_normal(y.shape)
@@ -513,3 +514,68 @@ def test_the_numba_kernel_transforms_equal_the_reference_matrices(dtype):
     dk = winograd_k.kernel_gradient(du, dtype(0.5))
     assert dk.dtype == dtype and dk.shape == (3, 3, 5, 7)
     np.testing.assert_allclose(dk, want, atol=tol)
+
+
+@pytest.mark.parametrize("geometry", [(3, 8, 8, 5, 4, (1, 1, 1, 1)),
+                                      (2, 7, 9, 3, 6, (1, 1, 1, 1)),   # odd: a dropped row
+                                      (2, 9, 6, 4, 3, (0, 1, 2, 0)),
+                                      (5, 6, 6, 2, 3, (1, 1, 1, 1))])   # several slots
+def test_the_fused_winograd_backward_equals_the_composition(geometry):
+    """``winograd_conv2d_relu_maxpool_backward`` (the numba kernel builds each tile's dz
+    from its pool window) against the reference's pool backward + direct conv backward,
+    every backend, float64, with and without dx."""
+    x, kernel, bias, rng = _fused_case(16, *geometry)
+    pads = geometry[-1]
+    y, arg = reference.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads)
+    dy = rng.standard_normal(y.shape)
+    want = reference.conv2d_relu_maxpool_backward(x, kernel, dy, y, arg, (1, 1), pads)
+    for name, impl in _IMPLS.items():
+        for need_dx in (True, False):
+            got = impl.winograd_conv2d_relu_maxpool_backward(x, kernel, dy, y, arg, pads,
+                                                             need_dx)
+            assert (got[0] is None) == (not need_dx), name
+            for g, w_ in zip(got, want):
+                if g is None:
+                    continue
+                assert g.shape == w_.shape and g.dtype == np.float64
+                np.testing.assert_allclose(g, w_, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+def test_a_wide_conv_before_a_pool_runs_the_fused_winograd_backward(monkeypatch, error_log):
+    """Where the choice gives the conv a Winograd backward (the fixed rule: 16 channels at
+    16x16), the fused step runs the fused Winograd backward: the same gradients as the
+    layers unfused, float64 finite differences, and float32 without an upcast."""
+    from minicnn.layers.fused import ConvReluPool
+    monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((3, 16, 16, 16))
+    conv = layers.Conv2D(4, 3, padding="same", activation="relu", dtype="float64")
+    fused = ConvReluPool(conv, layers.MaxPooling2D(2, 2, dtype="float64"))
+    plain_conv = layers.Conv2D(4, 3, padding="same", activation="relu", dtype="float64",
+                               algorithm="im2col")
+    plain_pool = layers.MaxPooling2D(2, 2, dtype="float64")
+    with minicnn.use_backend("numba"):
+        y = fused.forward(x)
+        assert (fused.fused_forward, fused.fused_backward) == ("winograd", "winograd")
+        plain_conv.build((16, 16, 16))
+        plain_conv.set_weights(conv.get_weights())
+        dy = rng.standard_normal(y.shape)
+        dx = fused.backward(dy)
+        y_ref = plain_pool.forward(plain_conv.forward(x))
+        dx_ref = plain_conv.backward(plain_pool.backward(dy))
+        np.testing.assert_allclose(y, y_ref, atol=1e-12)
+        np.testing.assert_allclose(dx, dx_ref, atol=1e-12)
+        for key in ("kernel", "bias"):
+            np.testing.assert_allclose(conv.grads[key], plain_conv.grads[key], atol=1e-12)
+        errors = gradcheck.check_layer(fused, (16, 16, 16), batch_size=2, x=x[:2])
+        assert fused.fused_backward == "winograd"
+        for err in errors.values():
+            error_log.record("gradcheck fused winograd backward (numba)", err)
+            assert err < 1e-7
+        conv32 = layers.Conv2D(4, 3, padding="same", activation="relu")
+        fused32 = ConvReluPool(conv32, layers.MaxPooling2D(2, 2))
+        x32 = x.astype(np.float32)
+        y32 = fused32.forward(x32)
+        dx32 = fused32.backward(np.ones_like(y32))
+        assert fused32.fused_backward == "winograd"
+        assert y32.dtype == dx32.dtype == conv32.grads["kernel"].dtype == np.float32

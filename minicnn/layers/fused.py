@@ -78,14 +78,14 @@ class ConvReluPool(Layer):
     def call(self, x, training=False):
         conv = self.conv
         # compose, each layer's own pass: where the backend has no fused kernel, and where
-        # Winograd is asked for by name (its backward is Winograd's; the fused backward is
-        # im2col's). An "auto" conv stays fused: forward by the algorithm the autotuner
-        # chose (the Winograd variant pools each tile's 2x2 output block as it leaves the
-        # output transform), backward by the fused im2col kernel, which reads only x, the
-        # pooled y and the argmax. (Composing Winograd with a separate pool instead was
-        # slower than the fused im2col step: 21.5 against 20.2 ms per seed step.)
+        # Winograd is asked for by name. An "auto" conv stays fused: forward by the
+        # algorithm the autotuner chose (the Winograd variant pools each tile's 2x2 output
+        # block as it leaves the output transform), backward by the fused kernel of the
+        # backward's choice (see fused_backward), which reads only x, the pooled y and the
+        # argmax. (Composing Winograd with a separate pool instead was slower than the
+        # fused im2col step: 21.5 against 20.2 ms per seed step.)
         wanted = conv.algorithm if conv.algorithm != "auto" else algorithms.forced()
-        forward = conv.algorithm_for(x.shape)[0]
+        forward, backward = conv.algorithm_for(x.shape)
         fusions = ops.fusions()
         if self.fusion not in fusions or (wanted == "winograd" and forward == "winograd"):
             self._composed = True
@@ -98,28 +98,49 @@ class ConvReluPool(Layer):
             forward = "im2col"
             y, argmax = ops.conv2d_relu_maxpool_forward(x, kernel, bias, conv.strides,
                                                         conv.pads)
-        self._forward_algorithm = forward
+        self._forward_algorithm, self._backward_algorithm = forward, backward
         self._x, self._y, self._argmax = x, y, argmax
         return y
 
     @property
     def fused_forward(self):
         """What the last forward pass ran: ``'im2col'`` or ``'winograd'`` (the fused kernel's
-        convolution; the backward is always the fused im2col kernel), or None when the
-        two layers ran their own passes (or no pass ran yet)."""
+        convolution), or None when the two layers ran their own passes (or no pass ran
+        yet)."""
         if getattr(self, "_composed", True):
             return None
         return self._forward_algorithm
+
+    @property
+    def fused_backward(self):
+        """What the backward of the last forward pass runs: ``'winograd'`` (where the
+        algorithm choice gives the conv a Winograd backward: the fused Winograd kernel,
+        whose tiles are the pool windows), ``'im2col+winograd'`` (after a Winograd forward
+        with an im2col backward: the im2col weight gradient, dx by Winograd) or
+        ``'im2col'``; None when the two layers run their own passes. Both fused forwards
+        write the same pooled output and argmax, so either backward follows either."""
+        if getattr(self, "_composed", True):
+            return None
+        if self._backward_algorithm == "winograd":
+            return "winograd"
+        if self._forward_algorithm == "winograd" and self.compute_input_gradient:
+            return "im2col+winograd"
+        return "im2col"
 
     def backward(self, dy):
         conv = self.conv
         if self._composed:
             return conv.backward(self.pool.backward(dy))
-        # after a Winograd forward, dx is a Winograd convolution of the unpooled gradient
-        # too (the weight gradient stays im2col's, the faster one here)
-        return conv.set_kernel_grads(*ops.conv2d_relu_maxpool_backward(
-            self._x, conv.params["kernel"], dy, self._y, self._argmax, conv.strides, conv.pads,
-            self.compute_input_gradient, dx_algorithm=self._forward_algorithm))
+        kernel, need_dx = conv.params["kernel"], self.compute_input_gradient
+        args = (self._x, kernel, dy, self._y, self._argmax)
+        algorithm = self.fused_backward
+        if algorithm == "winograd":
+            grads = ops.winograd_conv2d_relu_maxpool_backward(*args, conv.pads, need_dx)
+        else:
+            grads = ops.conv2d_relu_maxpool_backward(
+                *args, conv.strides, conv.pads, need_dx,
+                dx_algorithm="winograd" if algorithm == "im2col+winograd" else "im2col")
+        return conv.set_kernel_grads(*grads)
 
 
 class Fusion:

@@ -22,6 +22,7 @@ winograd_conv2d_forward = register("winograd_conv2d_forward")
 winograd_conv2d_backward = register("winograd_conv2d_backward")
 winograd_conv2d_backward_input = register("winograd_conv2d_backward_input")
 winograd_conv2d_relu_maxpool_forward = register("winograd_conv2d_relu_maxpool_forward")
+winograd_conv2d_relu_maxpool_backward = register("winograd_conv2d_relu_maxpool_backward")
 # pooling
 maxpool2d_forward = register("maxpool2d_forward")
 maxpool2d_backward = register("maxpool2d_backward")

@@ -156,17 +156,30 @@ def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
                                        _counter())
 
 
-def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
-    nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_backward")
+_NO_ARGMAX = np.zeros((0, 0, 0, 0), dtype=np.uint8)
+
+
+def _winograd_backward(x, kernel, dy, y, argmax, pads, need_dx, op):
+    nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, op)
     c, f = kernel.shape[2], kernel.shape[3]
     u_t = _c(winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5)).transpose(0, 2, 1))
     dy = _c(dy)
-    dx, du, db = winograd_k.winograd_backward(_c(x), u_t, dy, dy if y is None else _c(y),
-                                              pads[0], pads[2], oh, ow, bool(need_dx),
-                                              y is not None, x.dtype.type(0), nt, grp,
-                                              _counter())
+    pool = argmax is not None
+    dx, du, db = winograd_k.winograd_backward(
+        _c(x), u_t, dy, dy if y is None else _c(y),
+        _NO_ARGMAX if argmax is None else _c(argmax, dtype=np.uint8), pads[0], pads[2], oh, ow,
+        bool(need_dx), y is not None and not pool, pool, x.dtype.type(0), nt, grp, _counter())
     dkernel = winograd_k.kernel_gradient(du.reshape(16, c, f), x.dtype.type(0.5))
     return (dx if need_dx else None), dkernel, db
+
+
+def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
+    return _winograd_backward(x, kernel, dy, y, None, pads, need_dx, "winograd_conv2d_backward")
+
+
+def winograd_conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, pads, need_dx=True):
+    return _winograd_backward(x, kernel, dy, y, argmax, pads, need_dx,
+                              "winograd_conv2d_relu_maxpool_backward")
 
 
 def winograd_conv2d_backward_input(dz, kernel, pads):

@@ -171,6 +171,15 @@ def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_d
     return dx, dkernel, dbias
 
 
+def winograd_conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, pads, need_dx=True):
+    n, h, w, _ = x.shape
+    f = kernel.shape[3]
+    oh, ow = out_hw(h, w, 3, 3, (1, 1), pads)
+    dpool = np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+    dz = maxpool2d_backward(dpool, argmax, (n, oh, ow, f), (2, 2), (2, 2), (0, 0, 0, 0))
+    return winograd_conv2d_backward(x, kernel, dz, pads, need_dx)
+
+
 def winograd_conv2d_backward_input(dz, kernel, pads):
     _winograd_check(kernel, pads, "winograd_conv2d_backward_input")
     back_pads = backward_input_pads(pads, "winograd_conv2d_backward_input")

@@ -261,6 +261,33 @@ def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
     return dx, dkernel, dbias
 
 
+def winograd_conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, pads, need_dx=True):
+    """Gradients of :func:`winograd_conv2d_relu_maxpool_forward`, all three by Winograd.
+
+    Parameters
+    ----------
+    x : (n, h, w, c), the forward input; kernel : (3, 3, c, f); pads as for
+        :func:`winograd_conv2d_forward`
+    dy, y, argmax : (n, oh // 2, ow // 2, f), dL/d(pooled output), the pooled output and
+        the uint8 winner of each 2x2 window (row-major, 0..3)
+
+    Returns
+    -------
+    dx, dkernel, dbias as :func:`conv2d_relu_maxpool_backward`: dy goes to its window's
+    winner when the pooled output is positive (the ReLU mask), then back through
+    :func:`winograd_conv2d_backward`. (The numba backend never builds that unpooled
+    gradient: each Winograd tile's 2x2 output block is one pool window, so it is made
+    tile by tile.)
+    """
+    n, h, w, c = x.shape
+    f = kernel.shape[3]
+    oh, ow = out_hw(h, w, 3, 3, (1, 1), pads)
+    dpool = activation_backward("relu", y, y, dy)
+    dz = maxpool2d_backward(dpool, argmax.astype(np.int32), (n, oh, ow, f), (2, 2), (2, 2),
+                            (0, 0, 0, 0))
+    return winograd_conv2d_backward(x, kernel, dz, pads, need_dx)
+
+
 def winograd_conv2d_backward_input(dz, kernel, pads):
     """dx of a 3x3, stride-1 convolution, computed as a Winograd convolution of ``dz``.
 

@@ -248,26 +248,43 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
 
 
 @njit(cache=True)
-def _grad_transform(dy, y, b, dm, row0, th, tw, oh, ow, relu, zero, db, g4):
+def _grad_transform(dy, y, arg, b, dm, row0, th, tw, oh, ow, relu, pool, zero, db, g4):
     """``dm[a*4 + e, row0 + tile, :] = (A dz_tile A^T)[a, e, :]``, the gradient of the
     output transform, from ``dz = dy * (y > 0)`` (or dy) of image ``b``; outputs past
     ``oh, ow`` count as 0. Adds the bias gradient into ``db``. ``g4 (4, f)`` is scratch:
     the tile's 2x2 block of dz, gathered first so that every loop over the filters is
-    branch-free and vectorises."""
+    branch-free and vectorises.
+
+    With ``pool``, ``dy``, ``y`` and ``arg`` are those of the fused ReLU + 2x2 pool
+    (``(n, oh//2, ow//2, f)``, see :func:`winograd_forward`): a tile's 2x2 block is its
+    pool window, so dz is the pooled gradient at the window's winner ``arg`` when the
+    pooled output is positive, 0 elsewhere (and 0 on an odd last row or column, which
+    the pool drops)."""
     f = dy.shape[3]
     for ti in range(th):
         for tj in range(tw):
             row = row0 + ti * tw + tj
-            for p in range(4):
-                i = 2 * ti + p // 2
-                j = 2 * tj + p % 2
-                if i < oh and j < ow:
-                    for o in range(f):
-                        gv = dy[b, i, j, o]
-                        g4[p, o] = zero if (relu and not y[b, i, j, o] > zero) else gv
+            if pool:
+                if ti < oh // 2 and tj < ow // 2:
+                    for p in range(4):
+                        for o in range(f):
+                            gv = dy[b, ti, tj, o] if y[b, ti, tj, o] > zero else zero
+                            g4[p, o] = gv if arg[b, ti, tj, o] == p else zero
                 else:
-                    for o in range(f):
-                        g4[p, o] = zero
+                    for p in range(4):
+                        for o in range(f):
+                            g4[p, o] = zero
+            else:
+                for p in range(4):
+                    i = 2 * ti + p // 2
+                    j = 2 * tj + p % 2
+                    if i < oh and j < ow:
+                        for o in range(f):
+                            gv = dy[b, i, j, o]
+                            g4[p, o] = zero if (relu and not y[b, i, j, o] > zero) else gv
+                    else:
+                        for o in range(f):
+                            g4[p, o] = zero
             # A g A^T, where A g has the rows (g0, g0 + g1, g0 - g1, -g1), then the same
             # over the columns: one row a of the 4x4 result per loop, four output planes
             # each (sixteen planes written in one loop, 64 KB apart, thrashed the L1
@@ -343,11 +360,14 @@ def _input_transform_adjoint(dv, dx, b, row0, th, tw, pt, pl, q):
 
 
 @njit(parallel=True, cache=True)
-def winograd_backward(x, u_t, dy, y, pt, pl, oh, ow, need_dx, relu, zero, nt, grp, counter):
+def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, zero, nt, grp,
+                      counter):
     """dx, dU (the gradient of the transformed kernel) and dbias of :func:`winograd_forward`.
 
     ``u_t (16, f, c)``: the transformed kernel with each position transposed; ``dy`` and
-    ``y (n, oh, ow, f)`` (``y`` read only when ``relu``: dz = dy * (y > 0)). Returns new
+    ``y (n, oh, ow, f)`` (``y`` read only when ``relu``: dz = dy * (y > 0)); with ``pool``
+    the pooled ``dy``, ``y`` and the uint8 ``arg (n, oh//2, ow//2, f)`` of the fused
+    ReLU + pool forward instead (``arg`` is not read otherwise). Returns new
     ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``du (16, c, f)`` (the wrapper turns
     it into dkernel = G^T dU G) and ``db (f,)``. Per slot, the partial dU and db are
     summed in slot order afterwards, so the result does not depend on the scheduling.
@@ -376,17 +396,17 @@ def winograd_backward(x, u_t, dy, y, pt, pl, oh, ow, need_dx, relu, zero, nt, gr
         s = _fetch_add(counter, 0, 1)
         while s < slots:
             lo, hi = _slot_range(s, slots, n)
-            _winograd_backward_slot(x, u_t, dy, y, lo, hi, grp, vs[t], dms[t], dvs[t], ds[t],
-                                    g4s[t], tmps[t], du_part, db_part, s, dx, pt, pl, oh, ow, th, tw,
-                                    need_dx, relu, zero)
+            _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, vs[t], dms[t], dvs[t],
+                                    ds[t], g4s[t], tmps[t], du_part, db_part, s, dx, pt, pl, oh,
+                                    ow, th, tw, need_dx, relu, pool, zero)
             s = _fetch_add(counter, 0, 1)
     du, db = _sum_partials(du_part.reshape(du_part.shape[0], 16 * c, f), db_part)
     return dx, du.reshape(16, c, f), db
 
 
 @njit(cache=True)
-def _winograd_backward_slot(x, u_t, dy, y, lo, hi, grp, v, dm, dv, d, g4, tmp, du_part, db_part, s,
-                            dx, pt, pl, oh, ow, th, tw, need_dx, relu, zero):
+def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, v, dm, dv, d, g4, tmp, du_part,
+                            db_part, s, dx, pt, pl, oh, ow, th, tw, need_dx, relu, pool, zero):
     """Images ``lo .. hi-1`` (slot ``s``) of :func:`winograd_backward`, ``grp`` per GEMM:
     adds into ``du_part[s]`` and ``db_part[s]`` and writes their images of ``dx``."""
     tiles = th * tw
@@ -396,8 +416,8 @@ def _winograd_backward_slot(x, u_t, dy, y, lo, hi, grp, v, dm, dv, d, g4, tmp, d
         g = min(grp, hi - b0)
         for i in range(g):
             _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, d)
-            _grad_transform(dy, y, b0 + i, dm, i * tiles, th, tw, oh, ow, relu, zero, db,
-                            g4)
+            _grad_transform(dy, y, arg, b0 + i, dm, i * tiles, th, tw, oh, ow, relu, pool,
+                            zero, db, g4)
         if g < grp:                  # a partial group: zero rows add nothing to dU
             for k in range(16):      # (both operands: stale rows may hold inf or NaN)
                 for r in range(g * tiles, grp * tiles):
