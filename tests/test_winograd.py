@@ -579,3 +579,41 @@ def test_a_wide_conv_before_a_pool_runs_the_fused_winograd_backward(monkeypatch,
         dx32 = fused32.backward(np.ones_like(y32))
         assert fused32.fused_backward == "winograd"
         assert y32.dtype == dx32.dtype == conv32.grads["kernel"].dtype == np.float32
+
+
+def test_a_choice_timed_on_a_busy_machine_is_not_cached(monkeypatch, tmp_path):
+    """A measurement during which other processes kept the CPUs busy holds for this process
+    only: nothing is written, and a new process measures again."""
+    monkeypatch.setenv("MINICNN_AUTOTUNE", "1")
+    monkeypatch.setenv("MINICNN_HOME", str(tmp_path))
+    algorithms.clear()
+    calls = []
+
+    def busy(*args, **kwargs):
+        calls.append(args)
+        return {"forward": "winograd", "backward": "im2col", "forward_im2col_ms": 2.0,
+                "forward_winograd_ms": 1.0, "backward_im2col_ms": 1.0,
+                "backward_winograd_ms": 2.0, "others_cpus": algorithms.BUSY_CPUS + 0.5}
+
+    monkeypatch.setattr(algorithms, "measure", busy)
+    conv = layers.Conv2D(8, 3, padding="same")
+    conv.build((8, 8, 16))
+    try:
+        with minicnn.use_backend("numba"):
+            assert conv.algorithm_for((4, 8, 8, 16)) == ("winograd", "im2col")
+            assert conv.algorithm_for((4, 8, 8, 16)) == ("winograd", "im2col")
+            assert len(calls) == 1
+            assert not (tmp_path / "conv-algorithms.json").exists()
+            algorithms.clear()                     # a new process
+            conv.algorithm_for((4, 8, 8, 16))
+            assert len(calls) == 2
+    finally:
+        algorithms.clear()
+
+
+def test_the_autotuner_keeps_the_fastest_call_and_reports_the_load():
+    entry = algorithms.measure((2, 6, 6, 16), (3, 3, 16, 4), (1, 1, 1, 1), np.float32,
+                               repeats=2)
+    assert set(entry) == {"forward", "backward", "forward_im2col_ms", "forward_winograd_ms",
+                          "backward_im2col_ms", "backward_winograd_ms", "others_cpus"}
+    assert entry["others_cpus"] is None or entry["others_cpus"] >= 0

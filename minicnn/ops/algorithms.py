@@ -10,10 +10,11 @@ and rounds differently (float32: about 1e-6 of the output's scale, see
   two *measured on this CPU*, for the forward and for the backward pass separately
   (the backward of either algorithm needs only x, the kernel, dy and y, so a layer can
   run Winograd forward and im2col backward). The autotuner times one pass of each
-  the first time it sees a shape, then the median of three (about 0.1-0.5 s per
-  shape). Choices are cached per CPU, Numba thread count and threading layer in
-  ``$MINICNN_HOME/conv-algorithms.json`` (default ``~/.minicnn``), so they hold
-  from run to run.
+  the first time it sees a shape, then keeps the fastest of five (about 0.1-0.5 s per
+  shape). Choices are cached per CPU, Numba thread count, threading layer and
+  kernel revision in ``$MINICNN_HOME/conv-algorithms.json`` (default ``~/.minicnn``),
+  so they hold from run to run; one timed while other processes kept the machine busy
+  (:data:`BUSY_CPUS`) is kept for the process only.
 - ``MINICNN_AUTOTUNE=0`` skips the measuring and uses a fixed rule instead (from the
   measurements in benchmarks/RESULTS.md): Winograd forward when the layer has at least
   :data:`WINOGRAD_MIN_CHANNELS` input channels (it lost on every 3-channel first layer
@@ -32,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import time
 
 import numpy as np
@@ -113,7 +113,9 @@ def resolve(algorithm, x_shape, kernel_shape, strides, pads, dtype, owner="Conv2
         entry = _cached()[1].get(key)
         if not _valid(entry):
             entry = measure(x_shape, kernel_shape, pads, dtype)
-            _store(key, entry)
+            busy = entry.get("others_cpus")
+            if busy is None or busy <= BUSY_CPUS:
+                _store(key, entry)              # else: this process only; measured again
         choice = (entry["forward"], entry["backward"])
         _memory[shapes] = choice
     return choice
@@ -137,14 +139,23 @@ def _valid(entry):
             and entry.get("backward") in ALGORITHMS[1:])
 
 
-def measure(x_shape, kernel_shape, pads, dtype, repeats=3):
+#: other processes' CPUs (``/proc/stat``) above which a measurement is not written to the
+#: cache file: a choice timed while the machine was busy is used for this process only
+BUSY_CPUS = 0.25
+
+
+def measure(x_shape, kernel_shape, pads, dtype, repeats=5):
     """Time the forward and the backward pass of both algorithms on random data of these
     shapes (numba backend; the first call of each, which may compile, is not timed).
 
     Returns ``{"forward": the faster, "backward": the faster, "forward_im2col_ms": ...,
-    "forward_winograd_ms": ..., "backward_im2col_ms": ..., "backward_winograd_ms": ...}``
-    (medians).
+    "forward_winograd_ms": ..., "backward_im2col_ms": ..., "backward_winograd_ms": ...,
+    "others_cpus": ...}``: the fastest of ``repeats`` alternating calls of each (noise
+    only ever adds time: one slow call, another process taking the core for a moment,
+    cannot flip the choice as it could a median of three), and the CPUs other processes
+    kept busy meanwhile (:class:`minicnn.machine.LoadMeter`; None when unknown).
     """
+    from .. import machine
     from . import numba_ops as nb
     rng = np.random.default_rng(0)
     dtype = np.dtype(dtype)
@@ -164,17 +175,20 @@ def measure(x_shape, kernel_shape, pads, dtype, repeats=3):
     times = {key: [] for key in passes}
     for fn in passes.values():
         fn()
-    for _ in range(repeats):                  # alternate, so drift hits both alike
-        for key, fn in passes.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
-    med = {key: statistics.median(t) for key, t in times.items()}
+    with machine.LoadMeter(min_wall=0.1) as meter:
+        for _ in range(repeats):              # alternate, so drift hits both alike
+            for key, fn in passes.items():
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+    best = {key: min(t) for key, t in times.items()}
     entry = {}
     for p in ("forward", "backward"):
-        entry[p] = min(("im2col", "winograd"), key=lambda a: med[p, a])
+        entry[p] = min(("im2col", "winograd"), key=lambda a: best[p, a])
         for a in ("im2col", "winograd"):
-            entry[f"{p}_{a}_ms"] = round(med[p, a] * 1e3, 3)
+            entry[f"{p}_{a}_ms"] = round(best[p, a] * 1e3, 3)
+    entry["others_cpus"] = (None if meter.others_cpus is None
+                            else round(meter.others_cpus, 3))
     return entry
 
 
