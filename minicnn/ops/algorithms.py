@@ -204,8 +204,9 @@ def cache_path():
 
 #: the revision of the conv kernels the cached timings were taken with: raised when a change
 #: moves their speed (2: the Winograd kernel transform as a kernel, Winograd dx after the
-#: fused pool), so that choices measured on the old kernels are measured again
-KERNELS_REVISION = 2
+#: fused pool; 3: Winograd GEMMs of about 128 tiles), so that choices measured on the old
+#: kernels are measured again
+KERNELS_REVISION = 3
 
 
 def machine_key():
