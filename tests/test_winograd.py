@@ -166,8 +166,9 @@ def test_auto_resolves_per_backend_and_rule(monkeypatch):
     wide = (4, 8, 8, 16)
     with minicnn.use_backend("numba"):
         monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
-        # >= 16 input channels: Winograd forward; backward only from 16x16 outputs
-        assert conv.algorithm_for(wide) == ("winograd", "im2col")
+        # >= 16 input channels: Winograd forward; backward only from 8x8 outputs
+        assert conv.algorithm_for(wide) == ("winograd", "winograd")
+        assert conv.algorithm_for((4, 6, 6, 16)) == ("winograd", "im2col")
         assert conv.algorithm_for((4, 16, 16, 16)) == ("winograd", "winograd")
         narrow = layers.Conv2D(8, 3, padding="same")
         narrow.build((8, 8, 3))
@@ -290,17 +291,17 @@ def test_algorithm_is_saved_with_the_model(tmp_path):
 
 
 def test_winograd_forward_with_im2col_backward_gives_the_same_gradients(monkeypatch):
-    """The fixed rule runs an 8x8, 16-channel layer Winograd forward and im2col backward:
+    """The fixed rule runs a 6x6, 16-channel layer Winograd forward and im2col backward:
     its output and gradients equal those of a plain im2col layer with the same weights."""
     monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((3, 8, 8, 16))
+    x = rng.standard_normal((3, 6, 6, 16))
     mixed = layers.Conv2D(4, 3, padding="same", activation="relu", dtype="float64")
     plain = layers.Conv2D(4, 3, padding="same", activation="relu", dtype="float64",
                           algorithm="im2col")
     with minicnn.use_backend("numba"):
         y = mixed.forward(x)
-        plain.build((8, 8, 16))
+        plain.build((6, 6, 16))
         plain.set_weights(mixed.get_weights())
         assert mixed.algorithm_for(x.shape) == ("winograd", "im2col")
         dy = rng.standard_normal(y.shape)
@@ -346,13 +347,13 @@ def test_fused_winograd_ties_go_to_the_first_maximum(dtype):
 
 
 def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_forward(monkeypatch):
-    """The fixed rule gives a 16-channel conv at 8x8 Winograd forward and im2col backward:
+    """The fixed rule gives a 16-channel conv at 6x6 Winograd forward and im2col backward:
     the fused step pools the Winograd output and takes the im2col weight gradient with a
     Winograd dx, with the unfused numbers."""
     from minicnn.layers.fused import ConvReluPool
     monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((4, 8, 8, 16))
+    x = rng.standard_normal((4, 6, 6, 16))
     conv = layers.Conv2D(6, 3, padding="same", activation="relu", dtype="float64")
     fused = ConvReluPool(conv, layers.MaxPooling2D(2, 2, dtype="float64"))
     plain_conv = layers.Conv2D(6, 3, padding="same", activation="relu", dtype="float64",
@@ -361,7 +362,7 @@ def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_forward(monkeypatch)
     with minicnn.use_backend("numba"):
         y = fused.forward(x)
         assert (fused.fused_forward, fused.fused_backward) == ("winograd", "im2col+winograd")
-        plain_conv.build((8, 8, 16))
+        plain_conv.build((6, 6, 16))
         plain_conv.set_weights(conv.get_weights())
         dy = rng.standard_normal(y.shape)
         dx = fused.backward(dy)

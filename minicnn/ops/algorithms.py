@@ -18,9 +18,9 @@ and rounds differently (float32: about 1e-6 of the output's scale, see
 - ``MINICNN_AUTOTUNE=0`` skips the measuring and uses a fixed rule instead (from the
   measurements in benchmarks/RESULTS.md): Winograd forward when the layer has at least
   :data:`WINOGRAD_MIN_CHANNELS` input channels (it lost on every 3-channel first layer
-  and won or tied on every wider one), Winograd backward when, besides, the output has
-  at least :data:`WINOGRAD_MIN_BACKWARD_PIXELS` pixels (it won at 32x32 and 16x16 with
-  64 channels, tied at 16x16 with 32 and lost at 8x8).
+  and won on every wider one), Winograd backward when, besides, the output has at least
+  :data:`WINOGRAD_MIN_BACKWARD_PIXELS` pixels (RESULTS.md 9c: it won every backward
+  from 8x8 up with 32 or more channels, 1.06-1.93x; smaller outputs are untested).
 
 :func:`use` overrides ``"auto"`` for a block of code, and the environment variable
 ``MINICNN_CONV_ALGORITHM=im2col|winograd`` for a whole process (a benchmark's switch)::
@@ -43,7 +43,7 @@ ALGORITHMS = ("auto", "im2col", "winograd")
 #: the fixed rule's threshold (``MINICNN_AUTOTUNE=0``): input channels for Winograd
 WINOGRAD_MIN_CHANNELS = 16
 #: and output pixels (oh * ow) for a Winograd backward pass
-WINOGRAD_MIN_BACKWARD_PIXELS = 256
+WINOGRAD_MIN_BACKWARD_PIXELS = 64
 
 _override = None            # set by use()
 _memory = {}                # (shapes, dtype) -> choice, this process
