@@ -88,10 +88,8 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
     n, f = x.shape[0], kernel.shape[3]
     k2, geo = _conv_args(x, kernel, strides, pads)
     nt = _threads(n)
-    x, bias = _c(x), _bias_or_zeros(bias, f, x.dtype)
-    y = conv_k.conv2d_forward(x, k2, bias, *geo, bool(relu), x.dtype.type(0), nt,
-                              _group(n, nt, geo[6] * geo[7]), _counter(),
-                              conv_k.forward_slot(x, k2, bias))
+    y = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
+                              x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]), _counter())
     return y.reshape(n, geo[6], geo[7], f)
 
 
@@ -102,27 +100,24 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
     dy3 = _c(dy).reshape(n, p, f)
     y3 = dy3 if y is None else _c(y).reshape(n, p, f)
     nt = _threads(n)
-    x = _c(x)
-    dx, dk, db = conv_k.conv2d_backward(x, k2, dy3, y3, *geo, bool(need_dx), y is not None,
-                                        x.dtype.type(0), nt, _group(n, nt, p), _counter(),
-                                        conv_k.backward_slot(x, k2, dy3, y3))
+    dx, dk, db = conv_k.conv2d_backward(_c(x), k2, dy3, y3, *geo, bool(need_dx), y is not None,
+                                        x.dtype.type(0), nt, _group(n, nt, p), _counter())
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 
 def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
     k2, geo = _conv_args(x, kernel, strides, pads)
-    x, bias = _c(x), _bias_or_zeros(bias, kernel.shape[3], x.dtype)
-    return conv_k.conv2d_relu_maxpool_forward(x, k2, bias, *geo, x.dtype.type(0),
-                                              _threads(x.shape[0]), _counter(),
-                                              conv_k.relu_maxpool_slot(x, k2, bias))
+    return conv_k.conv2d_relu_maxpool_forward(_c(x), k2,
+                                              _bias_or_zeros(bias, kernel.shape[3], x.dtype),
+                                              *geo, x.dtype.type(0), _threads(x.shape[0]),
+                                              _counter())
 
 
 def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True):
     k2, geo = _conv_args(x, kernel, strides, pads)
-    x, dy, y, argmax = _c(x), _c(dy), _c(y), _c(argmax, dtype=np.uint8)
     dx, dk, db = conv_k.conv2d_relu_maxpool_backward(
-        x, k2, dy, y, argmax, *geo, bool(need_dx), x.dtype.type(0), _threads(x.shape[0]),
-        _counter(), conv_k.relu_maxpool_backward_slot(x, k2, dy, y, argmax))
+        _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo, bool(need_dx),
+        x.dtype.type(0), _threads(x.shape[0]), _counter())
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 
@@ -138,35 +133,31 @@ def _winograd_geometry(x, kernel, pads, op):
 def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_forward")
     c, f = kernel.shape[2], kernel.shape[3]
-    x, u = _c(x), _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f))
-    bias = _bias_or_zeros(bias, f, x.dtype)
-    y, _ = winograd_k.winograd_forward(x, u, bias, pads[0], pads[2], oh, ow, bool(relu), False,
-                                       x.dtype.type(0), nt, grp, _counter(),
-                                       winograd_k.forward_slot(x, u, bias))
+    u = _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f))
+    y, _ = winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
+                                       pads[2], oh, ow, bool(relu), False, x.dtype.type(0), nt,
+                                       grp, _counter())
     return y
 
 
 def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_relu_maxpool_forward")
     c, f = kernel.shape[2], kernel.shape[3]
-    x, u = _c(x), _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f))
-    bias = _bias_or_zeros(bias, f, x.dtype)
-    return winograd_k.winograd_forward(x, u, bias, pads[0], pads[2], oh, ow, True, True,
-                                       x.dtype.type(0), nt, grp, _counter(),
-                                       winograd_k.forward_slot(x, u, bias))
+    u = _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f))
+    return winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
+                                       pads[2], oh, ow, True, True, x.dtype.type(0), nt, grp,
+                                       _counter())
 
 
 def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_backward")
     c, f = kernel.shape[2], kernel.shape[3]
     u_t = _c(winograd_kernel_transform(_c(kernel)).reshape(16, c, f).transpose(0, 2, 1))
-    relu = y is not None
-    x, dy = _c(x), _c(dy)
-    y = _c(y) if relu else dy
-    dx, du, db = winograd_k.winograd_backward(x, u_t, dy, y, pads[0], pads[2], oh, ow,
-                                              bool(need_dx), relu, x.dtype.type(0), nt,
-                                              grp, _counter(),
-                                              winograd_k.backward_slot(x, u_t, dy, y))
+    dy = _c(dy)
+    dx, du, db = winograd_k.winograd_backward(_c(x), u_t, dy, dy if y is None else _c(y),
+                                              pads[0], pads[2], oh, ow, bool(need_dx),
+                                              y is not None, x.dtype.type(0), nt, grp,
+                                              _counter())
     g = WINOGRAD_G.astype(x.dtype)
     dkernel = np.einsum("ai,abcf,bj->ijcf", g, du.reshape(4, 4, c, f), g)
     return (dx if need_dx else None), dkernel, db

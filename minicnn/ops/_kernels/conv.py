@@ -9,9 +9,8 @@ Shapes: ``x (n, h, w, c)`` NHWC; ``k2 (kh*kw*c, f)`` is the Keras kernel
 from __future__ import annotations
 
 import numpy as np
-from numba import from_dtype, njit, prange, typeof, types
+from numba import njit, prange
 
-from .indirect import array, by_address
 from .partials import _sum_partials
 from .patches import (_col2im_one, _patch_buffers, _patch_views, _patches_into,
                       _patches_times_kernel, _transposed_patches)
@@ -19,8 +18,7 @@ from .sched import _fetch_add, _slot_count, _slot_range
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, grp, counter,
-                   slot):
+def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, grp, counter):
     """y (n, oh*ow, f) = im2col(x) @ k2 + bias (then max(., 0) if ``relu``).
 
     The batch is cut into slots of contiguous images that the threads take from a
@@ -29,8 +27,7 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, 
     ReLU are applied on the way out to ``y``.
 
     ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``bias (f,)`` (zeros for none), one dtype;
-    ``relu`` bool; ``slot`` is :func:`forward_slot` for these arrays (the per-slot work,
-    called by address, see :mod:`.indirect`); returns a new ``y (n, oh*ow, f)``.
+    ``relu`` bool; returns a new ``y (n, oh*ow, f)``.
     """
     n = x.shape[0]
     kk, f = k2.shape
@@ -42,34 +39,24 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, 
     slots = _slot_count(n, nt)
     for t in prange(nt):
         cr, ct = _patch_views(cbuf, t, grp * p, kk)
+        z = zs[t]
         s = _fetch_add(counter, 0, 1)
         while s < slots:
             lo, hi = _slot_range(s, slots, n)
-            slot(x, k2, bias, lo, hi, grp, cr, ct, xcs[t], zs[t], y, transposed,
-                 kh, kw, sh, sw, pt, pl, oh, ow, relu, zero)
+            for b0 in range(lo, hi, grp):
+                g = min(grp, hi - b0)
+                for i in range(g):
+                    _patches_into(x, b0 + i, cr, ct, xcs[t], i * p, transposed,
+                                  kh, kw, sh, sw, pt, pl, oh, ow)
+                # rows of a partial group hold stale patches: computed, never copied out
+                _patches_times_kernel(cr, ct, transposed, k2, z)
+                for i in range(g):
+                    for q in range(p):
+                        for o in range(f):
+                            v = z[i * p + q, o] + bias[o]
+                            y[b0 + i, q, o] = zero if (relu and v <= zero) else v  # NaN stays
             s = _fetch_add(counter, 0, 1)
     return y
-
-
-@njit(cache=True)
-def _forward_slot(x, k2, bias, lo, hi, grp, cr, ct, xc, z, y, transposed, kh, kw, sh, sw, pt, pl,
-                  oh, ow, relu, zero):
-    """Images ``lo .. hi-1`` of :func:`conv2d_forward`, ``grp`` per GEMM, into ``y``;
-    ``cr``/``ct``, ``xc`` and ``z`` are the calling thread's buffers."""
-    p = oh * ow
-    f = k2.shape[1]
-    for b0 in range(lo, hi, grp):
-        g = min(grp, hi - b0)
-        for i in range(g):
-            _patches_into(x, b0 + i, cr, ct, xc, i * p, transposed,
-                          kh, kw, sh, sw, pt, pl, oh, ow)
-        # rows of a partial group hold stale patches: computed, never copied out
-        _patches_times_kernel(cr, ct, transposed, k2, z)
-        for i in range(g):
-            for q in range(p):
-                for o in range(f):
-                    v = z[i * p + q, o] + bias[o]
-                    y[b0 + i, q, o] = zero if (relu and v <= zero) else v  # NaN stays
 
 
 @njit(cache=True)
@@ -120,7 +107,7 @@ def _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, dcols, dx,
 
 @njit(parallel=True, cache=True)
 def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero, nt, grp,
-                    counter, slot):
+                    counter):
     """dx (recomputing im2col), dkernel2d and dbias from dy (n, oh*ow, f).
 
     With ``relu`` the forward output ``y`` (n, oh*ow, f) masks dy first:
@@ -132,9 +119,8 @@ def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
     a shared counter (:mod:`.sched`); each slot sums its own partial gradients.
 
     ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``dy`` and ``y (n, oh*ow, f)`` (``y`` is read
-    only when ``relu``); ``slot`` is :func:`backward_slot` for these arrays (the per-slot
-    work, called by address, see :mod:`.indirect`); returns new ``dx (n, h, w, c)`` (empty
-    when not ``need_dx``), ``dk (kh*kw*c, f)`` and ``db (f,)``.
+    only when ``relu``); returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``),
+    ``dk (kh*kw*c, f)`` and ``db (f,)``.
     """
     n = x.shape[0]
     kk, f = k2.shape
@@ -150,8 +136,9 @@ def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
         s = _fetch_add(counter, 0, 1)
         while s < slots:
             lo, hi = _slot_range(s, slots, n)
-            slot(x, lo, hi, grp, k2t, dy, y, dz, cr, ct, xcs[t], transposed, tmp[t], dk_part,
-                 db_part, s, dcols[t], dx, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero)
+            _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dz, cr, ct, xcs[t], transposed,
+                                tmp[t], dk_part, db_part, s, dcols[t], dx,
+                                kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero)
             s = _fetch_add(counter, 0, 1)
     dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
@@ -200,8 +187,7 @@ def _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dz, cr, ct, xc, transposed, 
 
 
 @njit(parallel=True, cache=True)
-def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zero, nt, counter,
-                                slot):
+def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zero, nt, counter):
     """Conv + bias + ReLU + 2x2/2 max-pool in one pass per image (slots of the batch
     taken from a shared counter, :mod:`.sched`).
 
@@ -211,8 +197,7 @@ def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zer
     Bias is added before the max and ReLU after it (max and ReLU commute).
 
     ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``bias (f,)``; ``oh, ow`` is the conv
-    output size (an odd last row or column is dropped by the pool); ``slot`` is
-    :func:`relu_maxpool_slot` for these arrays (the per-slot work, called by address).
+    output size (an odd last row or column is dropped by the pool).
     """
     n = x.shape[0]
     kk, f = k2.shape
@@ -226,19 +211,44 @@ def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zer
     zs = np.empty((nt, p, f), dtype=x.dtype)
     slots = _slot_count(n, nt)
     for t in prange(nt):
+        z = zs[t]
         cr, ct = _patch_views(cbuf, t, p, kk)
         s = _fetch_add(counter, 0, 1)
         while s < slots:
             lo, hi = _slot_range(s, slots, n)
-            slot(x, k2, bias, lo, hi, cr, ct, xcs[t], zs[t], y, arg, transposed,
-                 kh, kw, sh, sw, pt, pl, oh, ow, zero)
+            for b in range(lo, hi):
+                _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
+                _patches_times_kernel(cr, ct, transposed, k2, z)
+                for i in range(ph):
+                    for j in range(pw):
+                        r0 = 2 * i * ow + 2 * j
+                        for o in range(f):
+                            # selects, not branches (the winner is data-dependent), so this
+                            # loop vectorises; a NaN wins and stays (first NaN, like max-pool)
+                            bo = bias[o]
+                            m = z[r0, o] + bo
+                            a = 0
+                            v = z[r0 + 1, o] + bo
+                            take = (m == m) & ((v > m) | (v != v))
+                            m = v if take else m
+                            a = 1 if take else a
+                            v = z[r0 + ow, o] + bo
+                            take = (m == m) & ((v > m) | (v != v))
+                            m = v if take else m
+                            a = 2 if take else a
+                            v = z[r0 + ow + 1, o] + bo
+                            take = (m == m) & ((v > m) | (v != v))
+                            m = v if take else m
+                            a = 3 if take else a
+                            y[b, i, j, o] = zero if m <= zero else m
+                            arg[b, i, j, o] = a
             s = _fetch_add(counter, 0, 1)
     return y, arg
 
 
 @njit(parallel=True, cache=True)
 def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx,
-                                 zero, nt, counter, slot):
+                                 zero, nt, counter):
     """Backward of :func:`conv2d_relu_maxpool_forward`, one image at a time, in slots
     of the batch taken from a shared counter (:mod:`.sched`).
 
@@ -249,9 +259,8 @@ def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, 
     vectorise. Then the weight gradient and dx follow.
 
     ``dy``, ``y`` (the pooled output) and ``arg`` (uint8) are ``(n, oh//2, ow//2, f)``;
-    ``slot`` is :func:`relu_maxpool_backward_slot` for these arrays (the per-slot work,
-    called by address); returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``),
-    ``dk (kh*kw*c, f)``, ``db (f,)``.
+    returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``dk (kh*kw*c, f)``,
+    ``db (f,)``.
     """
     n = x.shape[0]
     kk, f = k2.shape
@@ -264,117 +273,32 @@ def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, 
                                                                           need_dx, transposed)
     k2t = k2.T
     for t in prange(nt):
+        dz = dzs[t]
         cr, ct = _patch_views(cbuf, t, p, kk)
         s = _fetch_add(counter, 0, 1)
         while s < slots:
             lo, hi = _slot_range(s, slots, n)
-            slot(x, k2t, dy, y, arg, lo, hi, dzs[t], cr, ct, xcs[t], transposed, tmp[t],
-                 dk_part, db_part, s, dcols[t], dx, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, zero)
+            for b in range(lo, hi):
+                if oh % 2 or ow % 2:         # an odd last row or column is never a winner
+                    dz[:, :] = zero
+                for i in range(ph):
+                    for j in range(pw):
+                        r0 = 2 * i * ow + 2 * j
+                        for o in range(f):
+                            g = dy[b, i, j, o] if y[b, i, j, o] > zero else zero
+                            a = arg[b, i, j, o]
+                            dz[r0, o] = g if a == 0 else zero
+                            dz[r0 + 1, o] = g if a == 1 else zero
+                            dz[r0 + ow, o] = g if a == 2 else zero
+                            dz[r0 + ow + 1, o] = g if a == 3 else zero
+                for i in range(ph):
+                    for j in range(pw):
+                        for o in range(f):
+                            db_part[s, o] += dy[b, i, j, o] if y[b, i, j, o] > zero else zero
+                _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
+                _conv_grads(x, b, 1, k2t, dz, cr, ct, transposed, tmp[t], dk_part[s], dcols[t], dx,
+                            kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
             s = _fetch_add(counter, 0, 1)
     dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
 
-
-@njit(cache=True)
-def _relu_maxpool_slot(x, k2, bias, lo, hi, cr, ct, xc, z, y, arg, transposed, kh, kw, sh, sw, pt,
-                       pl, oh, ow, zero):
-    """Images ``lo .. hi-1`` of :func:`conv2d_relu_maxpool_forward` into ``y`` and ``arg``;
-    ``cr``/``ct``, ``xc`` and ``z`` (oh*ow, f) are the calling thread's buffers."""
-    f = k2.shape[1]
-    ph = oh // 2
-    pw = ow // 2
-    for b in range(lo, hi):
-        _patches_into(x, b, cr, ct, xc, np.int64(0), transposed, kh, kw, sh, sw, pt, pl, oh,
-                      ow)
-        _patches_times_kernel(cr, ct, transposed, k2, z)
-        for i in range(ph):
-            for j in range(pw):
-                r0 = 2 * i * ow + 2 * j
-                for o in range(f):
-                    # selects, not branches (the winner is data-dependent), so this
-                    # loop vectorises; a NaN wins and stays (first NaN, like max-pool)
-                    bo = bias[o]
-                    m = z[r0, o] + bo
-                    a = 0
-                    v = z[r0 + 1, o] + bo
-                    take = (m == m) & ((v > m) | (v != v))
-                    m = v if take else m
-                    a = 1 if take else a
-                    v = z[r0 + ow, o] + bo
-                    take = (m == m) & ((v > m) | (v != v))
-                    m = v if take else m
-                    a = 2 if take else a
-                    v = z[r0 + ow + 1, o] + bo
-                    take = (m == m) & ((v > m) | (v != v))
-                    m = v if take else m
-                    a = 3 if take else a
-                    y[b, i, j, o] = zero if m <= zero else m
-                    arg[b, i, j, o] = a
-
-
-@njit(cache=True)
-def _relu_maxpool_backward_slot(x, k2t, dy, y, arg, lo, hi, dz, cr, ct, xc, transposed, tmp,
-                                dk_part, db_part, s, dcols, dx, kh, kw, sh, sw, pt, pl, oh, ow,
-                                need_dx, zero):
-    """Images ``lo .. hi-1`` (slot ``s``) of :func:`conv2d_relu_maxpool_backward`: adds into
-    ``dk_part[s]`` and ``db_part[s]`` and writes their images of ``dx``; ``dz (oh*ow, f)``,
-    ``cr``/``ct``, ``xc``, ``tmp`` and ``dcols`` are the calling thread's buffers."""
-    f = k2t.shape[0]
-    ph = oh // 2
-    pw = ow // 2
-    for b in range(lo, hi):
-        if oh % 2 or ow % 2:         # an odd last row or column is never a winner
-            dz[:, :] = zero
-        for i in range(ph):
-            for j in range(pw):
-                r0 = 2 * i * ow + 2 * j
-                for o in range(f):
-                    g = dy[b, i, j, o] if y[b, i, j, o] > zero else zero
-                    a = arg[b, i, j, o]
-                    dz[r0, o] = g if a == 0 else zero
-                    dz[r0 + 1, o] = g if a == 1 else zero
-                    dz[r0 + ow, o] = g if a == 2 else zero
-                    dz[r0 + ow + 1, o] = g if a == 3 else zero
-        for i in range(ph):
-            for j in range(pw):
-                for o in range(f):
-                    db_part[s, o] += dy[b, i, j, o] if y[b, i, j, o] > zero else zero
-        _patches_into(x, b, cr, ct, xc, np.int64(0), transposed, kh, kw, sh, sw, pt, pl, oh,
-                      ow)
-        _conv_grads(x, b, np.int64(1), k2t, dz, cr, ct, transposed, tmp, dk_part[s], dcols, dx,
-                    kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
-
-
-# The ``slot`` arguments of the kernels above, for given arrays (see :mod:`.indirect`): each
-# per-slot function is compiled once, not into every wrapper of its kernel's prange loop.
-def _types(dt):
-    return array(dt, 2), array(dt, 3), array(dt, 4), types.int64, types.boolean, from_dtype(dt)
-
-
-def forward_slot(x, k2, bias):
-    """``slot`` of :func:`conv2d_forward`."""
-    a2, a3, _, i64, b, z = _types(x.dtype)
-    return by_address(_forward_slot, typeof(x), typeof(k2), typeof(bias), i64, i64, i64, a2, a2,
-                      a2, a2, a3, b, *(i64,) * 8, b, z)
-
-
-def backward_slot(x, k2, dy, y):
-    """``slot`` of :func:`conv2d_backward`."""
-    a2, a3, a4, i64, b, z = _types(x.dtype)
-    return by_address(_conv_backward_slot, typeof(x), i64, i64, i64, typeof(k2.T), typeof(dy),
-                      typeof(y), a2, a2, a2, a2, b, a2, a3, a2, i64, a2, a4, *(i64,) * 8, b, b, z)
-
-
-def relu_maxpool_slot(x, k2, bias):
-    """``slot`` of :func:`conv2d_relu_maxpool_forward`."""
-    a2, a3, a4, i64, b, z = _types(x.dtype)
-    return by_address(_relu_maxpool_slot, typeof(x), typeof(k2), typeof(bias), i64, i64, a2, a2,
-                      a2, a2, a4, array(np.uint8, 4), b, *(i64,) * 8, z)
-
-
-def relu_maxpool_backward_slot(x, k2, dy, y, arg):
-    """``slot`` of :func:`conv2d_relu_maxpool_backward`."""
-    a2, a3, a4, i64, b, z = _types(x.dtype)
-    return by_address(_relu_maxpool_backward_slot, typeof(x), typeof(k2.T), typeof(dy),
-                      typeof(y), typeof(arg), i64, i64, a2, a2, a2, a2, b, a2, a3, a2, i64, a2,
-                      a4, *(i64,) * 8, b, z)

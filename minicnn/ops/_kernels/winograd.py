@@ -15,9 +15,8 @@ thread count, ``zero`` 0 in x's dtype.
 from __future__ import annotations
 
 import numpy as np
-from numba import from_dtype, njit, prange, typeof, types
+from numba import njit, prange
 
-from .indirect import array, by_address
 from .partials import _sum_partials
 from .sched import _fetch_add, _slot_count, _slot_range
 
@@ -138,7 +137,7 @@ def _output_transform_pool(m, y, arg, b, row0, th, tw, bias, zero, t2):
 
 
 @njit(parallel=True, cache=True)
-def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, counter, slot):
+def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, counter):
     """y (n, oh, ow, f) = the 3x3 stride-1 convolution of x (+ bias, ReLU'd if ``relu``).
 
     ``x (n, h, w, c)``, ``u (16, c, f)``, ``bias (f,)`` (zeros for none). Returns new
@@ -146,8 +145,7 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
     2x2/2 max-pool in one pass, ``relu`` ignored): each tile's 2x2 output block is
     pooled as it leaves the output transform, so the conv output never leaves the
     thread-local ``m``; ``y (n, oh//2, ow//2, f)`` and ``arg`` (uint8) are those of
-    :func:`.conv.conv2d_relu_maxpool_forward`, whose backward they feed. ``slot`` is
-    :func:`forward_slot` for these arrays: the per-slot work, called by address.
+    :func:`.conv.conv2d_relu_maxpool_forward`, whose backward they feed.
     """
     n, c = x.shape[0], x.shape[3]
     f = u.shape[2]
@@ -166,35 +164,27 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
     t2s = np.empty((nt, 2, 4, f), dtype=x.dtype)
     slots = _slot_count(n, nt)
     for t in prange(nt):
+        v = vs[t]
+        m = ms[t]
         s = _fetch_add(counter, 0, 1)
         while s < slots:
             lo, hi = _slot_range(s, slots, n)
-            slot(x, u, bias, lo, hi, grp, vs[t], ms[t], ds[t], t2s[t], y, arg, pt, pl, oh, ow,
-                 relu, pool, zero)
+            for b0 in range(lo, hi, grp):
+                g = min(grp, hi - b0)
+                for i in range(g):
+                    _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
+                # rows of a partial group hold stale tiles: computed, never written out
+                for k in range(16):
+                    np.dot(v[k], u[k], m[k])
+                for i in range(g):
+                    if pool:
+                        _output_transform_pool(m, y, arg, b0 + i, i * tiles, th, tw, bias,
+                                               zero, t2s[t])
+                    else:
+                        _output_transform(m, y, b0 + i, i * tiles, th, tw, oh, ow, bias,
+                                          relu, zero, t2s[t])
             s = _fetch_add(counter, 0, 1)
     return y, arg
-
-
-@njit(cache=True)
-def _winograd_forward_slot(x, u, bias, lo, hi, grp, v, m, d, t2, y, arg, pt, pl, oh, ow, relu,
-                           pool, zero):
-    """Images ``lo .. hi-1`` of :func:`winograd_forward`, ``grp`` per GEMM, into ``y`` (and
-    ``arg`` when ``pool``); ``v``, ``m``, ``d`` and ``t2`` are the calling thread's buffers."""
-    th = (oh + 1) // 2
-    tw = (ow + 1) // 2
-    tiles = th * tw
-    for b0 in range(lo, hi, grp):
-        g = min(grp, hi - b0)
-        for i in range(g):
-            _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, d)
-        # rows of a partial group hold stale tiles: computed, never written out
-        for k in range(16):
-            np.dot(v[k], u[k], m[k])
-        for i in range(g):
-            if pool:
-                _output_transform_pool(m, y, arg, b0 + i, i * tiles, th, tw, bias, zero, t2)
-            else:
-                _output_transform(m, y, b0 + i, i * tiles, th, tw, oh, ow, bias, relu, zero, t2)
 
 
 @njit(cache=True)
@@ -293,8 +283,7 @@ def _input_transform_adjoint(dv, dx, b, row0, th, tw, pt, pl, q):
 
 
 @njit(parallel=True, cache=True)
-def winograd_backward(x, u_t, dy, y, pt, pl, oh, ow, need_dx, relu, zero, nt, grp, counter,
-                      slot):
+def winograd_backward(x, u_t, dy, y, pt, pl, oh, ow, need_dx, relu, zero, nt, grp, counter):
     """dx, dU (the gradient of the transformed kernel) and dbias of :func:`winograd_forward`.
 
     ``u_t (16, f, c)``: the transformed kernel with each position transposed; ``dy`` and
@@ -302,7 +291,6 @@ def winograd_backward(x, u_t, dy, y, pt, pl, oh, ow, need_dx, relu, zero, nt, gr
     ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``du (16, c, f)`` (the wrapper turns
     it into dkernel = G^T dU G) and ``db (f,)``. Per slot, the partial dU and db are
     summed in slot order afterwards, so the result does not depend on the scheduling.
-    ``slot`` is :func:`backward_slot` for these arrays: the per-slot work, called by address.
     """
     n, h, w, c = x.shape
     f = u_t.shape[1]
@@ -328,8 +316,9 @@ def winograd_backward(x, u_t, dy, y, pt, pl, oh, ow, need_dx, relu, zero, nt, gr
         s = _fetch_add(counter, 0, 1)
         while s < slots:
             lo, hi = _slot_range(s, slots, n)
-            slot(x, u_t, dy, y, lo, hi, grp, vs[t], dms[t], dvs[t], ds[t], g4s[t], tmps[t],
-                 du_part, db_part, s, dx, pt, pl, oh, ow, th, tw, need_dx, relu, zero)
+            _winograd_backward_slot(x, u_t, dy, y, lo, hi, grp, vs[t], dms[t], dvs[t], ds[t],
+                                    g4s[t], tmps[t], du_part, db_part, s, dx, pt, pl, oh, ow, th, tw,
+                                    need_dx, relu, zero)
             s = _fetch_add(counter, 0, 1)
     du, db = _sum_partials(du_part.reshape(du_part.shape[0], 16 * c, f), db_part)
     return dx, du.reshape(16, c, f), db
@@ -364,25 +353,3 @@ def _winograd_backward_slot(x, u_t, dy, y, lo, hi, grp, v, dm, dv, d, g4, tmp, d
                 np.dot(dm[k], u_t[k], dv[k])
             for i in range(g):
                 _input_transform_adjoint(dv, dx, b0 + i, i * tiles, th, tw, pt, pl, d)
-
-
-def backward_slot(x, u_t, dy, y):
-    """The ``slot`` argument of :func:`winograd_backward` for these arrays (see
-    :mod:`.indirect`: the per-slot work is compiled once, not into every wrapper of the
-    ``prange`` loop)."""
-    dt = x.dtype
-    a2, a3, a4 = array(dt, 2), array(dt, 3), array(dt, 4)
-    i64, b = types.int64, types.boolean
-    return by_address(_winograd_backward_slot, typeof(x), typeof(u_t), typeof(dy), typeof(y),
-                      i64, i64, i64, a3, a3, a3, a3, a2, a2, a4, a2, i64, a4,
-                      i64, i64, i64, i64, i64, i64, b, b, from_dtype(dt))
-
-
-def forward_slot(x, u, bias):
-    """The ``slot`` argument of :func:`winograd_forward` for these arrays (see :mod:`.indirect`)."""
-    dt = x.dtype
-    a3, a4 = array(dt, 3), array(dt, 4)
-    i64, b = types.int64, types.boolean
-    return by_address(_winograd_forward_slot, typeof(x), typeof(u), typeof(bias), i64, i64, i64,
-                      a3, a3, a3, a3, a4, array(np.uint8, 4), i64, i64, i64, i64, b, b,
-                      from_dtype(dt))
