@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -187,18 +188,49 @@ def cmd_export(args, stream=None):
 
 
 # ----------------------------------------------------------------------------- info
+def _warm_in_parallel(out):
+    """Compile :data:`minicnn.ops.warmup.GROUPS` in one process each (at most one per core);
+    on one core, in this process. Returns the seconds taken."""
+    from .ops import warmup
+    t0 = time.perf_counter()
+    groups = list(warmup.GROUPS)
+    if (os.cpu_count() or 1) < 2 or os.environ.get("NUMBA_DISABLE_JIT") == "1":
+        for group in groups:
+            warmup.run(group)
+        return time.perf_counter() - t0
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    procs = [subprocess.Popen([sys.executable, "-c", "import sys; from minicnn.ops import "
+                               "warmup; warmup.run(sys.argv[1])", group], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for group in groups]
+    for group, proc in zip(groups, procs):
+        _, err = proc.communicate()
+        if proc.returncode != 0:            # the models below compile what it did not
+            out.write(f"  warning: compiling the {group} kernels failed (exit "
+                      f"{proc.returncode}): {err.strip().splitlines()[-1:]}\n")
+    return time.perf_counter() - t0
+
+
 def cmd_compile(stream=None):
-    """Warm Numba's cache: one training step and one prediction of each model of
-    :mod:`minicnn.models.zoo`, float32, on the numba backend."""
+    """Warm Numba's cache: the kernels of :mod:`minicnn.ops.warmup` in parallel processes,
+    then one training step, one prediction and evaluate of each model of
+    :mod:`minicnn.models.zoo`, float32, on the numba backend (which load them, and compile
+    anything the warm-up missed)."""
     from .models import zoo
     out = stream or sys.stdout
-    cold = config.compile_notice() is not None
+    with config.use_backend("numba"):
+        cold = config.compile_notice() is not None
     out.write(("compiling kernels for this CPU" if cold else "the kernel cache is warm; "
                "checking every kernel loads") + "...\n")
     out.flush()
     t0 = time.perf_counter()
-    rng = np.random.default_rng(0)
     with config.use_backend("numba"):
+        if cold:
+            out.write(f"  kernels, in parallel: {_warm_in_parallel(out):.1f} s\n")
+            out.flush()
+        rng = np.random.default_rng(0)
         for name, build in zoo.MODELS.items():
             model = build()
             model.compile(optimizer="adamw", loss="sparse_categorical_crossentropy",

@@ -1,8 +1,10 @@
 """A cold compile compiles each kernel, and each helper it calls, once per dtype.
 
-``minicnn compile`` runs in a subprocess with an empty NUMBA_CACHE_DIR (a warm cache loads the
-kernels whole and never compiles the helpers, so it would show nothing), then lists the
-signatures of every Numba dispatcher in ``minicnn.ops._kernels``. A second signature for the
+A subprocess with an empty NUMBA_CACHE_DIR (a warm cache loads the kernels whole and never
+compiles the helpers, so it would show nothing) runs the warm-up groups of ``minicnn compile``
+in-process (``minicnn compile`` runs them in processes of their own), then ``minicnn compile``
+itself, counting what that compiles, then lists the signatures of every Numba dispatcher in
+``minicnn.ops._kernels``. A second signature for the
 same dtype is compile time spent twice: a literal constant (``0``, ``True``) or the unsigned
 index of a ``prange`` loop passed to a helper, C- and A-contiguous arrays, int32 and int64
 scalars.
@@ -19,20 +21,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: duplicates made by the callers in conv.py (being rewritten elsewhere): the fused kernels pass
-#: the constants 0 (``q_off``) and 1 (``g``) where the plain ones pass variables
+#: duplicates made by the callers in conv.py: the fused kernels pass the constants 0
+#: (``q_off``) and 1 (``g``) where the plain ones pass variables
 KNOWN_IN_CONV = {"patches._patches_into", "conv._conv_grads"}
 
 LIST_SIGNATURES = r"""
 import io, json, sys
+from numba.core import event
 from numba.core.registry import CPUDispatcher
 from minicnn import cli
+from minicnn.ops import warmup
 import minicnn.ops._kernels as K
 from minicnn.ops._kernels import (conv, dense, elementwise, loss, norm, optim, partials,
-                                  patches, pool)
-cli.cmd_compile(io.StringIO())
-found = {}
-for mod in (K, conv, dense, elementwise, loss, norm, optim, partials, patches, pool):
+                                  patches, pool, sched, winograd)
+for group in warmup.GROUPS:
+    warmup.run(group)
+later = []
+with event.install_recorder("numba:compile") as rec:
+    cli.cmd_compile(io.StringIO())
+later = sorted({str(getattr(ev.data["dispatcher"], "py_func", ev.data["dispatcher"]))
+                for _, ev in rec.buffer if ev.is_start})
+found = {"_after_warmup": later}
+for mod in (K, conv, dense, elementwise, loss, norm, optim, partials, patches, pool, sched,
+            winograd):
     for name, obj in vars(mod).items():
         if isinstance(obj, CPUDispatcher) and obj.__module__ == mod.__name__:
             found[mod.__name__.rsplit(".", 1)[1] + "." + name] = [
@@ -58,10 +69,15 @@ def dtype_key(sig):
     return tuple(t.split("(")[1].split(",")[0] if t.startswith("Array(") else "-" for t in sig)
 
 
+def test_the_warmup_groups_compile_every_kernel_the_shipped_models_use(signatures):
+    assert signatures["_after_warmup"] == []
+
+
 def test_the_shipped_models_compile_each_function_once_per_dtype(signatures):
-    compiled = {name: sigs for name, sigs in signatures.items() if sigs}
-    assert {"conv.conv2d_forward", "norm.batchnorm_train_forward",
-            "dense.dense_backward"} <= set(compiled)             # the check saw the kernels
+    compiled = {name: sigs for name, sigs in signatures.items()
+                if sigs and not name.startswith("_after")}
+    assert {"conv.conv2d_forward", "norm.batchnorm_train_forward", "dense.dense_backward",
+            "conv._conv_grads", "winograd._winograd_backward_slot"} <= set(compiled)  # saw them
     twice = {}
     for name, sigs in compiled.items():
         keys = [dtype_key(s) for s in sigs]
@@ -72,7 +88,7 @@ def test_the_shipped_models_compile_each_function_once_per_dtype(signatures):
 
 def test_only_float32_is_compiled_for_float32_models(signatures):
     for name, sigs in signatures.items():
-        if name == "_kernels._warm":          # picks the threading layer, float64 by design
+        if name in ("_kernels._warm", "_after_warmup"):          # picks the threading layer, float64 by design
             continue
         for sig in sigs:
             assert not any("float64" in t for t in sig), (name, sig)
