@@ -318,6 +318,30 @@ def batchnorm_backward_cases():
         yield f"{shape}", case
 
 
+def batchnorm_relu_train_forward_cases():
+    for shape in BN_SHAPES:
+        for relu in (True, False):
+            def case(dt, shape=shape, relu=relu):
+                rng = _rng(43)
+                x = _normal(rng, dt, *shape) * dt(2) + dt(1)
+                gamma, beta = _normal(rng, dt, shape[-1]), _normal(rng, dt, shape[-1])
+                return outputs(ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, relu))
+            yield f"{shape}, relu={relu}", case
+
+
+def batchnorm_relu_backward_cases():
+    for shape in BN_SHAPES:
+        for relu in (True, False):
+            def case(dt, shape=shape, relu=relu):
+                rng = _rng(44)
+                x = _normal(rng, dt, *shape)
+                gamma, beta = _normal(rng, dt, shape[-1]), _normal(rng, dt, shape[-1])
+                _, mean, _, inv_std = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, relu)
+                return outputs(ops.batchnorm_relu_backward(_normal(rng, dt, *shape), x, gamma, beta,
+                                                           mean, inv_std, relu))
+            yield f"{shape}, relu={relu}", case
+
+
 def dense_forward_cases():
     for bias in (True, False):
         def case(dt, bias=bias):
@@ -362,6 +386,20 @@ def leaky_relu_backward_cases():
         return outputs(ops.leaky_relu_backward(_normal(rng, dt, 4, 3), _normal(rng, dt, 4, 3),
                                                0.2))
     yield "slope 0.2", case
+
+
+def add_forward_cases():
+    def case(dt):
+        rng = _rng(64)
+        return outputs(ops.add_forward(_normal(rng, dt, 2, 3, 4), _normal(rng, dt, 2, 3, 4)))
+    yield "(2, 3, 4)", case
+
+
+def add_relu_forward_cases():
+    def case(dt):
+        rng = _rng(65)
+        return outputs(ops.add_relu_forward(_normal(rng, dt, 2, 3, 4), _normal(rng, dt, 2, 3, 4)))
+    yield "(2, 3, 4)", case
 
 
 def softmax_cross_entropy_cases():

@@ -658,6 +658,11 @@ for xb in (xd, x):
     ops.batchnorm_train_forward(xb, None, None, 1e-3)
     ops.batchnorm_inference_forward(xb, gamma, beta, mean, var, 1e-3)
     ops.batchnorm_backward(f32(*xb.shape), xhat, gamma, inv_std)
+    for relu in (True, False):
+        _, mean, _, inv_std = ops.batchnorm_relu_train_forward(xb, gamma, beta, 1e-3, relu)
+        ops.batchnorm_relu_backward(f32(*xb.shape), xb, gamma, beta, mean, inv_std, relu)
+ops.add_forward(x, x)
+ops.add_relu_forward(x, x)
 ops.softmax_cross_entropy(xd, np.eye(5, dtype=np.float32)[[0, 1, 2]], False)
 ops.softmax_cross_entropy(xd, np.array([0, 1, 2]), True)
 ops.dropout_forward(xd, rng.random((3, 5)) > 0.5, 2.0)

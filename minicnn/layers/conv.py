@@ -67,7 +67,13 @@ class Conv2D(Layer):
                                   owner=f"Conv2D {self.name!r}")
 
     def _forward_op(self, x, relu):
-        kernel, bias = self.params["kernel"], self.params.get("bias")
+        return self.convolve(x, self.params["kernel"], self.params.get("bias"), relu)
+
+    def convolve(self, x, kernel, bias, relu=False):
+        """``(y, algorithms)``: this layer's convolution of ``x`` with the given ``kernel``
+        (its shape) and ``bias`` (or None), ReLU fused when ``relu``, by the algorithm
+        :meth:`algorithm_for` picks; for weights derived from the layer's own (batch norm
+        folded into them, :class:`minicnn.layers.fused.ConvBatchNorm`)."""
         algo = self.algorithm_for(x.shape)
         if algo[0] == "winograd":
             return ops.winograd_conv2d_forward(x, kernel, bias, self.pads, relu=relu), algo

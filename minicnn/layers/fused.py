@@ -1,19 +1,28 @@
 """Fusion: one planner over the model graph, fused steps that are proper layers.
 
-A :class:`Fusion` names a pattern of graph nodes (today: ``Conv2D(activation='relu')``
-followed by ``MaxPooling2D(2, 2, 'valid')``) and makes the layer that runs it as one
-step. :func:`plan` walks a model's nodes in order and replaces every match, but only
-for the fusions the active backend declares (:func:`minicnn.ops.fusions`): the numba
-backend implements ``conv2d_relu_maxpool`` as one kernel that keeps each image's
-convolution output in a thread-local buffer and writes only the pooled result and a
-uint8 argmax. The reference and numpy backends declare none, so there the layers run
-one by one and a learner steps through each; a fused layer used on such a backend
+A :class:`Fusion` names a pattern of graph nodes, each feeding the next, and makes the
+layer that runs it as one step:
+
+- ``conv2d_relu_maxpool``: ``Conv2D(activation='relu')`` then ``MaxPooling2D(2, 2,
+  'valid')`` (:class:`ConvReluPool`): one kernel that keeps each image's convolution
+  output in a thread-local buffer and writes only the pooled result and a uint8 argmax;
+- ``conv2d_batchnorm_relu`` and ``conv2d_batchnorm``: ``Conv2D`` (no activation) then
+  ``BatchNormalization`` [then ``ReLU``] (:class:`ConvBatchNorm`): in training, the batch
+  norm and the ReLU in one pass each way; at inference, one convolution with batch norm
+  folded into its weights and the ReLU into its epilogue;
+- ``add_relu``: ``Add`` of two tensors then ``ReLU`` (:class:`AddRelu`), one pass.
+
+:func:`plan` walks a model's nodes in order and replaces every match, but only for the
+fusions the active backend declares (:func:`minicnn.ops.fusions`; the numba backend
+declares them all). The reference and numpy backends declare none, so there the layers
+run one by one and a learner steps through each; a fused layer used on such a backend
 anyway composes the same math from the layers' own passes.
 
-The math never changes: ``maxpool(relu(conv(x) + bias))`` (see
-:mod:`minicnn.ops.reference`), and the conv layer's ``grads`` are filled as by its own
-backward. A node is fused only when its output feeds nothing but the next node of the
-pattern and is not a model output, and when neither layer is used twice in the model.
+The math never changes (each fused op's reference in :mod:`minicnn.ops.reference` is
+the composition of the layers' ops), and every layer's ``grads`` are filled as by its
+own backward. A node is fused only when its output feeds nothing but the next node of
+the pattern and is not a model output, and when no layer of the pattern is used twice in
+the model.
 """
 from __future__ import annotations
 
@@ -21,6 +30,9 @@ from .. import ops
 from ..ops import algorithms
 from .base import Layer
 from .conv import Conv2D
+from .core import Activation
+from .merging import Add
+from .normalization import BatchNormalization
 from .pooling import MaxPooling2D
 
 
@@ -143,15 +155,163 @@ class ConvReluPool(Layer):
         return conv.set_kernel_grads(*grads)
 
 
+class _Chain(Layer):
+    """A fused step over ``parts``, layers each feeding the next. It has no weights of its
+    own: :meth:`weight_slots` are the parts' and each part's ``grads`` are filled as by its
+    own backward. Its ``compute_input_gradient`` is the first part's."""
+
+    fusion = None
+
+    def __init__(self, *parts):
+        self.parts = parts
+        flag = parts[0].compute_input_gradient
+        super().__init__(dtype=parts[0].dtype, name="+".join(p.name for p in parts))
+        self.compute_input_gradient = flag
+        if parts[0].built:
+            self.build(parts[0].input_shape)
+
+    compute_input_gradient = property(
+        lambda self: self.parts[0].compute_input_gradient,
+        lambda self, value: setattr(self.parts[0], "compute_input_gradient", value))
+
+    def weight_slots(self):
+        return [(f"{p.name}/{path}", owner, key) for p in self.parts
+                for path, owner, key in p.weight_slots()]
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for part in self.parts:
+            if not part.built:
+                part.build(shape)
+            shape = part.output_shape
+        return tuple(shape)
+
+    def _fused_here(self):
+        return self.fusion in ops.fusions()
+
+    def composed_forward(self, x, training):
+        """Every part's own forward pass, in turn (where the backend has no fused kernel)."""
+        for part in self.parts:
+            x = part.forward(x, training)
+        return x
+
+    def composed_backward(self, dy):
+        for part in reversed(self.parts):
+            dy = part.backward(dy)
+        return dy
+
+
+def _is_relu(layer):
+    return isinstance(layer, Activation) and layer.activation == "relu"
+
+
+class ConvBatchNorm(_Chain):
+    """One step over ``Conv2D`` (no activation) -> ``BatchNormalization`` [-> ``ReLU``].
+
+    Training (batch statistics): the conv's own forward, then
+    :func:`minicnn.ops.batchnorm_relu_train_forward` (normalise and clip in one pass,
+    keeping only the conv output ``z`` for the backward, no ``xhat``) and on the way back
+    :func:`minicnn.ops.batchnorm_relu_backward` (the ReLU's and batch norm's backward in
+    one pass) before the conv's own backward; without the ReLU the same ops with
+    ``relu=False``. The moving statistics move as batch norm's own forward moves them.
+
+    Inference (moving statistics): one convolution with the folded weights of
+    :func:`minicnn.ops.fold_batchnorm`, the ReLU in its epilogue. It rounds differently
+    from the layers run one by one (one product less), within float32's few ulps.
+    """
+
+    def __init__(self, conv, bn, relu=None):
+        self.conv, self.bn, self.relu = conv, bn, relu
+        super().__init__(*(p for p in (conv, bn, relu) if p is not None))
+        self.fusion = "conv2d_batchnorm_relu" if relu is not None else "conv2d_batchnorm"
+
+    @staticmethod
+    def applies(conv, bn, relu=None) -> bool:
+        return (isinstance(conv, Conv2D) and conv.activation == "linear"
+                and isinstance(bn, BatchNormalization) and bn.axis in (-1, 3)
+                and (relu is None or _is_relu(relu)))
+
+    def call(self, x, training=False):
+        self._mode = "composed"
+        if not self._fused_here():
+            return self.composed_forward(x, training)
+        conv, bn = self.conv, self.bn
+        gamma, beta = bn.params.get("gamma"), bn.params.get("beta")
+        if not training:
+            kernel, bias = ops.fold_batchnorm(conv.params["kernel"], conv.params.get("bias"),
+                                              gamma, beta, bn.params["moving_mean"],
+                                              bn.params["moving_variance"], bn.epsilon)
+            self._mode, self._x = "folded", x
+            return conv.convolve(x, kernel, bias, relu=self.relu is not None)[0]
+        z = conv.forward(x, training)
+        relu = self.relu is not None
+        y, mean, var, inv_std = ops.batchnorm_relu_train_forward(z, gamma, beta, bn.epsilon,
+                                                                 relu=relu)
+        bn.update_moving_statistics(mean, var)
+        self._mode, self._z, self._stats = "fused", z, (mean, inv_std, relu)
+        return y
+
+    def backward(self, dy):
+        if self._mode == "fused":
+            bn = self.bn
+            mean, inv_std, relu = self._stats
+            dz, dgamma, dbeta = ops.batchnorm_relu_backward(
+                dy, self._z, bn.params.get("gamma"), bn.params.get("beta"), mean, inv_std,
+                relu=relu)
+            bn.set_grads(dgamma, dbeta)
+            return self.conv.backward(dz)
+        if self._mode == "folded":
+            # a backward after an inference pass (gradcheck): the layers' own passes
+            self.composed_forward(self._x, False)
+        return self.composed_backward(dy)
+
+
+class AddRelu(_Chain):
+    """One step over ``Add`` of two tensors -> ``ReLU``: :func:`minicnn.ops.add_relu_forward`.
+
+    Backward: ``dz = dy where y > 0`` (the ReLU's backward; ``y > 0`` exactly where the sum
+    is), the same array for both inputs, as Add's backward gives them.
+    """
+
+    fusion = "add_relu"
+
+    def __init__(self, add, relu):
+        self.add, self.relu = add, relu
+        super().__init__(add, relu)
+
+    @staticmethod
+    def applies(add, relu) -> bool:
+        return (type(add) is Add and isinstance(add.input_shape, list)
+                and len(add.input_shape) == 2 and _is_relu(relu))
+
+    def call(self, xs, training=False):
+        if not self._fused_here():
+            self._y = None
+            return self.composed_forward(xs, training)
+        self._y = ops.add_relu_forward(xs[0], xs[1])
+        return self._y
+
+    def backward(self, dy):
+        if self._y is None:
+            return self.composed_backward(dy)
+        dz = ops.activation_backward("relu", self._y, self._y, dy)
+        return [dz, dz]
+
+
 class Fusion:
-    """A pattern ``layers[0] -> layers[1] -> ...`` of single-input nodes, and its step."""
+    """A pattern ``layers[0] -> layers[1] -> ...`` of ``length`` nodes, each but the first
+    with a single input, and its step: ``applies(*layers)``, ``make(*layers)``."""
 
-    def __init__(self, name, applies, make):
-        self.name, self.applies, self.make = name, applies, make
+    def __init__(self, name, applies, make, length=2):
+        self.name, self.applies, self.make, self.length = name, applies, make, length
 
 
-#: every fusion the planner knows; a backend lists the names it implements in FUSIONS
-FUSIONS = (Fusion(ConvReluPool.fusion, ConvReluPool.applies, ConvReluPool),)
+#: every fusion the planner knows, longest first; a backend lists the names it implements
+#: in FUSIONS
+FUSIONS = (Fusion("conv2d_batchnorm_relu", ConvBatchNorm.applies, ConvBatchNorm, 3),
+           Fusion(ConvReluPool.fusion, ConvReluPool.applies, ConvReluPool),
+           Fusion("conv2d_batchnorm", ConvBatchNorm.applies, ConvBatchNorm),
+           Fusion(AddRelu.fusion, AddRelu.applies, AddRelu))
 
 
 def plan(nodes, consumers=None, protected=(), enabled=None):
@@ -163,13 +323,14 @@ def plan(nodes, consumers=None, protected=(), enabled=None):
     of the step are ``first_node.inputs``, its outputs ``last_node.outputs``.
 
     Given a plain list of layers instead (a chain: each feeds the next), it returns the
-    list of steps, fused layers in place of the pairs they replace, for every fusion
+    list of steps, fused layers in place of the runs they replace, for every fusion
     minicnn knows unless ``enabled`` says otherwise.
     """
     if consumers is None:
         return _plan_chain(nodes, enabled)
     enabled = ops.fusions() if enabled is None else frozenset(enabled)
     active = [f for f in FUSIONS if f.name in enabled]
+    longest = max((f.length for f in active), default=1)
     uses = {}
     for node in nodes:
         uses[id(node.layer)] = uses.get(id(node.layer), 0) + 1
@@ -177,18 +338,21 @@ def plan(nodes, consumers=None, protected=(), enabled=None):
     for node in nodes:
         if id(node) in skip:
             continue
-        fused = None
-        if len(node.outputs) == 1 and uses[id(node.layer)] == 1:
-            out = node.outputs[0]
+        run = [node]       # node and the nodes after it that only it feeds, one after another
+        while len(run) < longest and uses[id(run[-1].layer)] == 1 \
+                and len(run[-1].outputs) == 1:
+            out = run[-1].outputs[0]
             after = consumers.get(out.id, [])
-            if len(after) == 1 and out.id not in protected:
-                nxt = after[0]
-                for f in active:
-                    if (uses[id(nxt.layer)] == 1 and len(nxt.inputs) == 1
-                            and f.applies(node.layer, nxt.layer)):
-                        fused = (f.make(node.layer, nxt.layer), node, nxt)
-                        skip.add(id(nxt))
-                        break
+            if len(after) != 1 or out.id in protected or len(after[0].inputs) != 1 \
+                    or uses[id(after[0].layer)] != 1:
+                break
+            run.append(after[0])
+        fused = None
+        for f in active:
+            if f.length <= len(run) and f.applies(*(n.layer for n in run[:f.length])):
+                fused = (f.make(*(n.layer for n in run[:f.length])), node, run[f.length - 1])
+                skip.update(id(n) for n in run[1:f.length])
+                break
         steps.append(fused or (node.layer, node, node))
     return steps
 
@@ -197,11 +361,11 @@ def _plan_chain(layers, enabled=None):
     active = [f for f in FUSIONS if enabled is None or f.name in enabled]
     steps, i = [], 0
     while i < len(layers):
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        f = next((f for f in active if nxt is not None and f.applies(layers[i], nxt)), None)
+        f = next((f for f in active if i + f.length <= len(layers)
+                  and f.applies(*layers[i:i + f.length])), None)
         if f is not None:
-            steps.append(f.make(layers[i], nxt))
-            i += 2
+            steps.append(f.make(*layers[i:i + f.length]))
+            i += f.length
         else:
             steps.append(layers[i])
             i += 1

@@ -15,14 +15,16 @@ Minimum        ``y = min_i x_i``               as Maximum, for the first minimum
 Concatenate    ``y = [x_1 | ... | x_k]``       ``dx_i`` = the slice of ``dy`` ``x_i`` filled
 =============  ==============================  ===========================================
 
-These are single NumPy expressions, the same on every backend (no kernel would beat
-NumPy's own elementwise loops). A tensor that feeds two branches and comes back through
+Add runs :func:`minicnn.ops.add_forward` (on the numba backend a parallel kernel: NumPy's
+``a + b`` uses one thread); the others are single NumPy expressions, the same on every
+backend. A tensor that feeds two branches and comes back through
 Add gets the sum of both gradients: the model adds the gradients of every use (fan-out).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import ops
 from .base import Layer
 
 
@@ -62,9 +64,11 @@ class Add(_Merge):
 
     def call(self, inputs, training=False):
         self._k = len(inputs)
-        y = inputs[0].copy()
-        for x in inputs[1:]:
-            y += x
+        if self._k == 1:
+            return inputs[0].copy()
+        y = ops.add_forward(inputs[0], inputs[1])
+        for x in inputs[2:]:
+            y = ops.add_forward(y, x)
         return y
 
     def backward(self, dy):

@@ -78,18 +78,32 @@ class BatchNormalization(Layer):
         if training:
             y, mean, var, self._xhat, self._inv_std = ops.batchnorm_train_forward(
                 x, gamma, beta, self.epsilon)
-            dt = x.dtype.type
-            mm, mv = self.params["moving_mean"], self.params["moving_variance"]
-            mm *= dt(self.momentum)
-            mm += mean * dt(1 - self.momentum)
-            mv *= dt(self.momentum)
-            mv += var * dt(1 - self.momentum)
+            self.update_moving_statistics(mean, var)
             self._training = True
             return y
         self._training = False
         self._x = x              # xhat is recomputed only if a backward follows (gradcheck)
         mean, var = self.params["moving_mean"], self.params["moving_variance"]
         return ops.batchnorm_inference_forward(x, gamma, beta, mean, var, self.epsilon)
+
+    def update_moving_statistics(self, mean, var):
+        """Move the moving mean and variance towards a training batch's ``mean``, ``var``
+        (in place: the arrays stay the ones in ``params``)."""
+        mm, mv = self.params["moving_mean"], self.params["moving_variance"]
+        dt = mm.dtype.type
+        mm *= dt(self.momentum)
+        mm += mean * dt(1 - self.momentum)
+        mv *= dt(self.momentum)
+        mv += var * dt(1 - self.momentum)
+
+    def set_grads(self, dgamma, dbeta):
+        """Store dL/dgamma and dL/dbeta (those the layer has) and zeros for the statistics."""
+        if self.scale:
+            self.grads["gamma"] = dgamma
+        if self.center:
+            self.grads["beta"] = dbeta
+        self.grads["moving_mean"] = np.zeros_like(self.params["moving_mean"])
+        self.grads["moving_variance"] = np.zeros_like(self.params["moving_variance"])
 
     def backward(self, dy):
         gamma = self.params.get("gamma")
@@ -103,12 +117,7 @@ class BatchNormalization(Layer):
             dgamma = np.sum(dy * self._xhat, axis=axes)
             dbeta = np.sum(dy, axis=axes)
             dx = dy * (self._inv_std if gamma is None else gamma * self._inv_std)
-        if self.scale:
-            self.grads["gamma"] = dgamma
-        if self.center:
-            self.grads["beta"] = dbeta
-        self.grads["moving_mean"] = np.zeros_like(self.params["moving_mean"])
-        self.grads["moving_variance"] = np.zeros_like(self.params["moving_variance"])
+        self.set_grads(dgamma, dbeta)
         return dx if self.compute_input_gradient else None
 
     def get_config(self):

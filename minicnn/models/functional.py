@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import config, losses, optimizers, saving
+from .. import config, losses, ops, optimizers, saving
 from ..layers import fused
 from ..layers.base import Layer, unique_name
 from ..layers.input_layer import InputLayer, KerasTensor
@@ -62,6 +62,14 @@ class _Step:
         self.shared = shared
         self.state = None
         self.frees = ()
+
+
+def _sum(a, b):
+    """``a + b`` for the fan-out sum of gradients: the backend's add where the two agree
+    (the numba one runs on every thread), NumPy's (broadcasting, promoting) otherwise."""
+    if a.shape == b.shape and a.dtype == b.dtype:
+        return ops.add_forward(a, b)
+    return a + b
 
 
 def _as_list(x):
@@ -450,7 +458,7 @@ class Model(Trainer, Layer):
             for tid, d in zip(step.inputs, dx if step.multi_in else [dx]):
                 if d is None or not need.get(tid, False):
                     continue
-                grads[tid] = d if tid not in grads else grads[tid] + d   # fan-out: the sum
+                grads[tid] = d if tid not in grads else _sum(grads[tid], d)   # fan-out
         for layer, acc in shared_sums.values():
             layer.grads = acc
         dxs = [grads.get(t.id) for t in self.inputs]

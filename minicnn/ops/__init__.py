@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._registry import OPS, backend_module, register  # noqa: F401
 from ._shapes import conv_geometry, conv_out_size, out_hw, out_size_from_pads  # noqa: F401
+from .reference import fold_batchnorm  # noqa: F401  (a weight transform, one for every backend)
 
 # convolution
 conv2d_forward = register("conv2d_forward")
@@ -36,6 +37,8 @@ global_maxpool_backward = register("global_maxpool_backward")
 batchnorm_train_forward = register("batchnorm_train_forward")
 batchnorm_inference_forward = register("batchnorm_inference_forward")
 batchnorm_backward = register("batchnorm_backward")
+batchnorm_relu_train_forward = register("batchnorm_relu_train_forward")
+batchnorm_relu_backward = register("batchnorm_relu_backward")
 # dense
 dense_forward = register("dense_forward")
 dense_backward = register("dense_backward")
@@ -44,6 +47,8 @@ activation_forward = register("activation_forward")
 activation_backward = register("activation_backward")
 leaky_relu_forward = register("leaky_relu_forward")
 leaky_relu_backward = register("leaky_relu_backward")
+add_forward = register("add_forward")
+add_relu_forward = register("add_relu_forward")
 # loss
 softmax_cross_entropy = register("softmax_cross_entropy")
 # dropout

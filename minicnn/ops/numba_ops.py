@@ -37,7 +37,8 @@ _GROUP_ROWS = 256
 
 
 #: fused steps this backend implements (see :func:`minicnn.ops.fusions`)
-FUSIONS = ("conv2d_relu_maxpool", "winograd_conv2d_relu_maxpool")
+FUSIONS = ("conv2d_relu_maxpool", "winograd_conv2d_relu_maxpool", "conv2d_batchnorm_relu",
+           "conv2d_batchnorm", "add_relu")
 
 
 def _group(n, nt, rows_per_image):
@@ -273,6 +274,32 @@ def batchnorm_backward(dy, xhat, gamma, inv_std):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
+def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
+    dt = x.dtype.type
+    c = x.shape[-1]
+    rows = _c(x).reshape(-1, c)
+    y, mean, var, inv_std = _quiet(
+        norm_k.batchnorm_relu_train_forward, rows, _channel_vector(gamma, c, x.dtype, 1),
+        _channel_vector(beta, c, x.dtype, 0), dt(rows.shape[0]), dt(epsilon), dt(1), dt(0),
+        bool(relu), _threads(rows.shape[0]))
+    return y.reshape(x.shape), mean, var, inv_std
+
+
+def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
+    if x.shape != dy.shape:
+        raise ValueError(f"batchnorm_relu_backward: x must have dy's shape {dy.shape}, "
+                         f"received {x.shape}")
+    dt = dy.dtype.type
+    c = dy.shape[-1]
+    rows = _c(dy).reshape(-1, c)
+    dx, dgamma, dbeta = _quiet(
+        norm_k.batchnorm_relu_backward, rows, _c(x, dtype=dy.dtype).reshape(-1, c),
+        _channel_vector(gamma, c, dy.dtype, 1), _channel_vector(beta, c, dy.dtype, 0),
+        _c(mean, dtype=dy.dtype), _c(inv_std, dtype=dy.dtype), dt(rows.shape[0]), dt(0),
+        bool(relu), _threads(rows.shape[0]))
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
 def dense_forward(x, kernel, bias):
     return dense_k.dense_forward(_c(x), _c(kernel), _bias_or_zeros(bias, kernel.shape[1], x.dtype),
                            _threads(x.shape[0]))
@@ -336,6 +363,23 @@ def activation_backward(name, x, y, dy):
     else:
         raise ValueError(f"unknown activation {name!r}")
     return dx.reshape(dy.shape)
+
+
+def _same_as_a(op, a, b):
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"{op}: b must have a's shape {a.shape} and dtype {a.dtype}, "
+                         f"received {b.shape} {b.dtype}")
+
+
+def add_forward(a, b):
+    _same_as_a("add_forward", a, b)
+    return elementwise_k.add_forward(_c(a).reshape(-1), _c(b).reshape(-1)).reshape(a.shape)
+
+
+def add_relu_forward(a, b):
+    _same_as_a("add_relu_forward", a, b)
+    return elementwise_k.add_relu_forward(_c(a).reshape(-1), _c(b).reshape(-1),
+                                          a.dtype.type(0)).reshape(a.shape)
 
 
 def leaky_relu_forward(x, slope):

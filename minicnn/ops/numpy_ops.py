@@ -324,6 +324,20 @@ def batchnorm_backward(dy, xhat, gamma, inv_std):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
+def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
+    t, mean, var, _, inv_std = batchnorm_train_forward(x, gamma, beta, epsilon)
+    return (np.maximum(t, t.dtype.type(0)) if relu else t), mean, var, inv_std
+
+
+def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
+    rows, g, b = _rows_and_affine(x, gamma, beta)
+    xhat = (rows - mean) * inv_std
+    d_t = dy.reshape(rows.shape)
+    if relu:
+        d_t = np.where(g * xhat + b > 0, d_t, dy.dtype.type(0))
+    return batchnorm_backward(d_t.reshape(dy.shape), xhat.reshape(dy.shape), gamma, inv_std)
+
+
 def dense_forward(x, kernel, bias):
     y = x @ kernel
     if bias is not None:
@@ -334,6 +348,15 @@ def dense_forward(x, kernel, bias):
 def dense_backward(x, kernel, dy, need_dx=True):
     dx = dy @ kernel.T if need_dx else None
     return dx, x.T @ dy, dy.sum(axis=0)
+
+
+def add_forward(a, b):
+    return a + b
+
+
+def add_relu_forward(a, b):
+    z = a + b
+    return np.maximum(z, z.dtype.type(0), out=z)
 
 
 def activation_forward(name, x):

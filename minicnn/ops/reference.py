@@ -753,6 +753,93 @@ def batchnorm_backward_graph(dy, x, gamma, epsilon):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
+def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
+    """Batch normalisation in training mode, then ReLU: ``y = relu(gamma * xhat + beta)``.
+
+    The composition of :func:`batchnorm_train_forward` and the ReLU of
+    :func:`activation_forward`, per channel over every axis but the last::
+
+        mu = 1/m sum x,  var = 1/m sum (x - mu)**2,  inv_std = 1 / sqrt(var + epsilon)
+        xhat = (x - mu) * inv_std,   t = gamma * xhat + beta,   y = max(t, 0)
+
+    Parameters
+    ----------
+    x : (..., c);  gamma, beta : (c,) or None (1 and 0);  epsilon : float
+    relu : bool; False gives ``y = t``, batch norm alone (that keeps no ``xhat``)
+
+    Returns
+    -------
+    y : like x;  mean, var, inv_std : (c,). Neither ``xhat`` nor ``t`` is returned:
+    :func:`batchnorm_relu_backward` recomputes both from ``x`` and the statistics, so
+    a fused step keeps one tensor (its input) where the two layers kept three.
+    """
+    t, mean, var, _, inv_std = batchnorm_train_forward(x, gamma, beta, epsilon)
+    return (activation_forward("relu", t) if relu else t), mean, var, inv_std
+
+
+def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
+    """Gradients of :func:`batchnorm_relu_train_forward`: the ReLU's, then batch norm's.
+
+    Recomputes ``xhat = (x - mean) * inv_std`` and ``t = gamma * xhat + beta`` exactly as
+    the forward did, so the ReLU mask ``t > 0`` is the forward's; then::
+
+        dt = dy where t > 0, else 0           (dt = dy when relu is False)
+        dx, dgamma, dbeta = batchnorm_backward(dt, xhat, gamma, inv_std)
+
+    Parameters
+    ----------
+    dy, x : (..., c);  gamma, beta : (c,) or None;  mean, inv_std : (c,), from the forward;
+    relu : bool, as given to the forward
+
+    Returns
+    -------
+    dx : like dy;  dgamma, dbeta : (c,)
+    """
+    dt = dy.dtype.type
+    rows = _channel_rows(x)
+    c = rows.shape[1]
+    g = _ones_if_none(gamma, c, dy.dtype, 1)
+    bt = _ones_if_none(beta, c, dy.dtype, 0)
+    xhat = np.empty_like(rows)
+    d_t = np.empty_like(rows)
+    d_rows = _channel_rows(dy)
+    for ch in range(c):
+        xhat[:, ch] = (rows[:, ch] - mean[ch]) * inv_std[ch]
+        t = g[ch] * xhat[:, ch] + bt[ch]
+        d_t[:, ch] = np.where(t > 0, d_rows[:, ch], dt(0)) if relu else d_rows[:, ch]
+    dx, dgamma, dbeta = batchnorm_backward(d_t, xhat, gamma, inv_std)
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
+def fold_batchnorm(kernel, bias, gamma, beta, mean, var, epsilon):
+    """A convolution (or Dense) followed by inference-mode batch norm, as one layer's weights.
+
+    Not a registered op (a transform of the weights, the same on every backend, as
+    :func:`winograd_kernel_transform`). With ``s = gamma / sqrt(var + epsilon)`` per
+    output channel ``f``::
+
+        bn(conv(x, kernel) + bias) = conv(x, kernel * s) + (bias - mean) * s + beta
+
+    Parameters
+    ----------
+    kernel : (..., f) (a Conv2D's ``(kh, kw, c, f)`` or a Dense's ``(k, f)``);
+    bias : (f,) or None (0);  gamma, beta : (f,) or None (1 and 0);  mean, var : (f,)
+
+    Returns
+    -------
+    kernel : like kernel;  bias : (f,), both new arrays in the kernel's dtype. The folded
+    convolution rounds differently from the two layers (one product less per output).
+    """
+    dt = kernel.dtype.type
+    f = kernel.shape[-1]
+    g = _ones_if_none(gamma, f, kernel.dtype, 1)
+    b = _ones_if_none(beta, f, kernel.dtype, 0)
+    inv_std = dt(1) / np.sqrt(np.asarray(var, dtype=kernel.dtype) + dt(epsilon))
+    s = g * inv_std
+    z = _ones_if_none(bias, f, kernel.dtype, 0)
+    return kernel * s, (z - np.asarray(mean, dtype=kernel.dtype)) * s + b
+
+
 # ----------------------------------------------------------------------------- dense
 def dense_forward(x, kernel, bias):
     """Fully connected layer: ``y[b, u] = sum_k x[b, k] * kernel[k, u] + bias[u]``.
@@ -818,6 +905,24 @@ def _gelu_slope(v):
     cdf = 0.5 * math.erfc(-v / math.sqrt(2))
     pdf = math.exp(-0.5 * v * v) / math.sqrt(2 * math.pi)
     return cdf + v * pdf
+
+
+def add_forward(a, b):
+    """The elementwise sum ``y = a + b`` (``Add``'s forward, and the sum of the gradients a
+    tensor read by several layers gets back). a, b : one shape, one dtype; returns new y."""
+    return a + b
+
+
+def add_relu_forward(a, b):
+    """The sum of two tensors, then ReLU: ``y = max(a + b, 0)`` (``Add`` then ``ReLU``).
+
+    a, b : one shape, one dtype; returns y of that shape (a NaN stays NaN). The backward
+    needs no op of its own: with ``dz = dy where y > 0, else 0`` (the ReLU's backward
+    of :func:`activation_backward`, ``y > 0`` exactly where ``a + b > 0``), both inputs
+    get ``dz``.
+    """
+    z = a + b
+    return np.where(z <= 0, np.zeros_like(z), z)   # NaN stays NaN
 
 
 def activation_forward(name, x):

@@ -25,6 +25,27 @@ def relu_forward(x, zero):
 
 
 @njit(parallel=True, cache=True)
+def add_forward(a, b):
+    """``y[i] = a[i] + b[i]`` for flat ``a`` and ``b`` of one size, on every thread (NumPy's
+    ``a + b`` runs on one). Returns new ``y`` like ``a``."""
+    y = np.empty_like(a)
+    for i in prange(a.size):
+        y[i] = a[i] + b[i]
+    return y
+
+
+@njit(parallel=True, cache=True)
+def add_relu_forward(a, b, zero):
+    """``y[i] = max(a[i] + b[i], 0)`` for flat ``a`` and ``b`` of one size (the Add and the
+    ReLU of a residual block in one pass); a NaN stays NaN. Returns new ``y`` like ``a``."""
+    y = np.empty_like(a)
+    for i in prange(a.size):
+        v = a[i] + b[i]
+        y[i] = zero if v <= zero else v
+    return y
+
+
+@njit(parallel=True, cache=True)
 def relu_backward(x, dy, zero):
     """``dx[i] = dy[i] if x[i] > 0 else 0`` (flat ``x`` and ``dy``). Returns new ``dx``."""
     dx = np.empty_like(dy)

@@ -129,3 +129,87 @@ def batchnorm_backward(dy, xhat, gamma, inv_std, m, nt):
             for ch in range(c):
                 dx[r, ch] = scale[ch] * (m * dy[r, ch] - dbeta[ch] - xhat[r, ch] * dgamma[ch])
     return dx, dgamma, dbeta
+
+
+@njit(parallel=PRANGE_ONLY, cache=True)
+def batchnorm_relu_train_forward(x, gamma, beta, m, eps, one, zero, relu, nt):
+    """``y = max(gamma * xhat + beta, 0)`` for ``x (m, c)``, ``xhat`` by the batch statistics
+    (without the max when ``relu`` is False).
+
+    The statistics as :func:`batchnorm_train_forward` (the mean, then the squared
+    deviations, per-block partials merged serially); then one pass that normalises and
+    clips, writing only ``y`` (no ``xhat``: the backward recomputes it from ``x``). ``m``,
+    ``eps``, ``one``, ``zero`` in x's dtype. Returns new ``y (m, c)``, ``mean``, ``var``,
+    ``inv_std (c,)``.
+    """
+    rows, c = x.shape
+    part = np.zeros((nt, c), dtype=x.dtype)
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        acc = np.zeros(c, dtype=x.dtype)
+        for r in range(lo, hi):
+            for ch in range(c):
+                acc[ch] += x[r, ch]
+        for ch in range(c):          # not part[t] = acc: see the module docstring
+            part[t, ch] = acc[ch]
+    mean = _merge(part) / m
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        acc = np.zeros(c, dtype=x.dtype)
+        for r in range(lo, hi):
+            for ch in range(c):
+                d = x[r, ch] - mean[ch]
+                acc[ch] += d * d
+        for ch in range(c):
+            part[t, ch] = acc[ch]
+    var = _merge(part) / m
+    inv_std = one / np.sqrt(var + eps)
+    y = np.empty_like(x)
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        for r in range(lo, hi):
+            for ch in range(c):
+                v = gamma[ch] * ((x[r, ch] - mean[ch]) * inv_std[ch]) + beta[ch]
+                y[r, ch] = zero if relu and v <= zero else v      # NaN stays NaN
+    return y, mean, var, inv_std
+
+
+@njit(parallel=PRANGE_ONLY, cache=True)
+def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, m, zero, relu, nt):
+    """Backward of :func:`batchnorm_relu_train_forward` for ``dy, x (m, c)``.
+
+    ``xhat`` and the ReLU's input ``t = gamma * xhat + beta`` are recomputed from ``x`` by
+    the forward's expression (so the mask ``t > 0`` is the forward's, bit for bit); with
+    ``d = dy where t > 0 else 0`` (``d = dy`` when ``relu`` is False): ``dbeta = sum d``, ``dgamma = sum d * xhat`` (per-block
+    partials, merged serially), then ``dx = gamma * inv_std / m * (m * d - dbeta - xhat *
+    dgamma)`` as :func:`batchnorm_backward`. Two passes over ``dy`` and ``x`` where the two
+    layers made five over three tensors. Returns new ``dx (m, c)``, ``dgamma``, ``dbeta``.
+    """
+    rows, c = dy.shape
+    part_b = np.zeros((nt, c), dtype=dy.dtype)
+    part_g = np.zeros((nt, c), dtype=dy.dtype)
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        acc_b = np.zeros(c, dtype=dy.dtype)
+        acc_g = np.zeros(c, dtype=dy.dtype)
+        for r in range(lo, hi):
+            for ch in range(c):
+                v = (x[r, ch] - mean[ch]) * inv_std[ch]
+                d = dy[r, ch] if not relu or gamma[ch] * v + beta[ch] > zero else zero
+                acc_b[ch] += d
+                acc_g[ch] += d * v
+        for ch in range(c):
+            part_b[t, ch] = acc_b[ch]
+            part_g[t, ch] = acc_g[ch]
+    dbeta = _merge(part_b)
+    dgamma = _merge(part_g)
+    scale = gamma * inv_std / m
+    dx = np.empty_like(dy)
+    for t in prange(nt):
+        lo, hi = _block(t, nt, rows)
+        for r in range(lo, hi):
+            for ch in range(c):
+                v = (x[r, ch] - mean[ch]) * inv_std[ch]
+                d = dy[r, ch] if not relu or gamma[ch] * v + beta[ch] > zero else zero
+                dx[r, ch] = scale[ch] * (m * d - dbeta[ch] - v * dgamma[ch])
+    return dx, dgamma, dbeta

@@ -1,0 +1,332 @@
+"""The residual network's fused ops and steps: batch norm + ReLU, Add + ReLU, batch norm
+folded into a convolution at inference, the parallel add.
+
+- the three backends agree (hypothesis-drawn shapes, float32 and float64, Fortran layouts)
+  and no op modifies its inputs;
+- each fused op is the composition of the unfused ops (the numba kernels bit for bit where
+  they run the same sums);
+- every backward matches float64 finite differences of ``sum(forward * r)`` for a random
+  ``r``, and PyTorch autograd (skipped without torch);
+- in a model the fused plan gives the layer-by-layer numbers: the same loss, gradients and
+  moving statistics in training, predictions within rounding at inference; the planner
+  fuses only where the intermediate tensor feeds nothing else and is not an output.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from test_ops_backends import (DTYPE_NAMES, SEEDS, TOL, compare, layout, norm, rel_err,
+                               run_backends)
+
+import minicnn
+from minicnn import gradcheck, layers, ops
+from minicnn.layers import fused
+from minicnn.models import zoo
+
+GRAD_TOL = 1e-6
+
+
+def check_grad(label, analytic, loss_of, at, error_log, backend):
+    numeric = gradcheck.numerical_gradient(loss_of, at)
+    err = gradcheck.relative_error(analytic, numeric)
+    error_log.record(f"gradcheck ops ({backend})", err)
+    assert err < GRAD_TOL, f"{label} on {backend}: relative error {err:.3e}"
+
+
+# ============================================================================= batch norm + ReLU
+@st.composite
+def bn_relu_cases(draw):
+    rank = draw(st.sampled_from([2, 4]))
+    c = draw(st.integers(1, 5))
+    lead = (draw(st.integers(2, 6)),) if rank == 2 else (draw(st.integers(1, 3)),
+                                                         draw(st.integers(1, 4)),
+                                                         draw(st.integers(1, 4)))
+    if int(np.prod(lead)) < 2:
+        lead = (2,) + lead[1:]
+    return dict(shape=lead + (c,), affine=draw(st.sampled_from(["both", "none", "gamma", "beta"])),
+                relu=draw(st.booleans()), shift=draw(st.sampled_from([0.0, 5.0])),
+                fortran=draw(st.booleans()), dtype=draw(DTYPE_NAMES), seed=draw(SEEDS))
+
+
+def _params(rng, c, affine, dt):
+    gamma = rng.standard_normal(c).astype(dt) if affine in ("both", "gamma") else None
+    beta = rng.standard_normal(c).astype(dt) if affine in ("both", "beta") else None
+    return gamma, beta
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(case=bn_relu_cases())
+@example(case=dict(shape=(3, 5, 4, 6), affine="both", relu=True, shift=5.0, fortran=True,
+                   dtype="float32", seed=1))
+def test_batchnorm_relu_backends_agree(case, error_log):
+    dt = np.dtype(case["dtype"])
+    rng = np.random.default_rng(case["seed"])
+    shape, c = case["shape"], case["shape"][-1]
+    x = layout((rng.standard_normal(shape) * 2 + case["shift"]).astype(dt), case["fortran"])
+    gamma, beta = _params(rng, c, case["affine"], dt)
+    fwd = run_backends("batchnorm_relu_train_forward", x, gamma, beta, 1e-3, case["relu"])
+    compare(fwd, dt, "batchnorm_relu_train_forward", error_log, ["y", "mean", "var", "inv_std"])
+    y, mean, _, inv_std = fwd["reference"]
+    if case["relu"]:
+        assert np.all(y >= 0)
+    dy = layout(rng.standard_normal(shape).astype(dt), case["fortran"])
+    bwd = run_backends("batchnorm_relu_backward", dy, x, gamma, beta, mean, inv_std,
+                       case["relu"])
+    g = np.ones(c) if gamma is None else gamma.astype(np.float64)
+    floor = norm(np.abs(dy.astype(np.float64) * g) * inv_std.astype(np.float64)) * 3
+    compare(bwd, dt, "batchnorm_relu_backward", error_log, ["dx", "dgamma", "dbeta"],
+            [floor, norm(dy) * np.sqrt(c), norm(dy) * np.sqrt(c)])
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batchnorm_relu_is_the_composition_of_batchnorm_and_relu(backend, relu, dtype):
+    rng = np.random.default_rng(3)
+    dt = np.dtype(dtype)
+    x = (rng.standard_normal((4, 5, 3, 6)) * 2 + 1).astype(dt)
+    gamma, beta = rng.standard_normal(6).astype(dt), rng.standard_normal(6).astype(dt)
+    dy = rng.standard_normal(x.shape).astype(dt)
+    y, mean, var, inv_std = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, relu)
+    t, mean2, var2, xhat, inv_std2 = ops.batchnorm_train_forward(x, gamma, beta, 1e-3)
+    y2 = ops.activation_forward("relu", t) if relu else t
+    dt_ = ops.activation_backward("relu", t, y2, dy) if relu else dy
+    dx2, dgamma2, dbeta2 = ops.batchnorm_backward(dt_, xhat, gamma, inv_std2)
+    dx, dgamma, dbeta = ops.batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu)
+    # the same expressions in the same order: equal (NumPy's pairwise sums may differ by ulps)
+    tol = 0 if backend != "numpy" else 10 * np.finfo(dt).eps
+    for name, a, b in (("y", y, y2), ("mean", mean, mean2), ("var", var, var2),
+                       ("inv_std", inv_std, inv_std2), ("dx", dx, dx2),
+                       ("dgamma", dgamma, dgamma2), ("dbeta", dbeta, dbeta2)):
+        assert a.dtype == dt, name
+        assert rel_err(a, b) <= tol, name
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 2, 2)])
+def test_batchnorm_relu_gradients_match_finite_differences(backend, error_log, relu, shape):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape) * 2 + 0.5
+    c = shape[-1]
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c) * 0.5
+    r = rng.standard_normal(shape)
+    _, mean, _, inv_std = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, relu)
+    dx, dgamma, dbeta = ops.batchnorm_relu_backward(r, x, gamma, beta, mean, inv_std, relu)
+
+    def loss(xv, g=gamma, b=beta):
+        return np.sum(ops.batchnorm_relu_train_forward(xv, g, b, 1e-3, relu)[0] * r)
+
+    check_grad("batchnorm_relu dx", dx, loss, x, error_log, backend)
+    check_grad("batchnorm_relu dgamma", dgamma, lambda gv: loss(x, g=gv), gamma, error_log,
+               backend)
+    check_grad("batchnorm_relu dbeta", dbeta, lambda bv: loss(x, b=bv), beta, error_log, backend)
+
+
+def test_batchnorm_relu_matches_torch(backend, error_log):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(20)
+    x = rng.standard_normal((3, 5, 4, 3)) * 3 + 2
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    r = rng.standard_normal(x.shape)
+    y, mean, var, inv_std = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3)
+    dx, dgamma, dbeta = ops.batchnorm_relu_backward(r, x, gamma, beta, mean, inv_std)
+    xt = torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), requires_grad=True)
+    gt = torch.tensor(gamma, requires_grad=True)
+    bt = torch.tensor(beta, requires_grad=True)
+    yt = F.relu(F.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-3))
+    (yt * torch.tensor(np.ascontiguousarray(r.transpose(0, 3, 1, 2)))).sum().backward()
+    to_nhwc = lambda t: t.detach().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    for name, got, want in (("y", y, to_nhwc(yt)), ("dx", dx, to_nhwc(xt.grad)),
+                            ("dgamma", dgamma, gt.grad.numpy()),
+                            ("dbeta", dbeta, bt.grad.numpy())):
+        err = float(np.abs(got - want).max() / np.abs(want).max())
+        error_log.record("torch parity (max-norm relative)", err)
+        assert err < 1e-6, f"{name}: {err:.3e} against torch"
+
+
+def test_batchnorm_relu_backward_names_a_wrong_shape():
+    with minicnn.use_backend("numba"):
+        with pytest.raises(ValueError, match=r"batchnorm_relu_backward: x must have dy's shape"):
+            ops.batchnorm_relu_backward(np.zeros((2, 3), np.float32), np.zeros((3, 3), np.float32),
+                                        None, None, np.zeros(3, np.float32),
+                                        np.ones(3, np.float32))
+
+
+# ============================================================================= add, add + ReLU
+@settings(max_examples=30, deadline=None, database=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), fortran=st.booleans(),
+       dtype=DTYPE_NAMES, seed=SEEDS)
+def test_add_and_add_relu_backends_agree(shape, fortran, dtype, seed, error_log):
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(seed)
+    a = layout(rng.standard_normal(shape).astype(dt), fortran and len(shape) == 4)
+    b = rng.standard_normal(shape).astype(dt)
+    compare(run_backends("add_forward", a, b), dt, "add_forward", error_log)
+    out = run_backends("add_relu_forward", a, b)
+    compare(out, dt, "add_relu_forward", error_log)
+    np.testing.assert_array_equal(out["numba"], np.maximum(a + b, 0))
+
+
+def test_add_relu_keeps_nan_and_its_backward_is_the_relu_of_the_sum(backend):
+    a = np.array([1.0, -2.0, np.nan, 0.5, -0.5])
+    b = np.array([1.0, 1.0, 0.0, -0.5, 0.25])
+    y = ops.add_relu_forward(a, b)
+    np.testing.assert_array_equal(y, [2.0, 0.0, np.nan, 0.0, 0.0])
+    dy = np.arange(1.0, 6.0)
+    # the mask read from y (what AddRelu's backward does) is the mask of the sum
+    np.testing.assert_array_equal(ops.activation_backward("relu", y, y, dy),
+                                  ops.activation_backward("relu", a + b, None, dy))
+
+
+def test_add_ops_name_a_mismatch():
+    with minicnn.use_backend("numba"):
+        for op in (ops.add_forward, ops.add_relu_forward):
+            with pytest.raises(ValueError, match=r"b must have a's shape \(2, 3\)"):
+                op(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32))
+            with pytest.raises(ValueError, match="float32"):
+                op(np.zeros(3, np.float32), np.zeros(3, np.float64))
+
+
+# ============================================================================= folding
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_fold_batchnorm_is_conv_then_inference_batchnorm(backend, use_bias, dtype, tol):
+    rng = np.random.default_rng(5)
+    dt = np.dtype(dtype)
+    x = rng.standard_normal((2, 5, 5, 3)).astype(dt)
+    kernel = rng.standard_normal((3, 3, 3, 4)).astype(dt)
+    bias = rng.standard_normal(4).astype(dt) if use_bias else None
+    gamma, beta, mean = (rng.standard_normal(4).astype(dt) for _ in range(3))
+    var = (rng.random(4) + 0.2).astype(dt)
+    pads = (1, 1, 1, 1)
+    before = [a.copy() for a in (kernel, gamma, beta, mean, var)]
+    k2, b2 = ops.fold_batchnorm(kernel, bias, gamma, beta, mean, var, 1e-3)
+    for a, b in zip(before, (kernel, gamma, beta, mean, var)):
+        np.testing.assert_array_equal(a, b)
+    assert k2.dtype == dt and b2.dtype == dt and k2.shape == kernel.shape
+    z = ops.conv2d_forward(x, kernel, bias, (1, 1), pads)
+    want = ops.batchnorm_inference_forward(z, gamma, beta, mean, var, 1e-3)
+    got = ops.conv2d_forward(x, k2, b2, (1, 1), pads)
+    assert rel_err(got, want) < tol
+
+
+# ============================================================================= in a model
+def _residual_model(dtype="float32"):
+    """A stem and two residual blocks (the second strided, with a 1x1 conv + BN shortcut)."""
+    minicnn.utils.set_random_seed(0)
+    kw = dict(dtype=dtype)
+
+    def conv_bn(x, filters, strides=1, size=3):
+        x = layers.Conv2D(filters, size, strides=strides, padding="same", use_bias=False,
+                          **kw)(x)
+        return layers.BatchNormalization(**kw)(x)
+
+    def block(x, filters, strides):
+        y = layers.Activation("relu", **kw)(conv_bn(x, filters, strides))
+        y = conv_bn(y, filters)
+        shortcut = conv_bn(x, filters, strides, 1) if strides != 1 else x
+        return layers.ReLU(**kw)(layers.Add(**kw)([shortcut, y]))
+
+    inputs = minicnn.Input(shape=(8, 8, 3), dtype=dtype)
+    x = layers.Activation("relu", **kw)(conv_bn(inputs, 4))
+    x = block(block(x, 4, 1), 6, 2)
+    outputs = layers.Dense(10, activation="softmax", **kw)(layers.GlobalAveragePooling2D(**kw)(x))
+    return minicnn.Model(inputs, outputs)
+
+
+def _randomise_batchnorm(model, rng):
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            c = layer.params["gamma"].shape[0]
+            layer.params["gamma"][:] = rng.standard_normal(c)
+            layer.params["beta"][:] = rng.standard_normal(c) * 0.3
+            layer.params["moving_mean"][:] = rng.standard_normal(c) * 0.1
+            layer.params["moving_variance"][:] = rng.random(c) + 0.5
+
+
+def test_the_residual_plan_fuses_every_block_on_numba():
+    with minicnn.use_backend("numba"):
+        model = _residual_model()
+        kinds = [type(layer).__name__ for layer, _, _ in model.steps()]
+    assert kinds.count("ConvBatchNorm") == 6 and kinds.count("AddRelu") == 2, kinds
+    assert "BatchNormalization" not in kinds and "Add" not in kinds
+    with minicnn.use_backend("numpy"):              # no fusions declared: every layer
+        assert not any(isinstance(s, fused._Chain) for s, _, _ in model.steps())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_residual_training_gives_the_layer_by_layer_numbers(dtype):
+    rng = np.random.default_rng(1)
+    with minicnn.use_backend("numba"):
+        model = _residual_model(dtype)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        _randomise_batchnorm(model, rng)
+        x = rng.standard_normal((4, 8, 8, 3)).astype(model.dtype)
+        y = rng.integers(0, 10, (4, 1))
+        start = model.get_weights()
+        out = {}
+        for fuse in (True, False):
+            model.set_weights(start)
+            model.fuse = fuse
+            loss = model.backprop(x, y)
+            out[fuse] = (loss, {k: g.copy() for k, g in model.grads.items()},
+                         [w.copy() for w in model.get_weights()])
+        assert out[True][0] == out[False][0]
+        for key, g in out[False][1].items():
+            np.testing.assert_array_equal(out[True][1][key], g, err_msg=key)
+        for a, b in zip(out[True][2], out[False][2]):    # the moving statistics moved alike
+            np.testing.assert_array_equal(a, b)
+        assert any(not np.array_equal(a, b) for a, b in zip(start, out[True][2]))
+        # inference: batch norm folded into the convolutions
+        model.set_weights(start)
+        model.fuse = True
+        folded = model.predict_on_batch(x)
+        model.fuse = False
+        plain = model.predict_on_batch(x)
+        assert rel_err(folded, plain) < TOL[np.dtype(model.dtype)]
+
+
+def test_a_backward_after_a_folded_inference_pass_is_the_layers_backward():
+    rng = np.random.default_rng(2)
+    with minicnn.use_backend("numba"):
+        conv = layers.Conv2D(3, 3, padding="same", use_bias=False, dtype="float64")
+        bn = layers.BatchNormalization(dtype="float64")
+        relu = layers.ReLU(dtype="float64")
+        inputs = minicnn.Input(shape=(5, 5, 2), dtype="float64")
+        model = minicnn.Model(inputs, layers.GlobalAveragePooling2D(dtype="float64")(
+            relu(bn(conv(inputs)))))
+        model.compute_input_gradient = True
+        _randomise_batchnorm(model, rng)
+        x = rng.standard_normal((2, 5, 5, 2))
+        r = rng.standard_normal((2, 3))
+        grads = {}
+        for fuse in (True, False):
+            model.fuse = fuse
+            model.call(x, training=False)
+            dx = model.backward(r)
+            grads[fuse] = (dx, conv.grads["kernel"].copy(), bn.grads["gamma"].copy())
+        for a, b in zip(grads[True], grads[False]):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_no_fusion_where_the_intermediate_tensor_is_read_elsewhere_or_an_output():
+    with minicnn.use_backend("numba"):
+        inputs = minicnn.Input(shape=(6, 6, 2))
+        z = layers.Conv2D(3, 3, padding="same", use_bias=False)(inputs)
+        t = layers.BatchNormalization()(z)
+        y = layers.ReLU()(t)
+        side = layers.GlobalAveragePooling2D()(t)        # t feeds a second layer
+        out = layers.GlobalAveragePooling2D()(y)
+        kinds = [type(s).__name__ for s, _, _ in minicnn.Model(inputs, [out, side]).steps()]
+        assert "ConvBatchNorm" in kinds and "ReLU" in kinds    # conv+BN yes, +ReLU no
+        step = next(s for s, _, _ in minicnn.Model(inputs, [out, side]).steps()
+                    if type(s).__name__ == "ConvBatchNorm")
+        assert step.relu is None
+        # the BN output is a model output: conv+BN only
+        kinds = [type(s).__name__ for s, _, _ in minicnn.Model(inputs, [t, y]).steps()]
+        assert kinds == ["ConvBatchNorm", "ReLU"]
+        # the conv output is a model output: nothing fuses
+        kinds = [type(s).__name__ for s, _, _ in minicnn.Model(inputs, [z, y]).steps()]
+        assert kinds == ["Conv2D", "BatchNormalization", "ReLU"]
