@@ -27,11 +27,12 @@ def _conv_inputs(rng, c=4, f=4):
 
 
 def winograd(rng):
-    """Winograd forward (plain and fused with ReLU + max-pool) and backward."""
+    """Winograd forward and backward, plain and fused with ReLU + max-pool."""
     x, kernel, bias = _conv_inputs(rng)
     y = nb.winograd_conv2d_forward(x, kernel, bias, (1, 1, 1, 1), relu=True)
-    nb.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, (1, 1, 1, 1))
+    p, arg = nb.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, (1, 1, 1, 1))
     nb.winograd_conv2d_backward(x, kernel, y, (1, 1, 1, 1), y=y)
+    nb.winograd_conv2d_relu_maxpool_backward(x, kernel, p, p, arg, (1, 1, 1, 1))
 
 
 def im2col(rng):
@@ -60,12 +61,17 @@ def dense_and_losses(rng):
 
 
 def norm_and_pool(rng):
-    """Batch normalisation (training, inference, backward) and global average pooling."""
+    """Batch normalisation (training, inference, backward; alone and fused with ReLU), the
+    residual additions (plain and with ReLU) and global average pooling."""
     x = rng.standard_normal((2, 4, 4, 3)).astype(F32)
     gamma, beta = np.ones(3, F32), np.zeros(3, F32)
     y, mean, var, xhat, inv_std = nb.batchnorm_train_forward(x, gamma, beta, 1e-3)
     nb.batchnorm_inference_forward(x, gamma, beta, mean, var, 1e-3)
     nb.batchnorm_backward(y, xhat, gamma, inv_std)
+    z, mean, _, inv_std = nb.batchnorm_relu_train_forward(x, gamma, beta, 1e-3)
+    nb.batchnorm_relu_backward(z, x, gamma, beta, mean, inv_std)
+    nb.add_relu_forward(x, z)
+    nb.add_forward(x, z)
     g = nb.global_avgpool_forward(x)
     nb.global_avgpool_backward(g, x.shape)
 
