@@ -346,32 +346,47 @@ def test_fused_winograd_ties_go_to_the_first_maximum(dtype):
     assert (arg[0] == 0).all()                       # the all-zeros image: four-way ties
 
 
-def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_forward(monkeypatch):
-    """The fixed rule gives a 16-channel conv at 6x6 Winograd forward and im2col backward:
-    the fused step pools the Winograd output and takes the im2col weight gradient with a
-    Winograd dx, with the unfused numbers."""
+@pytest.mark.parametrize("side, backward", [(6, "im2col+winograd"), (16, "winograd")])
+def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_step(monkeypatch, error_log, side,
+                                                                  backward):
+    """The fixed rule gives a 16-channel conv Winograd forward, and a Winograd backward from
+    8x8 outputs: at 6x6 the fused step takes the im2col weight gradient with a Winograd dx,
+    at 16x16 the fused Winograd backward. Either way: the numbers of the layers unfused,
+    float64 finite differences, and float32 without an upcast."""
     from minicnn.layers.fused import ConvReluPool
     monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
-    rng = np.random.default_rng(8)
-    x = rng.standard_normal((4, 6, 6, 16))
-    conv = layers.Conv2D(6, 3, padding="same", activation="relu", dtype="float64")
+    rng = np.random.default_rng(side)
+    shape = (side, side, 16)
+    x = rng.standard_normal((3,) + shape)
+    conv = layers.Conv2D(4, 3, padding="same", activation="relu", dtype="float64")
     fused = ConvReluPool(conv, layers.MaxPooling2D(2, 2, dtype="float64"))
-    plain_conv = layers.Conv2D(6, 3, padding="same", activation="relu", dtype="float64",
+    plain_conv = layers.Conv2D(4, 3, padding="same", activation="relu", dtype="float64",
                                algorithm="im2col")
     plain_pool = layers.MaxPooling2D(2, 2, dtype="float64")
     with minicnn.use_backend("numba"):
         y = fused.forward(x)
-        assert (fused.fused_forward, fused.fused_backward) == ("winograd", "im2col+winograd")
-        plain_conv.build((6, 6, 16))
+        assert (fused.fused_forward, fused.fused_backward) == ("winograd", backward)
+        plain_conv.build(shape)
         plain_conv.set_weights(conv.get_weights())
         dy = rng.standard_normal(y.shape)
         dx = fused.backward(dy)
         y_ref = plain_pool.forward(plain_conv.forward(x))
         dx_ref = plain_conv.backward(plain_pool.backward(dy))
-    np.testing.assert_allclose(y, y_ref, atol=1e-12)
-    np.testing.assert_allclose(dx, dx_ref, atol=1e-12)
-    for key in ("kernel", "bias"):
-        np.testing.assert_allclose(conv.grads[key], plain_conv.grads[key], atol=1e-12)
+        np.testing.assert_allclose(y, y_ref, atol=1e-12)
+        np.testing.assert_allclose(dx, dx_ref, atol=1e-12)
+        for key in ("kernel", "bias"):
+            np.testing.assert_allclose(conv.grads[key], plain_conv.grads[key], atol=1e-12)
+        errors = gradcheck.check_layer(fused, shape, batch_size=2, x=x[:2])
+        assert fused.fused_backward == backward
+        for err in errors.values():
+            error_log.record(f"gradcheck fused winograd step, {backward} backward (numba)", err)
+            assert err < 1e-7
+        conv32 = layers.Conv2D(4, 3, padding="same", activation="relu")
+        fused32 = ConvReluPool(conv32, layers.MaxPooling2D(2, 2))
+        y32 = fused32.forward(x.astype(np.float32))
+        dx32 = fused32.backward(np.ones_like(y32))
+        assert fused32.fused_backward == backward
+        assert y32.dtype == dx32.dtype == conv32.grads["kernel"].dtype == np.float32
 
 
 @settings(max_examples=30, deadline=None)
@@ -540,46 +555,6 @@ def test_the_fused_winograd_backward_equals_the_composition(geometry):
                     continue
                 assert g.shape == w_.shape and g.dtype == np.float64
                 np.testing.assert_allclose(g, w_, rtol=1e-10, atol=1e-10, err_msg=name)
-
-
-def test_a_wide_conv_before_a_pool_runs_the_fused_winograd_backward(monkeypatch, error_log):
-    """Where the choice gives the conv a Winograd backward (the fixed rule: 16 channels at
-    16x16), the fused step runs the fused Winograd backward: the same gradients as the
-    layers unfused, float64 finite differences, and float32 without an upcast."""
-    from minicnn.layers.fused import ConvReluPool
-    monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
-    rng = np.random.default_rng(17)
-    x = rng.standard_normal((3, 16, 16, 16))
-    conv = layers.Conv2D(4, 3, padding="same", activation="relu", dtype="float64")
-    fused = ConvReluPool(conv, layers.MaxPooling2D(2, 2, dtype="float64"))
-    plain_conv = layers.Conv2D(4, 3, padding="same", activation="relu", dtype="float64",
-                               algorithm="im2col")
-    plain_pool = layers.MaxPooling2D(2, 2, dtype="float64")
-    with minicnn.use_backend("numba"):
-        y = fused.forward(x)
-        assert (fused.fused_forward, fused.fused_backward) == ("winograd", "winograd")
-        plain_conv.build((16, 16, 16))
-        plain_conv.set_weights(conv.get_weights())
-        dy = rng.standard_normal(y.shape)
-        dx = fused.backward(dy)
-        y_ref = plain_pool.forward(plain_conv.forward(x))
-        dx_ref = plain_conv.backward(plain_pool.backward(dy))
-        np.testing.assert_allclose(y, y_ref, atol=1e-12)
-        np.testing.assert_allclose(dx, dx_ref, atol=1e-12)
-        for key in ("kernel", "bias"):
-            np.testing.assert_allclose(conv.grads[key], plain_conv.grads[key], atol=1e-12)
-        errors = gradcheck.check_layer(fused, (16, 16, 16), batch_size=2, x=x[:2])
-        assert fused.fused_backward == "winograd"
-        for err in errors.values():
-            error_log.record("gradcheck fused winograd backward (numba)", err)
-            assert err < 1e-7
-        conv32 = layers.Conv2D(4, 3, padding="same", activation="relu")
-        fused32 = ConvReluPool(conv32, layers.MaxPooling2D(2, 2))
-        x32 = x.astype(np.float32)
-        y32 = fused32.forward(x32)
-        dx32 = fused32.backward(np.ones_like(y32))
-        assert fused32.fused_backward == "winograd"
-        assert y32.dtype == dx32.dtype == conv32.grads["kernel"].dtype == np.float32
 
 
 def test_a_choice_timed_on_a_busy_machine_is_not_cached(monkeypatch, tmp_path):
