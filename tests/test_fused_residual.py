@@ -17,22 +17,12 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_ops_backends import (DTYPE_NAMES, SEEDS, TOL, compare, layout, norm, rel_err,
+from test_ops_backends import (DTYPE_NAMES, SEEDS, TOL, check_grad, compare, layout, norm, rel_err,
                                run_backends)
 
 import minicnn
-from minicnn import gradcheck, layers, ops
+from minicnn import layers, ops
 from minicnn.layers import fused
-from minicnn.models import zoo
-
-GRAD_TOL = 1e-6
-
-
-def check_grad(label, analytic, loss_of, at, error_log, backend):
-    numeric = gradcheck.numerical_gradient(loss_of, at)
-    err = gradcheck.relative_error(analytic, numeric)
-    error_log.record(f"gradcheck ops ({backend})", err)
-    assert err < GRAD_TOL, f"{label} on {backend}: relative error {err:.3e}"
 
 
 # ============================================================================= batch norm + ReLU

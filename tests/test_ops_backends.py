@@ -23,7 +23,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import minicnn
-from minicnn import ops
+from minicnn import gradcheck, ops
 
 BACKENDS = ("reference", "numpy", "numba")
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-9}
@@ -104,6 +104,18 @@ def compare(results, dtype, label, error_log, parts=None, floors=None):
             if name != "reference":
                 error_log.record(f"backends {name} vs reference, {dtype.name}", err)
             assert err < TOL[dtype], f"{label}.{part} on {name}: relative error {err:.3e}"
+
+
+#: float64 finite differences against an op's analytic gradient
+GRAD_TOL = 1e-6
+
+
+def check_grad(label, analytic, loss_of, at, error_log, backend):
+    """Finite differences of the scalar ``loss_of(at)`` against ``analytic``."""
+    numeric = gradcheck.numerical_gradient(loss_of, at)
+    err = gradcheck.relative_error(analytic, numeric)
+    error_log.record(f"gradcheck ops ({backend})", err)
+    assert err < GRAD_TOL, f"{label} on {backend}: relative error {err:.3e}"
 
 
 def layout(a, fortran):

@@ -12,22 +12,13 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_ops_backends import (BACKENDS, DTYPE_NAMES, SEEDS, TOL, compare, distinct_values,
-                               first_argmax_dx, layout, norm, rel_err, run_backends)
+from test_ops_backends import (BACKENDS, DTYPE_NAMES, SEEDS, TOL, check_grad, compare,
+                               distinct_values, first_argmax_dx, layout, norm, rel_err,
+                               run_backends)
 
 import minicnn
-from minicnn import gradcheck, ops
+from minicnn import ops
 from minicnn.ops import reference
-
-GRAD_TOL = 1e-6
-
-
-def check_grad(label, analytic, loss_of, at, error_log, backend):
-    """Finite differences of the scalar ``loss_of(at)`` against ``analytic``."""
-    numeric = gradcheck.numerical_gradient(loss_of, at)
-    err = gradcheck.relative_error(analytic, numeric)
-    error_log.record(f"gradcheck ops ({backend})", err)
-    assert err < GRAD_TOL, f"{label} on {backend}: relative error {err:.3e}"
 
 
 # ============================================================================= batch normalisation

@@ -143,7 +143,7 @@ def _winograd_geometry(x, kernel, pads, op):
 
 def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_forward")
-    c, f = kernel.shape[2], kernel.shape[3]
+    f = kernel.shape[3]
     u = winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5))
     y, _ = winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
                                        pads[2], oh, ow, bool(relu), False, x.dtype.type(0), nt,
@@ -153,7 +153,7 @@ def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
 
 def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_relu_maxpool_forward")
-    c, f = kernel.shape[2], kernel.shape[3]
+    f = kernel.shape[3]
     u = winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5))
     return winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
                                        pads[2], oh, ow, True, True, x.dtype.type(0), nt, grp,
