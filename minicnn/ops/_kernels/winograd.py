@@ -205,7 +205,7 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
     2x2/2 max-pool in one pass, ``relu`` ignored): each tile's 2x2 output block is
     pooled as it leaves the output transform, so the conv output never leaves the
     thread-local ``m``; ``y (n, oh//2, ow//2, f)`` and ``arg`` (uint8) are those of
-    :func:`.conv.conv2d_relu_maxpool_forward`, whose backward they feed.
+    :func:`.conv.conv2d_forward` with ``pool``, whose backward they feed.
     """
     n, c = x.shape[0], x.shape[3]
     f = u.shape[2]
