@@ -252,12 +252,15 @@ def _channel_vector(v, c, dtype, fill):
 
 
 def batchnorm_train_forward(x, gamma, beta, epsilon):
+    # the fused kernel with relu=False, keeping xhat: one kernel less to compile
     dt = x.dtype.type
     c = x.shape[-1]
     rows = _c(x).reshape(-1, c)
-    y, mean, var, xhat, inv_std = _quiet(norm_k.batchnorm_train_forward, 
-        rows, _channel_vector(gamma, c, x.dtype, 1), _channel_vector(beta, c, x.dtype, 0),
-        dt(rows.shape[0]), dt(epsilon), dt(1), _threads(rows.shape[0]))
+    xhat = np.empty_like(rows)
+    y, mean, var, inv_std = _quiet(
+        norm_k.batchnorm_relu_train_forward, rows, _channel_vector(gamma, c, x.dtype, 1),
+        _channel_vector(beta, c, x.dtype, 0), dt(rows.shape[0]), dt(epsilon), dt(1), dt(0),
+        False, xhat, _threads(rows.shape[0]))
     return y.reshape(x.shape), mean, var, xhat.reshape(x.shape), inv_std
 
 
@@ -273,11 +276,15 @@ def batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon):
 
 
 def batchnorm_backward(dy, xhat, gamma, inv_std):
+    # the fused kernel with relu=False, given xhat as x with mean 0 and scale 1 (exact)
+    dt = dy.dtype.type
     c = dy.shape[-1]
     rows = _c(dy).reshape(-1, c)
-    dx, dgamma, dbeta = _quiet(norm_k.batchnorm_backward, 
-        rows, _c(xhat, dtype=dy.dtype).reshape(-1, c), _channel_vector(gamma, c, dy.dtype, 1),
-        _c(inv_std, dtype=dy.dtype), dy.dtype.type(rows.shape[0]), _threads(rows.shape[0]))
+    zeros = np.zeros(c, dtype=dy.dtype)
+    dx, dgamma, dbeta = _quiet(
+        norm_k.batchnorm_relu_backward, rows, _c(xhat, dtype=dy.dtype).reshape(-1, c),
+        _channel_vector(gamma, c, dy.dtype, 1), zeros, zeros, np.ones(c, dtype=dy.dtype),
+        _c(inv_std, dtype=dy.dtype), dt(rows.shape[0]), dt(0), False, _threads(rows.shape[0]))
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
@@ -288,7 +295,7 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
     y, mean, var, inv_std = _quiet(
         norm_k.batchnorm_relu_train_forward, rows, _channel_vector(gamma, c, x.dtype, 1),
         _channel_vector(beta, c, x.dtype, 0), dt(rows.shape[0]), dt(epsilon), dt(1), dt(0),
-        bool(relu), _threads(rows.shape[0]))
+        bool(relu), np.empty((0, c), dtype=x.dtype), _threads(rows.shape[0]))
     return y.reshape(x.shape), mean, var, inv_std
 
 
@@ -299,10 +306,11 @@ def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
     dt = dy.dtype.type
     c = dy.shape[-1]
     rows = _c(dy).reshape(-1, c)
+    inv_std = _c(inv_std, dtype=dy.dtype)
     dx, dgamma, dbeta = _quiet(
         norm_k.batchnorm_relu_backward, rows, _c(x, dtype=dy.dtype).reshape(-1, c),
         _channel_vector(gamma, c, dy.dtype, 1), _channel_vector(beta, c, dy.dtype, 0),
-        _c(mean, dtype=dy.dtype), _c(inv_std, dtype=dy.dtype), dt(rows.shape[0]), dt(0),
+        _c(mean, dtype=dy.dtype), inv_std, inv_std, dt(rows.shape[0]), dt(0),
         bool(relu), _threads(rows.shape[0]))
     return dx.reshape(dy.shape), dgamma, dbeta
 
