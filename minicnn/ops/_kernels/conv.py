@@ -148,7 +148,9 @@ def _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, dcols, dx,
         np.dot(ct, dz, tmp)
     else:
         np.dot(cr.T, dz, tmp)
-    dk += tmp
+    for e in range(tmp.shape[0]):    # loops, not dk += tmp: see .partials
+        for o in range(tmp.shape[1]):
+            dk[e, o] += tmp[e, o]
     if need_dx:
         np.dot(dz, k2t, dcols)
         for i in range(g):
@@ -234,7 +236,9 @@ def _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dy3, y3, arg, dz, dz_out, cr
                     db[o] += dz[r, o]
         if dz_out.shape[0]:
             for i in range(g):
-                dz_out[b0 + i] = dz[i * p:(i + 1) * p]
+                for q in range(p):   # loops, not a slice assignment: see .partials
+                    for o in range(f):
+                        dz_out[b0 + i, q, o] = dz[i * p + q, o]
         if g < grp:                  # a partial group: zero patches add nothing
             for r in range(g * p, grp * p):
                 for o in range(f):

@@ -427,7 +427,9 @@ def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, v, dm, dv, d, g4, t
                         v[k, r, ch] = zero
         for k in range(16):
             np.dot(v[k].T, dm[k], tmp)
-            du[k] += tmp
+            for ch in range(tmp.shape[0]):   # loops, not du[k] += tmp: see .partials
+                for o in range(tmp.shape[1]):
+                    du[k, ch, o] += tmp[ch, o]
         if need_dx:
             for k in range(16):
                 np.dot(dm[k], u_t[k], dv[k])
