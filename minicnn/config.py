@@ -360,8 +360,9 @@ def threading_layer() -> str:
 #: with each function compiled once per dtype: 41-45 s; then with the Winograd kernels and
 #: the autotuner's measurements as well: 50-51 s, once 71 s; later that day, the seed model's
 #: first run without ``minicnn compile`` (benchmarks/startup.py --runs 1 --no-other-ops,
-#: one process): 55 s, and ``minicnn compile`` in two processes 34 s)
-COLD_COMPILE_SECONDS = 55
+#: one process): 55 s, then 46 s with fewer kernels and no shape-error formatting compiled;
+#: ``minicnn compile`` in two processes 29 s)
+COLD_COMPILE_SECONDS = 46
 
 
 def kernels_cached() -> bool:
