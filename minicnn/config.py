@@ -358,8 +358,11 @@ def threading_layer() -> str:
 #: with an empty NUMBA_CACHE_DIR, AMD Zen 4, 2 cores, 2026-12-01: 38 s for the seed model,
 #: 51 s with the residual network; a warm start then took 0.8 s; 2026-12-02, Intel Xeon,
 #: with each function compiled once per dtype: 41-45 s; then with the Winograd kernels and
-#: the autotuner's measurements as well: 50-51 s, once 71 s)
-COLD_COMPILE_SECONDS = 50
+#: the autotuner's measurements as well: 50-51 s, once 71 s; later that day, the seed model's
+#: first run without ``minicnn compile`` (benchmarks/startup.py --runs 1 --no-other-ops,
+#: one process): 55 s, then 46 s with fewer kernels and no shape-error formatting compiled;
+#: ``minicnn compile`` in two processes 29 s)
+COLD_COMPILE_SECONDS = 46
 
 
 def kernels_cached() -> bool:

@@ -228,7 +228,7 @@ def test_the_pdb_recipe_stops_in_the_function_it_names(where, recipe):
     assert first <= int(stop.group(2)) < first + len(source)
     # The p command printed the shapes of the arrays there: 2 images of 8x8x3, 4 filters.
     expected = {0: "((2, 8, 8, 3), (3, 3, 3, 4), (2, 8, 8, 4))",
-                1: "((2, 8, 8, 3), (2, 64, 4))"}[recipe]
+                1: "((2, 8, 8, 3), (2, 8, 8, 4))"}[recipe]
     assert f"(Pdb) {expected}" in text, text
 
 

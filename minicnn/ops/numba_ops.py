@@ -85,33 +85,39 @@ def _conv_args(x, kernel, strides, pads):
     return _c(kernel).reshape(kh * kw * c, f), (kh, kw, *strides, pads[0], pads[2], oh, ow)
 
 
+def _no_dz(dtype):
+    """The ``dz_out`` of a conv backward that keeps no dz."""
+    return np.empty((0, 0, 0), dtype=dtype)
+
+
 def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
     n, f = x.shape[0], kernel.shape[3]
     k2, geo = _conv_args(x, kernel, strides, pads)
     nt = _threads(n)
-    y = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
-                              x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]), _counter())
-    return y.reshape(n, geo[6], geo[7], f)
+    y, _ = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
+                                 False, x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]),
+                                 _counter())
+    return y
 
 
 def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
-    n, f = x.shape[0], kernel.shape[3]
+    n = x.shape[0]
     k2, geo = _conv_args(x, kernel, strides, pads)
-    p = geo[6] * geo[7]
-    dy3 = _c(dy).reshape(n, p, f)
-    y3 = dy3 if y is None else _c(y).reshape(n, p, f)
+    dy4 = _c(dy)
+    y4 = dy4 if y is None else _c(y)
     nt = _threads(n)
-    dx, dk, db = conv_k.conv2d_backward(_c(x), k2, dy3, y3, *geo, bool(need_dx), y is not None,
-                                        x.dtype.type(0), nt, _group(n, nt, p), _counter())
+    dx, dk, db = conv_k.conv2d_backward(_c(x), k2, dy4, y4, np.empty((0, 0, 0, 0), np.uint8), *geo, bool(need_dx),
+                                        y is not None, False, _no_dz(x.dtype), x.dtype.type(0),
+                                        nt, _group(n, nt, geo[6] * geo[7]), _counter())
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 
 def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
     k2, geo = _conv_args(x, kernel, strides, pads)
-    return conv_k.conv2d_relu_maxpool_forward(_c(x), k2,
-                                              _bias_or_zeros(bias, kernel.shape[3], x.dtype),
-                                              *geo, x.dtype.type(0), _threads(x.shape[0]),
-                                              _counter())
+    # one image per GEMM, as the fused kernel always ran (the pool needs no bigger GEMMs)
+    return conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, kernel.shape[3], x.dtype),
+                                 *geo, True, True, x.dtype.type(0), _threads(x.shape[0]), 1,
+                                 _counter())
 
 
 def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True,
@@ -120,10 +126,11 @@ def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_d
     k2, geo = _conv_args(x, kernel, strides, pads)
     n, oh, ow, f = x.shape[0], geo[6], geo[7], kernel.shape[3]
     # split: the kernel keeps dz (the unpooled, masked gradient) and skips its dx
-    dz = np.empty((n, oh * ow, f) if split else (0, 0, 0), dtype=x.dtype)
-    dx, dk, db = conv_k.conv2d_relu_maxpool_backward(
-        _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo, bool(need_dx) and not split,
-        dz, x.dtype.type(0), _threads(n), _counter())
+    dz = np.empty((n, oh * ow, f), dtype=x.dtype) if split else _no_dz(x.dtype)
+    dx, dk, db = conv_k.conv2d_backward(
+        _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo,
+        bool(need_dx) and not split, True, True, dz, x.dtype.type(0), _threads(n), 1,
+        _counter())
     if split:
         dx = winograd_conv2d_backward_input(dz.reshape(n, oh, ow, f), kernel, pads)
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
@@ -245,12 +252,15 @@ def _channel_vector(v, c, dtype, fill):
 
 
 def batchnorm_train_forward(x, gamma, beta, epsilon):
+    # the fused kernel with relu=False, keeping xhat: one kernel less to compile
     dt = x.dtype.type
     c = x.shape[-1]
     rows = _c(x).reshape(-1, c)
-    y, mean, var, xhat, inv_std = _quiet(norm_k.batchnorm_train_forward, 
-        rows, _channel_vector(gamma, c, x.dtype, 1), _channel_vector(beta, c, x.dtype, 0),
-        dt(rows.shape[0]), dt(epsilon), dt(1), _threads(rows.shape[0]))
+    xhat = np.empty_like(rows)
+    y, mean, var, inv_std = _quiet(
+        norm_k.batchnorm_relu_train_forward, rows, _channel_vector(gamma, c, x.dtype, 1),
+        _channel_vector(beta, c, x.dtype, 0), dt(rows.shape[0]), dt(epsilon), dt(1), dt(0),
+        False, xhat, _threads(rows.shape[0]))
     return y.reshape(x.shape), mean, var, xhat.reshape(x.shape), inv_std
 
 
@@ -266,11 +276,15 @@ def batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon):
 
 
 def batchnorm_backward(dy, xhat, gamma, inv_std):
+    # the fused kernel with relu=False, given xhat as x with mean 0 and scale 1 (exact)
+    dt = dy.dtype.type
     c = dy.shape[-1]
     rows = _c(dy).reshape(-1, c)
-    dx, dgamma, dbeta = _quiet(norm_k.batchnorm_backward, 
-        rows, _c(xhat, dtype=dy.dtype).reshape(-1, c), _channel_vector(gamma, c, dy.dtype, 1),
-        _c(inv_std, dtype=dy.dtype), dy.dtype.type(rows.shape[0]), _threads(rows.shape[0]))
+    zeros = np.zeros(c, dtype=dy.dtype)
+    dx, dgamma, dbeta = _quiet(
+        norm_k.batchnorm_relu_backward, rows, _c(xhat, dtype=dy.dtype).reshape(-1, c),
+        _channel_vector(gamma, c, dy.dtype, 1), zeros, zeros, np.ones(c, dtype=dy.dtype),
+        _c(inv_std, dtype=dy.dtype), dt(rows.shape[0]), dt(0), False, _threads(rows.shape[0]))
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
@@ -281,7 +295,7 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
     y, mean, var, inv_std = _quiet(
         norm_k.batchnorm_relu_train_forward, rows, _channel_vector(gamma, c, x.dtype, 1),
         _channel_vector(beta, c, x.dtype, 0), dt(rows.shape[0]), dt(epsilon), dt(1), dt(0),
-        bool(relu), _threads(rows.shape[0]))
+        bool(relu), np.empty((0, c), dtype=x.dtype), _threads(rows.shape[0]))
     return y.reshape(x.shape), mean, var, inv_std
 
 
@@ -292,10 +306,11 @@ def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
     dt = dy.dtype.type
     c = dy.shape[-1]
     rows = _c(dy).reshape(-1, c)
+    inv_std = _c(inv_std, dtype=dy.dtype)
     dx, dgamma, dbeta = _quiet(
         norm_k.batchnorm_relu_backward, rows, _c(x, dtype=dy.dtype).reshape(-1, c),
         _channel_vector(gamma, c, dy.dtype, 1), _channel_vector(beta, c, dy.dtype, 0),
-        _c(mean, dtype=dy.dtype), _c(inv_std, dtype=dy.dtype), dt(rows.shape[0]), dt(0),
+        _c(mean, dtype=dy.dtype), inv_std, inv_std, dt(rows.shape[0]), dt(0),
         bool(relu), _threads(rows.shape[0]))
     return dx.reshape(dy.shape), dgamma, dbeta
 

@@ -18,22 +18,39 @@ from .sched import _fetch_add, _slot_count, _slot_range
 
 
 @njit(parallel=True, cache=True)
-def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, grp, counter):
-    """y (n, oh*ow, f) = im2col(x) @ k2 + bias (then max(., 0) if ``relu``).
+def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, pool, zero, nt, grp,
+                   counter):
+    """y = im2col(x) @ k2 + bias (then max(., 0) if ``relu``), or with ``pool`` conv + bias
+    + ReLU + 2x2/2 max-pool in one pass (``relu`` ignored).
 
     The batch is cut into slots of contiguous images that the threads take from a
     shared counter (:mod:`.sched`), ``grp`` images per GEMM (see
     :func:`conv2d_backward`); the GEMM writes a thread-local buffer and the bias and
-    ReLU are applied on the way out to ``y``.
+    ReLU (or the pool) are applied on the way out to ``y``. One kernel for both, so one
+    compile (the fused variant was a near-copy of this one, benchmarks/RESULTS.md 5).
+
+    With ``pool`` the conv output never leaves the thread-local buffer; only the pooled
+    ``y (n, oh//2, ow//2, f)`` and the winner ``arg`` (uint8, 0..3 = row-major position
+    in the 2x2 window, the first maximum) are written out. Bias is added before the max
+    and ReLU after it (max and ReLU commute); an odd last row or column is dropped.
 
     ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``bias (f,)`` (zeros for none), one dtype;
-    ``relu`` bool; returns a new ``y (n, oh*ow, f)``.
+    ``relu``, ``pool`` bool; ``oh, ow`` the conv output size. Returns new ``(y, arg)``:
+    ``y (n, oh, ow, f)`` and an empty ``arg`` unless ``pool``.
     """
     n = x.shape[0]
     kk, f = k2.shape
     p = oh * ow
+    ph = oh // 2
+    pw = ow // 2
     transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, False)
-    y = np.empty((n, p, f), dtype=x.dtype)
+    if pool:
+        y = np.empty((n, ph, pw, f), dtype=x.dtype)
+        arg = np.empty((n, ph, pw, f), dtype=np.uint8)
+    else:
+        y = np.empty((n, oh, ow, f), dtype=x.dtype)
+        arg = np.empty((0, 0, 0, 0), dtype=np.uint8)
+    y3 = y.reshape((n, y.shape[1] * y.shape[2], f))
     cbuf, xcs = _patch_buffers(x, nt, grp * p, kk, transposed)
     zs = np.empty((nt, grp * p, f), dtype=x.dtype)
     slots = _slot_count(n, nt)
@@ -50,13 +67,46 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, zero, nt, 
                                   kh, kw, sh, sw, pt, pl, oh, ow)
                 # rows of a partial group hold stale patches: computed, never copied out
                 _patches_times_kernel(cr, ct, transposed, k2, z)
-                for i in range(g):
-                    for q in range(p):
-                        for o in range(f):
-                            v = z[i * p + q, o] + bias[o]
-                            y[b0 + i, q, o] = zero if (relu and v <= zero) else v  # NaN stays
+                if pool:
+                    for i in range(g):
+                        _pool_out(z, i * p, y, arg, b0 + i, ph, pw, ow, f, bias, zero)
+                else:
+                    for i in range(g):
+                        for q in range(p):
+                            for o in range(f):
+                                v = z[i * p + q, o] + bias[o]
+                                y3[b0 + i, q, o] = zero if (relu and v <= zero) else v  # NaN stays
             s = _fetch_add(counter, 0, 1)
-    return y
+    return y, arg
+
+
+@njit(cache=True, inline="always")
+def _pool_out(z, r_off, y, arg, b, ph, pw, ow, f, bias, zero):
+    """ReLU(max-pool(z + bias)) of one image's conv output ``z[r_off:r_off + oh*ow]`` into
+    ``y[b]`` and its 2x2 winners into ``arg[b]`` (see :func:`conv2d_forward`)."""
+    for i in range(ph):
+        for j in range(pw):
+            r0 = r_off + 2 * i * ow + 2 * j
+            for o in range(f):
+                # selects, not branches (the winner is data-dependent), so this
+                # loop vectorises; a NaN wins and stays (first NaN, like max-pool)
+                bo = bias[o]
+                m = z[r0, o] + bo
+                a = 0
+                v = z[r0 + 1, o] + bo
+                take = (m == m) & ((v > m) | (v != v))
+                m = v if take else m
+                a = 1 if take else a
+                v = z[r0 + ow, o] + bo
+                take = (m == m) & ((v > m) | (v != v))
+                m = v if take else m
+                a = 2 if take else a
+                v = z[r0 + ow + 1, o] + bo
+                take = (m == m) & ((v > m) | (v != v))
+                m = v if take else m
+                a = 3 if take else a
+                y[b, i, j, o] = zero if m <= zero else m
+                arg[b, i, j, o] = a
 
 
 @njit(cache=True)
@@ -98,7 +148,9 @@ def _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, dcols, dx,
         np.dot(ct, dz, tmp)
     else:
         np.dot(cr.T, dz, tmp)
-    dk += tmp
+    for e in range(tmp.shape[0]):    # loops, not dk += tmp: see .partials
+        for o in range(tmp.shape[1]):
+            dk[e, o] += tmp[e, o]
     if need_dx:
         np.dot(dz, k2t, dcols)
         for i in range(g):
@@ -106,21 +158,26 @@ def _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, dcols, dx,
 
 
 @njit(parallel=True, cache=True)
-def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero, nt, grp,
-                    counter):
-    """dx (recomputing im2col), dkernel2d and dbias from dy (n, oh*ow, f).
+def conv2d_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, pool,
+                    dz_out, zero, nt, grp, counter):
+    """dx (recomputing im2col), dkernel2d and dbias from dy, of :func:`conv2d_forward`
+    plain (``dy`` and ``y (n, oh, ow, f)``) or with ``pool`` (the pooled ``dy``, ``y`` and
+    the uint8 ``arg (n, oh//2, ow//2, f)``; ``arg`` is not read otherwise).
 
-    With ``relu`` the forward output ``y`` (n, oh*ow, f) masks dy first:
-    ``dz = dy * (y > 0)``, computed in a thread-local buffer. Each thread takes a
+    dz, the gradient of the conv output, is built in a thread-local buffer: with ``relu``
+    ``dz = dy * (y > 0)``; with ``pool`` the pooled gradient goes to its one winner if the
+    pooled output is positive (the ReLU mask), 0 elsewhere. Each thread takes a
     contiguous share of the batch, ``grp`` images at a time: their patches stack
     into one ``(grp*oh*ow, kh*kw*c)`` matrix, so small layers (conv3: 64 rows per
     image) make one larger GEMM instead of several thin ones. Rows of a last,
     partial group are zero and add nothing. The threads take slots of the batch from
-    a shared counter (:mod:`.sched`); each slot sums its own partial gradients.
+    a shared counter (:mod:`.sched`); each slot sums its own partial gradients. One
+    kernel for both variants, so one compile (benchmarks/RESULTS.md 5).
 
-    ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``dy`` and ``y (n, oh*ow, f)`` (``y`` is read
-    only when ``relu``); returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``),
-    ``dk (kh*kw*c, f)`` and ``db (f,)``.
+    ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``; ``y`` is read only when ``relu`` or ``pool``.
+    Returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``dk (kh*kw*c, f)`` and
+    ``db (f,)``. A ``dz_out (n, oh*ow, f)`` with rows (not ``(0, 0, 0)``) receives each
+    image's dz, for a caller that computes dx another way.
     """
     n = x.shape[0]
     kk, f = k2.shape
@@ -130,43 +187,58 @@ def conv2d_backward(x, k2, dy, y, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
     cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(
         x, nt, slots, grp * p, kk, f, need_dx, transposed)
     k2t = k2.T
+    # plain: (n, oh*ow, f) views; pooled: read as 4-d in the slot
+    dy3 = dy.reshape((n, dy.shape[1] * dy.shape[2], f))
+    y3 = y.reshape((n, y.shape[1] * y.shape[2], f))
     for t in prange(nt):
         dz = dzs[t]
         cr, ct = _patch_views(cbuf, t, grp * p, kk)
         s = _fetch_add(counter, 0, 1)
         while s < slots:
             lo, hi = _slot_range(s, slots, n)
-            _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dz, cr, ct, xcs[t], transposed,
-                                tmp[t], dk_part, db_part, s, dcols[t], dx,
-                                kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, zero)
+            _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dy3, y3, arg, dz, dz_out, cr, ct,
+                                xcs[t], transposed, tmp[t], dk_part, db_part, s, dcols[t], dx,
+                                kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, pool, zero)
             s = _fetch_add(counter, 0, 1)
     dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
 
 
 @njit(cache=True)
-def _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dz, cr, ct, xc, transposed, tmp, dk_part,
-                        db_part, s, dcols, dx, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu,
-                        zero):
+def _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dy3, y3, arg, dz, dz_out, cr, ct, xc,
+                        transposed, tmp, dk_part, db_part, s, dcols, dx, kh, kw, sh, sw, pt, pl,
+                        oh, ow, need_dx, relu, pool, zero):
     """Images ``lo .. hi-1`` (slot ``s``) of :func:`conv2d_backward`, ``grp`` per GEMM: adds
     their weight and bias gradients into ``dk_part[s] (kk, f)`` and ``db_part[s] (f,)`` and
-    writes their rows of ``dx``; ``dz``, ``cr``/``ct``, ``xc``, ``tmp`` and ``dcols`` are
-    the calling thread's buffers."""
+    writes their rows of ``dx`` (and of ``dz_out``); ``dz``, ``cr``/``ct``, ``xc``, ``tmp``
+    and ``dcols`` are the calling thread's buffers, ``dy3``/``y3`` the (n, oh*ow, f) views
+    of the plain ``dy``/``y``."""
     kk, f = k2t.shape[1], k2t.shape[0]
     p = oh * ow
+    ph = oh // 2
+    pw = ow // 2
     dk = dk_part[s]
     db = db_part[s]
     for b0 in range(lo, hi, grp):
         g = min(grp, hi - b0)
-        # branch-free masking, and the bias gradient in its own loop, so both vectorise
-        for i in range(g):
-            for q in range(p):
+        if pool:
+            for i in range(g):
+                _pooled_dz(dy, y, arg, b0 + i, dz, i * p, ph, pw, oh, ow, f, db, zero)
+        else:
+            # branch-free masking, and the bias gradient in its own loop, so both vectorise
+            for i in range(g):
+                for q in range(p):
+                    for o in range(f):
+                        gv = dy3[b0 + i, q, o]
+                        dz[i * p + q, o] = zero if (relu and not y3[b0 + i, q, o] > zero) else gv
+            for r in range(g * p):
                 for o in range(f):
-                    gv = dy[b0 + i, q, o]
-                    dz[i * p + q, o] = zero if (relu and not y[b0 + i, q, o] > zero) else gv
-        for r in range(g * p):
-            for o in range(f):
-                db[o] += dz[r, o]
+                    db[o] += dz[r, o]
+        if dz_out.shape[0]:
+            for i in range(g):
+                for q in range(p):   # loops, not a slice assignment: see .partials
+                    for o in range(f):
+                        dz_out[b0 + i, q, o] = dz[i * p + q, o]
         if g < grp:                  # a partial group: zero patches add nothing
             for r in range(g * p, grp * p):
                 for o in range(f):
@@ -186,122 +258,26 @@ def _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dz, cr, ct, xc, transposed, 
                     kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
 
 
-@njit(parallel=True, cache=True)
-def conv2d_relu_maxpool_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, zero, nt, counter):
-    """Conv + bias + ReLU + 2x2/2 max-pool in one pass per image (slots of the batch
-    taken from a shared counter, :mod:`.sched`).
-
-    The conv output of one image stays in a thread-local (oh*ow, f) buffer; only
-    the pooled ``y (n, oh//2, ow//2, f)`` and the winner ``arg`` (uint8, 0..3 =
-    row-major position in the 2x2 window, the first maximum) are written out.
-    Bias is added before the max and ReLU after it (max and ReLU commute).
-
-    ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``bias (f,)``; ``oh, ow`` is the conv
-    output size (an odd last row or column is dropped by the pool).
-    """
-    n = x.shape[0]
-    kk, f = k2.shape
-    p = oh * ow
-    ph = oh // 2
-    pw = ow // 2
-    transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, False)
-    y = np.empty((n, ph, pw, f), dtype=x.dtype)
-    arg = np.empty((n, ph, pw, f), dtype=np.uint8)
-    cbuf, xcs = _patch_buffers(x, nt, p, kk, transposed)
-    zs = np.empty((nt, p, f), dtype=x.dtype)
-    slots = _slot_count(n, nt)
-    for t in prange(nt):
-        z = zs[t]
-        cr, ct = _patch_views(cbuf, t, p, kk)
-        s = _fetch_add(counter, 0, 1)
-        while s < slots:
-            lo, hi = _slot_range(s, slots, n)
-            for b in range(lo, hi):
-                _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
-                _patches_times_kernel(cr, ct, transposed, k2, z)
-                for i in range(ph):
-                    for j in range(pw):
-                        r0 = 2 * i * ow + 2 * j
-                        for o in range(f):
-                            # selects, not branches (the winner is data-dependent), so this
-                            # loop vectorises; a NaN wins and stays (first NaN, like max-pool)
-                            bo = bias[o]
-                            m = z[r0, o] + bo
-                            a = 0
-                            v = z[r0 + 1, o] + bo
-                            take = (m == m) & ((v > m) | (v != v))
-                            m = v if take else m
-                            a = 1 if take else a
-                            v = z[r0 + ow, o] + bo
-                            take = (m == m) & ((v > m) | (v != v))
-                            m = v if take else m
-                            a = 2 if take else a
-                            v = z[r0 + ow + 1, o] + bo
-                            take = (m == m) & ((v > m) | (v != v))
-                            m = v if take else m
-                            a = 3 if take else a
-                            y[b, i, j, o] = zero if m <= zero else m
-                            arg[b, i, j, o] = a
-            s = _fetch_add(counter, 0, 1)
-    return y, arg
-
-
-@njit(parallel=True, cache=True)
-def conv2d_relu_maxpool_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx,
-                                 dz_out, zero, nt, counter):
-    """Backward of :func:`conv2d_relu_maxpool_forward`, one image at a time, in slots
-    of the batch taken from a shared counter (:mod:`.sched`).
-
-    The pooled gradient goes to its one winner if the pooled output is positive
-    (the ReLU mask), building dz (oh*ow, f) in a thread-local buffer: every one of
-    the four window positions is written (g or 0) with selects rather than
-    branches, and the bias gradient is summed in a loop of its own, so both loops
-    vectorise. Then the weight gradient and dx follow.
-
-    ``dy``, ``y`` (the pooled output) and ``arg`` (uint8) are ``(n, oh//2, ow//2, f)``;
-    returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``dk (kh*kw*c, f)``,
-    ``db (f,)``. A ``dz_out (n, oh*ow, f)`` with rows (not ``(0, 0, 0)``) receives each
-    image's dz, for a caller that computes dx another way.
-    """
-    n = x.shape[0]
-    kk, f = k2.shape
-    p = oh * ow
-    ph = oh // 2
-    pw = ow // 2
-    transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, True)
-    slots = _slot_count(n, nt)
-    cbuf, xcs, dzs, dk_part, db_part, tmp, dx, dcols = _backward_buffers(x, nt, slots, p, kk, f,
-                                                                          need_dx, transposed)
-    k2t = k2.T
-    for t in prange(nt):
-        dz = dzs[t]
-        cr, ct = _patch_views(cbuf, t, p, kk)
-        s = _fetch_add(counter, 0, 1)
-        while s < slots:
-            lo, hi = _slot_range(s, slots, n)
-            for b in range(lo, hi):
-                if oh % 2 or ow % 2:         # an odd last row or column is never a winner
-                    dz[:, :] = zero
-                for i in range(ph):
-                    for j in range(pw):
-                        r0 = 2 * i * ow + 2 * j
-                        for o in range(f):
-                            g = dy[b, i, j, o] if y[b, i, j, o] > zero else zero
-                            a = arg[b, i, j, o]
-                            dz[r0, o] = g if a == 0 else zero
-                            dz[r0 + 1, o] = g if a == 1 else zero
-                            dz[r0 + ow, o] = g if a == 2 else zero
-                            dz[r0 + ow + 1, o] = g if a == 3 else zero
-                for i in range(ph):
-                    for j in range(pw):
-                        for o in range(f):
-                            db_part[s, o] += dy[b, i, j, o] if y[b, i, j, o] > zero else zero
-                if dz_out.shape[0]:
-                    dz_out[b] = dz
-                _patches_into(x, b, cr, ct, xcs[t], 0, transposed, kh, kw, sh, sw, pt, pl, oh, ow)
-                _conv_grads(x, b, 1, k2t, dz, cr, ct, transposed, tmp[t], dk_part[s], dcols[t], dx,
-                            kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
-            s = _fetch_add(counter, 0, 1)
-    dk, db = _sum_partials(dk_part, db_part)
-    return dx, dk, db
-
+@njit(cache=True, inline="always")
+def _pooled_dz(dy, y, arg, b, dz, r_off, ph, pw, oh, ow, f, db, zero):
+    """dz rows ``r_off .. r_off + oh*ow - 1`` of image ``b`` from the pooled ``dy``, ``y``
+    and ``arg``: the gradient at each window's winner if the pooled output is positive.
+    Every one of the four window positions is written (g or 0) with selects rather than
+    branches, and the bias gradient (added into ``db``) is summed in a loop of its own, so
+    both loops vectorise."""
+    if oh % 2 or ow % 2:             # an odd last row or column is never a winner
+        dz[r_off:r_off + oh * ow, :] = zero
+    for i in range(ph):
+        for j in range(pw):
+            r0 = r_off + 2 * i * ow + 2 * j
+            for o in range(f):
+                g = dy[b, i, j, o] if y[b, i, j, o] > zero else zero
+                a = arg[b, i, j, o]
+                dz[r0, o] = g if a == 0 else zero
+                dz[r0 + 1, o] = g if a == 1 else zero
+                dz[r0 + ow, o] = g if a == 2 else zero
+                dz[r0 + ow + 1, o] = g if a == 3 else zero
+    for i in range(ph):
+        for j in range(pw):
+            for o in range(f):
+                db[o] += dy[b, i, j, o] if y[b, i, j, o] > zero else zero

@@ -190,16 +190,16 @@ def leaky_relu_backward(x, dy, slope, zero):
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def softmax_forward(x, zero):
     """Row-wise softmax of a 2-D ``x (rows, k)``: ``exp(x - max) / sum exp(x - max)``.
 
-    ``zero`` is 0 in x's dtype (the accumulator's type). Returns new ``y (rows, k)``;
-    one row per ``prange`` iteration.
+    ``zero`` is 0 in x's dtype (the accumulator's type). Returns new ``y (rows, k)``.
+    Serial, like the losses: (batch, classes) rows are too few for threads.
     """
     n, k = x.shape
     y = np.empty_like(x)
-    for b in prange(n):
+    for b in range(n):
         m = x[b, 0]
         for j in range(1, k):
             if x[b, j] > m:
@@ -214,12 +214,12 @@ def softmax_forward(x, zero):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def softmax_backward(y, dy, zero):
     """Row-wise ``dx = y * (dy - sum(dy * y))`` for ``y, dy (rows, k)``; returns new ``dx``."""
     n, k = y.shape
     dx = np.empty_like(dy)
-    for b in prange(n):
+    for b in range(n):
         s = zero
         for j in range(k):
             s += dy[b, j] * y[b, j]

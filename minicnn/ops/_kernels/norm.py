@@ -38,50 +38,6 @@ def _merge(part):
     return total
 
 
-@njit(parallel=PRANGE_ONLY, cache=True)
-def batchnorm_train_forward(x, gamma, beta, m, eps, one, nt):
-    """Normalise ``x (m, c)`` by its per-channel batch mean and biased variance.
-
-    ``gamma, beta (c,)`` (ones / zeros for none); ``m`` is the row count and ``eps``
-    the epsilon, both in x's dtype. Two passes over the data for the statistics
-    (the mean, then the squared deviations from it: no cancellation), one for the
-    output. Returns new ``y (m, c)``, ``mean (c,)``, ``var (c,)``, ``xhat (m, c)`` and
-    ``inv_std (c,) = 1 / sqrt(var + eps)``.
-    """
-    rows, c = x.shape
-    part = np.zeros((nt, c), dtype=x.dtype)
-    for t in prange(nt):
-        lo, hi = _block(t, nt, rows)
-        acc = np.zeros(c, dtype=x.dtype)     # block-local: the inner loop vectorises
-        for r in range(lo, hi):
-            for ch in range(c):
-                acc[ch] += x[r, ch]
-        for ch in range(c):          # not part[t] = acc: see the module docstring
-            part[t, ch] = acc[ch]
-    mean = _merge(part) / m
-    for t in prange(nt):
-        lo, hi = _block(t, nt, rows)
-        acc = np.zeros(c, dtype=x.dtype)
-        for r in range(lo, hi):
-            for ch in range(c):
-                d = x[r, ch] - mean[ch]
-                acc[ch] += d * d
-        for ch in range(c):          # not part[t] = acc: see the module docstring
-            part[t, ch] = acc[ch]
-    var = _merge(part) / m
-    inv_std = one / np.sqrt(var + eps)
-    xhat = np.empty_like(x)
-    y = np.empty_like(x)
-    for t in prange(nt):
-        lo, hi = _block(t, nt, rows)
-        for r in range(lo, hi):
-            for ch in range(c):
-                v = (x[r, ch] - mean[ch]) * inv_std[ch]
-                xhat[r, ch] = v
-                y[r, ch] = gamma[ch] * v + beta[ch]
-    return y, mean, var, xhat, inv_std
-
-
 @njit(parallel=True, cache=True)
 def batchnorm_inference_forward(x, gamma, beta, mean, inv_std, nt):
     """``y = gamma * ((x - mean) * inv_std) + beta`` for ``x (m, c)`` and ``(c,)`` vectors,
@@ -97,50 +53,15 @@ def batchnorm_inference_forward(x, gamma, beta, mean, inv_std, nt):
 
 
 @njit(parallel=PRANGE_ONLY, cache=True)
-def batchnorm_backward(dy, xhat, gamma, inv_std, m, nt):
-    """Full batch-norm backward for ``dy, xhat (m, c)``, ``gamma, inv_std (c,)``.
-
-    ``dbeta = sum dy``, ``dgamma = sum dy * xhat`` (per-block partials, merged serially),
-    then ``dx = gamma * inv_std / m * (m * dy - dbeta - xhat * dgamma)``: the closed form
-    with ``sum dxhat = gamma * dbeta`` and ``sum dxhat * xhat = gamma * dgamma``. ``m``
-    (the row count) in dy's dtype. Returns new ``dx (m, c)``, ``dgamma (c,)``, ``dbeta (c,)``.
-    """
-    rows, c = dy.shape
-    part_b = np.zeros((nt, c), dtype=dy.dtype)
-    part_g = np.zeros((nt, c), dtype=dy.dtype)
-    for t in prange(nt):
-        lo, hi = _block(t, nt, rows)
-        acc_b = np.zeros(c, dtype=dy.dtype)   # block-local: the inner loop vectorises
-        acc_g = np.zeros(c, dtype=dy.dtype)
-        for r in range(lo, hi):
-            for ch in range(c):
-                acc_b[ch] += dy[r, ch]
-                acc_g[ch] += dy[r, ch] * xhat[r, ch]
-        for ch in range(c):
-            part_b[t, ch] = acc_b[ch]
-            part_g[t, ch] = acc_g[ch]
-    dbeta = _merge(part_b)
-    dgamma = _merge(part_g)
-    scale = gamma * inv_std / m
-    dx = np.empty_like(dy)
-    for t in prange(nt):
-        lo, hi = _block(t, nt, rows)
-        for r in range(lo, hi):
-            for ch in range(c):
-                dx[r, ch] = scale[ch] * (m * dy[r, ch] - dbeta[ch] - xhat[r, ch] * dgamma[ch])
-    return dx, dgamma, dbeta
-
-
-@njit(parallel=PRANGE_ONLY, cache=True)
-def batchnorm_relu_train_forward(x, gamma, beta, m, eps, one, zero, relu, nt):
+def batchnorm_relu_train_forward(x, gamma, beta, m, eps, one, zero, relu, xhat, nt):
     """``y = max(gamma * xhat + beta, 0)`` for ``x (m, c)``, ``xhat`` by the batch statistics
-    (without the max when ``relu`` is False).
+    (without the max when ``relu`` is False: plain batch normalisation, the same kernel).
 
     The statistics as :func:`batchnorm_train_forward` (the mean, then the squared
     deviations, per-block partials merged serially); then one pass that normalises and
-    clips, writing only ``y`` (no ``xhat``: the backward recomputes it from ``x``). ``m``,
-    ``eps``, ``one``, ``zero`` in x's dtype. Returns new ``y (m, c)``, ``mean``, ``var``,
-    ``inv_std (c,)``.
+    clips, writing only ``y`` (the fused backward recomputes ``xhat`` from ``x``), and
+    ``xhat (m, c)`` too when it has rows (not ``(0, c)``). ``m``, ``eps``, ``one``,
+    ``zero`` in x's dtype. Returns new ``y (m, c)``, ``mean``, ``var``, ``inv_std (c,)``.
     """
     rows, c = x.shape
     part = np.zeros((nt, c), dtype=x.dtype)
@@ -165,20 +86,32 @@ def batchnorm_relu_train_forward(x, gamma, beta, m, eps, one, zero, relu, nt):
     var = _merge(part) / m
     inv_std = one / np.sqrt(var + eps)
     y = np.empty_like(x)
+    keep = xhat.shape[0] > 0
     for t in prange(nt):
         lo, hi = _block(t, nt, rows)
-        for r in range(lo, hi):
-            for ch in range(c):
-                v = gamma[ch] * ((x[r, ch] - mean[ch]) * inv_std[ch]) + beta[ch]
-                y[r, ch] = zero if relu and v <= zero else v      # NaN stays NaN
+        if keep:                     # a loop each, so neither tests the flag per element
+            for r in range(lo, hi):
+                for ch in range(c):
+                    v = (x[r, ch] - mean[ch]) * inv_std[ch]
+                    xhat[r, ch] = v
+                    v = gamma[ch] * v + beta[ch]
+                    y[r, ch] = zero if relu and v <= zero else v  # NaN stays NaN
+        else:
+            for r in range(lo, hi):
+                for ch in range(c):
+                    v = gamma[ch] * ((x[r, ch] - mean[ch]) * inv_std[ch]) + beta[ch]
+                    y[r, ch] = zero if relu and v <= zero else v  # NaN stays NaN
     return y, mean, var, inv_std
 
 
 @njit(parallel=PRANGE_ONLY, cache=True)
-def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, m, zero, relu, nt):
+def batchnorm_relu_backward(dy, x, gamma, beta, mean, x_scale, inv_std, m, zero, relu,
+                           nt):
     """Backward of :func:`batchnorm_relu_train_forward` for ``dy, x (m, c)``.
 
-    ``xhat`` and the ReLU's input ``t = gamma * xhat + beta`` are recomputed from ``x`` by
+    ``xhat = (x - mean) * x_scale`` (``x_scale`` is ``inv_std``; plain batch norm, with
+    ``relu`` False, passes xhat itself as ``x`` with ``mean`` 0 and ``x_scale`` 1, exact)
+    and the ReLU's input ``t = gamma * xhat + beta`` are recomputed from ``x`` by
     the forward's expression (so the mask ``t > 0`` is the forward's, bit for bit); with
     ``d = dy where t > 0 else 0`` (``d = dy`` when ``relu`` is False): ``dbeta = sum d``, ``dgamma = sum d * xhat`` (per-block
     partials, merged serially), then ``dx = gamma * inv_std / m * (m * d - dbeta - xhat *
@@ -194,7 +127,7 @@ def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, m, zero, relu, nt
         acc_g = np.zeros(c, dtype=dy.dtype)
         for r in range(lo, hi):
             for ch in range(c):
-                v = (x[r, ch] - mean[ch]) * inv_std[ch]
+                v = (x[r, ch] - mean[ch]) * x_scale[ch]
                 d = dy[r, ch] if not relu or gamma[ch] * v + beta[ch] > zero else zero
                 acc_b[ch] += d
                 acc_g[ch] += d * v
@@ -209,7 +142,7 @@ def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, m, zero, relu, nt
         lo, hi = _block(t, nt, rows)
         for r in range(lo, hi):
             for ch in range(c):
-                v = (x[r, ch] - mean[ch]) * inv_std[ch]
+                v = (x[r, ch] - mean[ch]) * x_scale[ch]
                 d = dy[r, ch] if not relu or gamma[ch] * v + beta[ch] > zero else zero
                 dx[r, ch] = scale[ch] * (m * d - dbeta[ch] - v * dgamma[ch])
     return dx, dgamma, dbeta

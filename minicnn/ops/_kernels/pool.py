@@ -129,14 +129,16 @@ def avgpool2d_backward(dy, h, w, ph, pw, sh, sw, pt, pl, one):
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def global_avgpool_forward(x, hw):
     """``y[b, ch] = sum_{r, s} x[b, r, s, ch] / hw`` for ``x (n, h, w, c)``; ``hw = h*w`` in
-    x's dtype. Returns new ``y (n, c)``."""
+    x's dtype. Returns new ``y (n, c)``. Serial, as its backward: at the residual network's
+    (64, 8, 8, 64) 24 us against 80 as a ``prange`` over the images (benchmarks/RESULTS.md 5).
+    """
     n, h, w, c = x.shape
     y = np.empty((n, c), dtype=x.dtype)
     zero = hw - hw
-    for b in prange(n):
+    for b in range(n):
         for ch in range(c):
             y[b, ch] = zero
         for r in range(h):
@@ -148,12 +150,12 @@ def global_avgpool_forward(x, hw):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def global_avgpool_backward(dy, h, w, hw):
     """``dx[b, r, s, ch] = dy[b, ch] / hw`` for ``dy (n, c)``; returns new ``dx (n, h, w, c)``."""
     n, c = dy.shape
     dx = np.empty((n, h, w, c), dtype=dy.dtype)
-    for b in prange(n):
+    for b in range(n):
         for r in range(h):
             for s in range(w):
                 for ch in range(c):

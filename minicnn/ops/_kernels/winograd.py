@@ -205,7 +205,7 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
     2x2/2 max-pool in one pass, ``relu`` ignored): each tile's 2x2 output block is
     pooled as it leaves the output transform, so the conv output never leaves the
     thread-local ``m``; ``y (n, oh//2, ow//2, f)`` and ``arg`` (uint8) are those of
-    :func:`.conv.conv2d_relu_maxpool_forward`, whose backward they feed.
+    :func:`.conv.conv2d_forward` with ``pool``, whose backward they feed.
     """
     n, c = x.shape[0], x.shape[3]
     f = u.shape[2]
@@ -427,7 +427,9 @@ def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, v, dm, dv, d, g4, t
                         v[k, r, ch] = zero
         for k in range(16):
             np.dot(v[k].T, dm[k], tmp)
-            du[k] += tmp
+            for ch in range(tmp.shape[0]):   # loops, not du[k] += tmp: see .partials
+                for o in range(tmp.shape[1]):
+                    du[k, ch, o] += tmp[ch, o]
         if need_dx:
             for k in range(16):
                 np.dot(dm[k], u_t[k], dv[k])
