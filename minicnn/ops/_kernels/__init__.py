@@ -8,7 +8,8 @@ float64 signature is ever compiled for float32 data).
 - :mod:`.conv`: convolution forward and backward, and conv + ReLU + 2x2 max-pool fused;
 - :mod:`.winograd`: the 3x3 stride-1 convolution by Winograd's F(2x2, 3x3), both passes;
 - :mod:`.sched`: the shared slot counter the conv kernels' threads take work from;
-- :mod:`.pool`: max and average pooling, global pooling;
+- :mod:`.pool`: max and average pooling, global pooling, and the 2x2 window max and the
+  output allocation the fused conv + pool kernels share;
 - :mod:`.dense`: the fully connected layer;
 - :mod:`.elementwise`: activations (flat arrays, softmax by rows) and dropout;
 - :mod:`.norm`: batch normalisation;

@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from .partials import _sum_partials
+from .pool import _conv_outputs, _window_max4
 from .patches import (_col2im_one, _patch_buffers, _patch_views, _patches_into,
                       _patches_times_kernel, _transposed_patches)
 from .sched import _fetch_add, _slot_count, _slot_range
@@ -44,12 +45,7 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, pool, zero
     ph = oh // 2
     pw = ow // 2
     transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, False)
-    if pool:
-        y = np.empty((n, ph, pw, f), dtype=x.dtype)
-        arg = np.empty((n, ph, pw, f), dtype=np.uint8)
-    else:
-        y = np.empty((n, oh, ow, f), dtype=x.dtype)
-        arg = np.empty((0, 0, 0, 0), dtype=np.uint8)
+    y, arg = _conv_outputs(n, oh, ow, f, pool, x)
     y3 = y.reshape((n, y.shape[1] * y.shape[2], f))
     cbuf, xcs = _patch_buffers(x, nt, grp * p, kk, transposed)
     zs = np.empty((nt, grp * p, f), dtype=x.dtype)
@@ -88,23 +84,9 @@ def _pool_out(z, r_off, y, arg, b, ph, pw, ow, f, bias, zero):
         for j in range(pw):
             r0 = r_off + 2 * i * ow + 2 * j
             for o in range(f):
-                # selects, not branches (the winner is data-dependent), so this
-                # loop vectorises; a NaN wins and stays (first NaN, like max-pool)
                 bo = bias[o]
-                m = z[r0, o] + bo
-                a = 0
-                v = z[r0 + 1, o] + bo
-                take = (m == m) & ((v > m) | (v != v))
-                m = v if take else m
-                a = 1 if take else a
-                v = z[r0 + ow, o] + bo
-                take = (m == m) & ((v > m) | (v != v))
-                m = v if take else m
-                a = 2 if take else a
-                v = z[r0 + ow + 1, o] + bo
-                take = (m == m) & ((v > m) | (v != v))
-                m = v if take else m
-                a = 3 if take else a
+                m, a = _window_max4(z[r0, o] + bo, z[r0 + 1, o] + bo, z[r0 + ow, o] + bo,
+                                    z[r0 + ow + 1, o] + bo)
                 y[b, i, j, o] = zero if m <= zero else m
                 arg[b, i, j, o] = a
 

@@ -11,6 +11,41 @@ from numba import njit, prange
 from . import PRANGE_ONLY
 
 
+@njit(cache=True, inline="always")
+def _window_max4(v0, v1, v2, v3):
+    """``(max, arg)`` of a 2x2 pool window's four values in row-major order: the first
+    maximum wins (``arg`` 0..3), and a NaN wins and stays (the first NaN, as in
+    :func:`maxpool2d_forward`). Selects, not branches (the winner is data-dependent),
+    so the callers' loops over the filters vectorise. Used by the fused conv + ReLU +
+    pool epilogues (:mod:`.conv`, :mod:`.winograd`)."""
+    m = v0
+    a = 0
+    take = (m == m) & ((v1 > m) | (v1 != v1))
+    m = v1 if take else m
+    a = 1 if take else a
+    take = (m == m) & ((v2 > m) | (v2 != v2))
+    m = v2 if take else m
+    a = 2 if take else a
+    take = (m == m) & ((v3 > m) | (v3 != v3))
+    m = v3 if take else m
+    a = 3 if take else a
+    return m, a
+
+
+@njit(cache=True)
+def _conv_outputs(n, oh, ow, f, pool, like):
+    """The outputs of a conv forward kernel with the dtype of ``like``: ``y (n, oh, ow, f)``
+    and an empty uint8 ``arg``, or with ``pool`` the 2x2/2 pooled ``y (n, oh//2, ow//2,
+    f)`` and its ``arg`` of the same shape."""
+    if pool:
+        y = np.empty((n, oh // 2, ow // 2, f), dtype=like.dtype)
+        arg = np.empty((n, oh // 2, ow // 2, f), dtype=np.uint8)
+    else:
+        y = np.empty((n, oh, ow, f), dtype=like.dtype)
+        arg = np.empty((0, 0, 0, 0), dtype=np.uint8)
+    return y, arg
+
+
 @njit(parallel=True, cache=True)
 def maxpool2d_forward(x, ph, pw, sh, sw, pt, pl, oh, ow):
     """Max pooling of ``x (n, h, w, c)`` over ``ph x pw`` windows, strides ``sh, sw``.

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .partials import _sum_partials
+from .pool import _conv_outputs, _window_max4
 from .sched import _fetch_add, _slot_count, _slot_range
 
 
@@ -126,6 +127,20 @@ def _input_transform(x, b, v, row0, th, tw, pt, pl, d):
                     v[a * 4 + 3, row, ch] = d1 - d3
 
 
+@njit(cache=True, inline="always")
+def _output_rows(m, row, f, t2):
+    """``t2[:, e, :] = (A^T m_tile)[:, e, :]`` of tile ``row``: the first half of the output
+    transform (``A^T`` has the rows ``(1, 1, 1, 0)`` and ``(0, 1, -1, -1)``)."""
+    for e in range(4):
+        for o in range(f):
+            m0 = m[e, row, o]
+            m1 = m[4 + e, row, o]
+            m2 = m[8 + e, row, o]
+            m3 = m[12 + e, row, o]
+            t2[0, e, o] = m0 + m1 + m2
+            t2[1, e, o] = m1 - m2 - m3
+
+
 @njit(cache=True)
 def _output_transform(m, y, b, row0, th, tw, oh, ow, bias, relu, zero, t2):
     """``y[b, 2ti:2ti+2, 2tj:2tj+2, :] = A^T m_tile A + bias`` (ReLU'd when ``relu``);
@@ -134,14 +149,7 @@ def _output_transform(m, y, b, row0, th, tw, oh, ow, bias, relu, zero, t2):
     for ti in range(th):
         for tj in range(tw):
             row = row0 + ti * tw + tj
-            for e in range(4):                       # rows: A^T m
-                for o in range(f):
-                    m0 = m[e, row, o]
-                    m1 = m[4 + e, row, o]
-                    m2 = m[8 + e, row, o]
-                    m3 = m[12 + e, row, o]
-                    t2[0, e, o] = m0 + m1 + m2
-                    t2[1, e, o] = m1 - m2 - m3
+            _output_rows(m, row, f, t2)
             for a in range(2):
                 i = 2 * ti + a
                 if i < oh:
@@ -168,30 +176,13 @@ def _output_transform_pool(m, y, arg, b, row0, th, tw, bias, zero, t2):
     for ti in range(ph):
         for tj in range(pw):
             row = row0 + ti * tw + tj
-            for e in range(4):                       # rows: A^T m
-                for o in range(f):
-                    m0 = m[e, row, o]
-                    m1 = m[4 + e, row, o]
-                    m2 = m[8 + e, row, o]
-                    m3 = m[12 + e, row, o]
-                    t2[0, e, o] = m0 + m1 + m2
-                    t2[1, e, o] = m1 - m2 - m3
+            _output_rows(m, row, f, t2)
             for o in range(f):
                 bo = bias[o]
-                best = t2[0, 0, o] + t2[0, 1, o] + t2[0, 2, o] + bo
-                a = 0
-                v = t2[0, 1, o] - t2[0, 2, o] - t2[0, 3, o] + bo
-                take = (best == best) & ((v > best) | (v != v))
-                best = v if take else best
-                a = 1 if take else a
-                v = t2[1, 0, o] + t2[1, 1, o] + t2[1, 2, o] + bo
-                take = (best == best) & ((v > best) | (v != v))
-                best = v if take else best
-                a = 2 if take else a
-                v = t2[1, 1, o] - t2[1, 2, o] - t2[1, 3, o] + bo
-                take = (best == best) & ((v > best) | (v != v))
-                best = v if take else best
-                a = 3 if take else a
+                best, a = _window_max4(t2[0, 0, o] + t2[0, 1, o] + t2[0, 2, o] + bo,
+                                       t2[0, 1, o] - t2[0, 2, o] - t2[0, 3, o] + bo,
+                                       t2[1, 0, o] + t2[1, 1, o] + t2[1, 2, o] + bo,
+                                       t2[1, 1, o] - t2[1, 2, o] - t2[1, 3, o] + bo)
                 y[b, ti, tj, o] = zero if best <= zero else best
                 arg[b, ti, tj, o] = a
 
@@ -212,12 +203,7 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
     th = (oh + 1) // 2
     tw = (ow + 1) // 2
     tiles = th * tw
-    if pool:
-        y = np.empty((n, oh // 2, ow // 2, f), dtype=x.dtype)
-        arg = np.empty((n, oh // 2, ow // 2, f), dtype=np.uint8)
-    else:
-        y = np.empty((n, oh, ow, f), dtype=x.dtype)
-        arg = np.empty((0, 0, 0, 0), dtype=np.uint8)
+    y, arg = _conv_outputs(n, oh, ow, f, pool, x)
     vs = np.empty((nt, 16, grp * tiles, c), dtype=x.dtype)
     ms = np.empty((nt, 16, grp * tiles, f), dtype=x.dtype)
     ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
