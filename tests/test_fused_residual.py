@@ -19,6 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_ops_backends import (DTYPE_NAMES, SEEDS, TOL, check_grad, compare, layout, norm, rel_err,
                                run_backends)
+from test_ops_norm_pool import bn_cases, bn_params
 
 import minicnn
 from minicnn import layers, ops
@@ -28,22 +29,10 @@ from minicnn.layers import fused
 # ============================================================================= batch norm + ReLU
 @st.composite
 def bn_relu_cases(draw):
-    rank = draw(st.sampled_from([2, 4]))
-    c = draw(st.integers(1, 5))
-    lead = (draw(st.integers(2, 6)),) if rank == 2 else (draw(st.integers(1, 3)),
-                                                         draw(st.integers(1, 4)),
-                                                         draw(st.integers(1, 4)))
-    if int(np.prod(lead)) < 2:
-        lead = (2,) + lead[1:]
-    return dict(shape=lead + (c,), affine=draw(st.sampled_from(["both", "none", "gamma", "beta"])),
-                relu=draw(st.booleans()), shift=draw(st.sampled_from([0.0, 5.0])),
-                fortran=draw(st.booleans()), dtype=draw(DTYPE_NAMES), seed=draw(SEEDS))
-
-
-def _params(rng, c, affine, dt):
-    gamma = rng.standard_normal(c).astype(dt) if affine in ("both", "gamma") else None
-    beta = rng.standard_normal(c).astype(dt) if affine in ("both", "beta") else None
-    return gamma, beta
+    """A batch-norm case of test_ops_norm_pool (its epsilon unused: 1e-3 here), and relu."""
+    case = draw(bn_cases())
+    case["relu"] = draw(st.booleans())
+    return case
 
 
 @settings(max_examples=40, deadline=None, database=None)
@@ -55,7 +44,7 @@ def test_batchnorm_relu_backends_agree(case, error_log):
     rng = np.random.default_rng(case["seed"])
     shape, c = case["shape"], case["shape"][-1]
     x = layout((rng.standard_normal(shape) * 2 + case["shift"]).astype(dt), case["fortran"])
-    gamma, beta = _params(rng, c, case["affine"], dt)
+    gamma, beta = bn_params(rng, c, case["affine"], dt)
     fwd = run_backends("batchnorm_relu_train_forward", x, gamma, beta, 1e-3, case["relu"])
     compare(fwd, dt, "batchnorm_relu_train_forward", error_log, ["y", "mean", "var", "inv_std"])
     y, mean, _, inv_std = fwd["reference"]
