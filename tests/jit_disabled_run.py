@@ -149,6 +149,29 @@ def winograd_conv2d_relu_maxpool_forward_cases():
         yield f"geometry {g}", case
 
 
+#: F(4x4, 3x3): also an output size that is not a multiple of 4 and a pool window cut by
+#: a tile's edge (7 outputs across: the last tile holds one incomplete window)
+WINOGRAD4_GEOMETRIES = WINOGRAD_GEOMETRIES + (((2, 9, 7, 5), 3, (1, 1, 1, 1)),)
+
+
+def winograd4_conv2d_forward_cases():
+    for g, geometry in enumerate(WINOGRAD4_GEOMETRIES):
+        for relu in (False, True):
+            def case(dt, geometry=geometry, relu=relu, g=g):
+                x, k, b, pads = _winograd_inputs(dt, geometry, g)
+                return outputs(ops.winograd4_conv2d_forward(x, k, b, pads, relu))
+            yield f"geometry {g}, relu={relu}", case
+
+
+def winograd4_conv2d_relu_maxpool_forward_cases():
+    for g, geometry in enumerate(WINOGRAD4_GEOMETRIES):
+        def case(dt, geometry=geometry, g=g):
+            x, k, b, pads = _winograd_inputs(dt, geometry, g)
+            y, arg = ops.winograd4_conv2d_relu_maxpool_forward(x, k, b, pads)
+            return [y, np.where(y > 0, arg, 0)]      # no gradient where the ReLU stops it
+        yield f"geometry {g}", case
+
+
 def winograd_conv2d_backward_cases():
     for g, geometry in enumerate(WINOGRAD_GEOMETRIES):
         for need_dx in (True, False):

@@ -166,10 +166,11 @@ def test_auto_resolves_per_backend_and_rule(monkeypatch):
     wide = (4, 8, 8, 16)
     with minicnn.use_backend("numba"):
         monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
-        # >= 16 input channels: Winograd forward; backward only from 8x8 outputs
-        assert conv.algorithm_for(wide) == ("winograd", "winograd")
+        # >= 16 input channels: Winograd forward, F(4x4, 3x3) and a Winograd backward
+        # from 8x8 outputs
+        assert conv.algorithm_for(wide) == ("winograd4", "winograd")
         assert conv.algorithm_for((4, 6, 6, 16)) == ("winograd", "im2col")
-        assert conv.algorithm_for((4, 16, 16, 16)) == ("winograd", "winograd")
+        assert conv.algorithm_for((4, 16, 16, 16)) == ("winograd4", "winograd")
         narrow = layers.Conv2D(8, 3, padding="same")
         narrow.build((8, 8, 3))
         assert narrow.algorithm_for((4, 16, 16, 3)) == ("im2col", "im2col")
@@ -183,6 +184,8 @@ def test_auto_resolves_per_backend_and_rule(monkeypatch):
         with algorithms.use("winograd"):                       # only "auto" follows use()
             assert forced.algorithm_for(wide) == ("im2col", "im2col")
             assert conv.algorithm_for(wide) == ("winograd", "winograd")
+        with algorithms.use("winograd4"):                      # its backward: F(2x2, 3x3)
+            assert conv.algorithm_for(wide) == ("winograd4", "winograd")
     for name in ("reference", "numpy"):
         with minicnn.use_backend(name):
             assert conv.algorithm_for(wide) == ("im2col", "im2col")
@@ -205,20 +208,23 @@ def test_the_autotuner_measures_once_and_caches_per_machine(monkeypatch, tmp_pat
     try:
         with minicnn.use_backend("numba"):
             first = conv.algorithm_for((4, 8, 8, 16))
-            assert set(first) <= {"im2col", "winograd"} and len(calls) == 1
+            assert first[0] in algorithms.FORWARD_ALGORITHMS and len(calls) == 1
+            assert first[1] in algorithms.BACKWARD_ALGORITHMS
             assert conv.algorithm_for((4, 8, 8, 16)) == first and len(calls) == 1
             data = json.loads((tmp_path / "conv-algorithms.json").read_text())
             (entries,) = data.values()
             (entry,) = entries.values()
-            for p, chosen in zip(("forward", "backward"), first):
+            for p, chosen, names in zip(("forward", "backward"), first,
+                                        (algorithms.FORWARD_ALGORITHMS,
+                                         algorithms.BACKWARD_ALGORITHMS)):
                 assert entry[p] == chosen
-                assert chosen == min(("im2col", "winograd"), key=lambda a: entry[f"{p}_{a}_ms"])
+                assert chosen == min(names, key=lambda a: entry[f"{p}_{a}_ms"])
             assert algorithms.machine_key() in data
             algorithms.clear()                     # a new process: read from the file
             assert conv.algorithm_for((4, 8, 8, 16)) == first and len(calls) == 1
             algorithms.clear()
             (tmp_path / "conv-algorithms.json").write_text("{ damaged")
-            assert set(conv.algorithm_for((4, 8, 8, 16))) <= {"im2col", "winograd"}
+            assert conv.algorithm_for((4, 8, 8, 16))[1] in algorithms.BACKWARD_ALGORITHMS
             assert len(calls) == 2                 # damaged file: measured again
     finally:
         algorithms.clear()
@@ -346,12 +352,14 @@ def test_fused_winograd_ties_go_to_the_first_maximum(dtype):
     assert (arg[0] == 0).all()                       # the all-zeros image: four-way ties
 
 
-@pytest.mark.parametrize("side, backward", [(6, "im2col+winograd"), (16, "winograd")])
+@pytest.mark.parametrize("side, forward, backward", [(6, "winograd", "im2col+winograd"),
+                                                     (16, "winograd4", "winograd")])
 def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_step(monkeypatch, error_log, side,
-                                                                  backward):
-    """The fixed rule gives a 16-channel conv Winograd forward, and a Winograd backward from
-    8x8 outputs: at 6x6 the fused step takes the im2col weight gradient with a Winograd dx,
-    at 16x16 the fused Winograd backward. Either way: the numbers of the layers unfused,
+                                                                  forward, backward):
+    """The fixed rule gives a 16-channel conv Winograd forward, and F(4x4, 3x3) forward with
+    a Winograd backward from 8x8 outputs: at 6x6 the fused F(2x2, 3x3) forward, then the
+    im2col weight gradient with a Winograd dx; at 16x16 the fused F(4x4, 3x3) forward,
+    then the fused F(2x2, 3x3) backward. Either way: the numbers of the layers unfused,
     float64 finite differences, and float32 without an upcast."""
     from minicnn.layers.fused import ConvReluPool
     monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
@@ -365,7 +373,7 @@ def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_step(monkeypatch, er
     plain_pool = layers.MaxPooling2D(2, 2, dtype="float64")
     with minicnn.use_backend("numba"):
         y = fused.forward(x)
-        assert (fused.fused_forward, fused.fused_backward) == ("winograd", backward)
+        assert (fused.fused_forward, fused.fused_backward) == (forward, backward)
         plain_conv.build(shape)
         plain_conv.set_weights(conv.get_weights())
         dy = rng.standard_normal(y.shape)
@@ -377,15 +385,15 @@ def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_step(monkeypatch, er
         for key in ("kernel", "bias"):
             np.testing.assert_allclose(conv.grads[key], plain_conv.grads[key], atol=1e-12)
         errors = gradcheck.check_layer(fused, shape, batch_size=2, x=x[:2])
-        assert fused.fused_backward == backward
+        assert (fused.fused_forward, fused.fused_backward) == (forward, backward)
         for err in errors.values():
-            error_log.record(f"gradcheck fused winograd step, {backward} backward (numba)", err)
+            error_log.record(f"gradcheck fused {forward} step, {backward} backward (numba)", err)
             assert err < 1e-7
         conv32 = layers.Conv2D(4, 3, padding="same", activation="relu")
         fused32 = ConvReluPool(conv32, layers.MaxPooling2D(2, 2))
         y32 = fused32.forward(x.astype(np.float32))
         dx32 = fused32.backward(np.ones_like(y32))
-        assert fused32.fused_backward == backward
+        assert (fused32.fused_forward, fused32.fused_backward) == (forward, backward)
         assert y32.dtype == dx32.dtype == conv32.grads["kernel"].dtype == np.float32
 
 
@@ -591,5 +599,10 @@ def test_the_autotuner_keeps_the_fastest_call_and_reports_the_load():
     entry = algorithms.measure((2, 6, 6, 16), (3, 3, 16, 4), (1, 1, 1, 1), np.float32,
                                repeats=2)
     assert set(entry) == {"forward", "backward", "forward_im2col_ms", "forward_winograd_ms",
-                          "backward_im2col_ms", "backward_winograd_ms", "others_cpus"}
+                          "forward_winograd4_ms", "backward_im2col_ms", "backward_winograd_ms",
+                          "others_cpus"}
+    assert entry["forward"] == min(algorithms.FORWARD_ALGORITHMS,
+                                   key=lambda a: entry[f"forward_{a}_ms"])
+    assert entry["backward"] == min(algorithms.BACKWARD_ALGORITHMS,
+                                    key=lambda a: entry[f"backward_{a}_ms"])
     assert entry["others_cpus"] is None or entry["others_cpus"] >= 0

@@ -19,8 +19,10 @@ class Conv2D(Layer):
     patch x dz``; ``dbias = sum dz``; ``dx`` spreads ``kernel @ dz`` back over
     each patch (col2im). See :func:`minicnn.ops.reference.conv2d_backward`.
 
-    ``algorithm`` (minicnn's, not Keras's): ``"auto"`` (default), ``"im2col"`` or
-    ``"winograd"`` (3x3 kernels at stride 1; :func:`minicnn.ops.reference.winograd_conv2d_forward`).
+    ``algorithm`` (minicnn's, not Keras's): ``"auto"`` (default), ``"im2col"``,
+    ``"winograd"`` (3x3 kernels at stride 1; :func:`minicnn.ops.reference.winograd_conv2d_forward`)
+    or ``"winograd4"`` (F(4x4, 3x3) forward, F(2x2, 3x3) backward;
+    :func:`minicnn.ops.reference.winograd4_conv2d_forward`).
     ``"auto"`` picks per input shape and per pass, see :mod:`minicnn.ops.algorithms`;
     :meth:`algorithm_for` tells which ones run.
     """
@@ -60,8 +62,8 @@ class Conv2D(Layer):
                             regularizer=self.bias_regularizer)
 
     def algorithm_for(self, x_shape):
-        """``(forward, backward)``, each ``'im2col'`` or ``'winograd'``: what the passes on
-        an input of ``x_shape`` run."""
+        """``(forward, backward)``: what the passes on an input of ``x_shape`` run
+        (``'im2col'``, ``'winograd'`` or, forward only, ``'winograd4'``)."""
         return algorithms.resolve(self.algorithm, tuple(x_shape), self.params["kernel"].shape,
                                   self.strides, self.pads, self.dtype,
                                   owner=f"Conv2D {self.name!r}")
@@ -77,6 +79,8 @@ class Conv2D(Layer):
         algo = self.algorithm_for(x.shape)
         if algo[0] == "winograd":
             return ops.winograd_conv2d_forward(x, kernel, bias, self.pads, relu=relu), algo
+        if algo[0] == "winograd4":
+            return ops.winograd4_conv2d_forward(x, kernel, bias, self.pads, relu=relu), algo
         return ops.conv2d_forward(x, kernel, bias, self.strides, self.pads, relu=relu), algo
 
     def _backward_op(self, dz, y=None):

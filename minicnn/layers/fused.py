@@ -99,13 +99,16 @@ class ConvReluPool(Layer):
         wanted = conv.algorithm if conv.algorithm != "auto" else algorithms.forced()
         forward, backward = conv.algorithm_for(x.shape)
         fusions = ops.fusions()
-        if self.fusion not in fusions or (wanted == "winograd" and forward == "winograd"):
+        if self.fusion not in fusions or (wanted in ("winograd", "winograd4")
+                                          and forward == wanted):
             self._composed = True
             return self.pool.forward(conv.forward(x, training), training)
         self._composed = False
         kernel, bias = conv.params["kernel"], conv.params.get("bias")
         if forward == "winograd" and "winograd_conv2d_relu_maxpool" in fusions:
             y, argmax = ops.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, conv.pads)
+        elif forward == "winograd4" and "winograd4_conv2d_relu_maxpool" in fusions:
+            y, argmax = ops.winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, conv.pads)
         else:
             forward = "im2col"
             y, argmax = ops.conv2d_relu_maxpool_forward(x, kernel, bias, conv.strides,
@@ -116,8 +119,8 @@ class ConvReluPool(Layer):
 
     @property
     def fused_forward(self):
-        """What the last forward pass ran: ``'im2col'`` or ``'winograd'`` (the fused kernel's
-        convolution), or None when the two layers ran their own passes (or no pass ran
+        """What the last forward pass ran: ``'im2col'``, ``'winograd'`` or ``'winograd4'`` (the
+        fused kernel's convolution), or None when the two layers ran their own passes (or no pass ran
         yet)."""
         if getattr(self, "_composed", True):
             return None
@@ -129,13 +132,13 @@ class ConvReluPool(Layer):
         algorithm choice gives the conv a Winograd backward: the fused Winograd kernel,
         whose tiles are the pool windows), ``'im2col+winograd'`` (after a Winograd forward
         with an im2col backward: the im2col weight gradient, dx by Winograd) or
-        ``'im2col'``; None when the two layers run their own passes. Both fused forwards
-        write the same pooled output and argmax, so either backward follows either."""
+        ``'im2col'``; None when the two layers run their own passes. The three fused forwards
+        write the same pooled output and argmax, so either backward follows any of them."""
         if getattr(self, "_composed", True):
             return None
         if self._backward_algorithm == "winograd":
             return "winograd"
-        if self._forward_algorithm == "winograd" and self.compute_input_gradient:
+        if self._forward_algorithm in ("winograd", "winograd4") and self.compute_input_gradient:
             return "im2col+winograd"
         return "im2col"
 

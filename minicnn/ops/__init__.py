@@ -24,6 +24,8 @@ winograd_conv2d_backward = register("winograd_conv2d_backward")
 winograd_conv2d_backward_input = register("winograd_conv2d_backward_input")
 winograd_conv2d_relu_maxpool_forward = register("winograd_conv2d_relu_maxpool_forward")
 winograd_conv2d_relu_maxpool_backward = register("winograd_conv2d_relu_maxpool_backward")
+winograd4_conv2d_forward = register("winograd4_conv2d_forward")
+winograd4_conv2d_relu_maxpool_forward = register("winograd4_conv2d_relu_maxpool_forward")
 # pooling
 maxpool2d_forward = register("maxpool2d_forward")
 maxpool2d_backward = register("maxpool2d_backward")

@@ -1,15 +1,18 @@
-"""Which convolution algorithm a Conv2D layer runs: im2col-GEMM or Winograd F(2x2, 3x3).
+"""Which convolution algorithm a Conv2D layer runs: im2col-GEMM or Winograd.
 
-``Conv2D(..., algorithm="auto" | "im2col" | "winograd")``. Both compute the same
-convolution; Winograd (3x3 kernels, stride 1 only) does 2.25x fewer multiplications
-and rounds differently (float32: about 1e-6 of the output's scale, see
-``tests/test_winograd.py``). ``"auto"`` resolves per layer shape:
+``Conv2D(..., algorithm="auto" | "im2col" | "winograd" | "winograd4")``. All compute the
+same convolution. Winograd (3x3 kernels, stride 1 only) multiplies less and rounds
+differently: ``"winograd"`` is F(2x2, 3x3), 2.25x fewer multiplications, both passes
+(float32: within 2e-6 of the output's scale, ``tests/test_winograd.py``);
+``"winograd4"`` is F(4x4, 3x3) for the forward pass, 4x fewer (within 5e-6,
+``tests/test_winograd4.py``), with F(2x2, 3x3)'s backward, since the backward of any of
+them needs only x, the kernel, dy and y. ``"auto"`` resolves per layer shape:
 
 - on the reference and numpy backends: im2col, the algorithm the walkthrough teaches;
 - on the numba backend, where a layer is eligible (3x3, stride 1): the faster of the
-  two *measured on this CPU*, for the forward and for the backward pass separately
-  (the backward of either algorithm needs only x, the kernel, dy and y, so a layer can
-  run Winograd forward and im2col backward). The autotuner times one pass of each
+  algorithms *measured on this CPU*, for the forward pass (of the three) and for the
+  backward pass (im2col or F(2x2, 3x3)) separately, so a layer can run Winograd
+  forward and im2col backward. The autotuner times one pass of each
   the first time it sees a shape, then keeps the fastest of five (about 0.1-0.5 s per
   shape). Choices are cached per CPU, Numba thread count, threading layer and
   kernel revision in ``$MINICNN_HOME/conv-algorithms.json`` (default ``~/.minicnn``),
@@ -18,12 +21,14 @@ and rounds differently (float32: about 1e-6 of the output's scale, see
 - ``MINICNN_AUTOTUNE=0`` skips the measuring and uses a fixed rule instead (from the
   measurements in benchmarks/RESULTS.md): Winograd forward when the layer has at least
   :data:`WINOGRAD_MIN_CHANNELS` input channels (it lost on every 3-channel first layer
-  and won on every wider one), Winograd backward when, besides, the output has at least
-  :data:`WINOGRAD_MIN_BACKWARD_PIXELS` pixels (RESULTS.md 9c: it won every backward
-  from 8x8 up with 32 or more channels, 1.06-1.93x; smaller outputs are untested).
+  and won on every wider one), F(4x4, 3x3) when the output has at least
+  :data:`WINOGRAD_MIN_BACKWARD_PIXELS` pixels too (RESULTS.md 10: it beat F(2x2, 3x3)
+  on every such shape measured), Winograd backward when the output has that many pixels
+  (RESULTS.md 9c: it won every backward from 8x8 up with 32 or more channels,
+  1.06-1.93x; smaller outputs are untested).
 
 :func:`use` overrides ``"auto"`` for a block of code, and the environment variable
-``MINICNN_CONV_ALGORITHM=im2col|winograd`` for a whole process (a benchmark's switch)::
+``MINICNN_CONV_ALGORITHM=im2col|winograd|winograd4`` for a whole process (a benchmark's switch)::
 
     with minicnn.ops.algorithms.use("im2col"):
         model.fit(...)
@@ -39,10 +44,13 @@ import numpy as np
 
 from .. import config
 
-ALGORITHMS = ("auto", "im2col", "winograd")
+ALGORITHMS = ("auto", "im2col", "winograd", "winograd4")
+#: the algorithms of each pass: a backward pass runs im2col or F(2x2, 3x3)
+FORWARD_ALGORITHMS = ("im2col", "winograd", "winograd4")
+BACKWARD_ALGORITHMS = ("im2col", "winograd")
 #: the fixed rule's threshold (``MINICNN_AUTOTUNE=0``): input channels for Winograd
 WINOGRAD_MIN_CHANNELS = 16
-#: and output pixels (oh * ow) for a Winograd backward pass
+#: and output pixels (oh * ow) for a Winograd backward pass and an F(4x4, 3x3) forward
 WINOGRAD_MIN_BACKWARD_PIXELS = 64
 
 _override = None            # set by use()
@@ -59,15 +67,15 @@ def check(value, owner="Conv2D"):
 
 
 def winograd_applies(kernel_shape, strides) -> bool:
-    """Winograd F(2x2, 3x3) computes 3x3 kernels at stride 1 (any padding)."""
+    """Winograd F(2x2, 3x3) and F(4x4, 3x3) compute 3x3 kernels at stride 1 (any padding)."""
     return tuple(kernel_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
 
 
 def check_applies(algorithm, kernel_shape, strides, owner="Conv2D"):
-    """A ValueError naming ``owner`` when ``algorithm`` is ``'winograd'`` and the layer is
+    """A ValueError naming ``owner`` when ``algorithm`` is a Winograd one and the layer is
     not a 3x3, stride-1 convolution."""
-    if algorithm == "winograd" and not winograd_applies(kernel_shape, strides):
-        raise ValueError(f"{owner}: algorithm='winograd' needs kernel_size (3, 3) and strides "
+    if algorithm in ("winograd", "winograd4") and not winograd_applies(kernel_shape, strides):
+        raise ValueError(f"{owner}: algorithm={algorithm!r} needs kernel_size (3, 3) and strides "
                          f"(1, 1), received kernel_size {tuple(kernel_shape[:2])} and strides "
                          f"{tuple(strides)}")
 
@@ -86,26 +94,28 @@ def use(algorithm):
 
 def resolve(algorithm, x_shape, kernel_shape, strides, pads, dtype, owner="Conv2D"):
     """The algorithms a layer runs for an input of ``x_shape``: ``(forward, backward)``,
-    each ``'im2col'`` or ``'winograd'``.
+    the forward one of :data:`FORWARD_ALGORITHMS`, the backward one of
+    :data:`BACKWARD_ALGORITHMS` (``'winograd4'`` asked for runs F(2x2, 3x3) backward).
 
     ``algorithm`` is the layer's setting; asking for Winograd where it does not apply
     (not 3x3, or strided) is a ValueError naming the layer.
     """
     eligible = winograd_applies(kernel_shape, strides)
     chosen = algorithm if algorithm != "auto" else forced()
-    if chosen == "winograd" and not eligible and algorithm == "auto":
+    if chosen in ("winograd", "winograd4") and not eligible and algorithm == "auto":
         chosen = None                           # a process-wide choice: where it applies
     check_applies(chosen, kernel_shape, strides, owner)
     if chosen is not None:
-        return chosen, chosen
+        return chosen, ("winograd" if chosen == "winograd4" else chosen)
     if not eligible or config.get_backend() != "numba":
         return "im2col", "im2col"
     if os.environ.get("MINICNN_AUTOTUNE", "").strip() == "0":
         _, h, w, c = x_shape
         wide = kernel_shape[2] >= WINOGRAD_MIN_CHANNELS
         pixels = (h + pads[0] + pads[1] - 2) * (w + pads[2] + pads[3] - 2)
-        return (("winograd" if wide else "im2col"),
-                ("winograd" if wide and pixels >= WINOGRAD_MIN_BACKWARD_PIXELS else "im2col"))
+        large = pixels >= WINOGRAD_MIN_BACKWARD_PIXELS
+        return (("winograd4" if large else "winograd") if wide else "im2col",
+                "winograd" if wide and large else "im2col")
     shapes = (tuple(x_shape), tuple(kernel_shape), tuple(pads), np.dtype(dtype).name)
     choice = _memory.get(shapes)              # the hot path: one dict lookup per pass
     if choice is None:
@@ -135,8 +145,8 @@ def _from_environment():
 
 
 def _valid(entry):
-    return (isinstance(entry, dict) and entry.get("forward") in ALGORITHMS[1:]
-            and entry.get("backward") in ALGORITHMS[1:])
+    return (isinstance(entry, dict) and entry.get("forward") in FORWARD_ALGORITHMS
+            and entry.get("backward") in BACKWARD_ALGORITHMS)
 
 
 #: other processes' CPUs (``/proc/stat``) above which a measurement is not written to the
@@ -145,12 +155,13 @@ BUSY_CPUS = 0.25
 
 
 def measure(x_shape, kernel_shape, pads, dtype, repeats=5):
-    """Time the forward and the backward pass of both algorithms on random data of these
-    shapes (numba backend; the first call of each, which may compile, is not timed).
+    """Time the forward pass of each of :data:`FORWARD_ALGORITHMS` and the backward pass
+    of each of :data:`BACKWARD_ALGORITHMS` on random data of these shapes (numba
+    backend; the first call of each, which may compile, is not timed).
 
-    Returns ``{"forward": the faster, "backward": the faster, "forward_im2col_ms": ...,
-    "forward_winograd_ms": ..., "backward_im2col_ms": ..., "backward_winograd_ms": ...,
-    "others_cpus": ...}``: the fastest of ``repeats`` alternating calls of each (noise
+    Returns ``{"forward": the fastest, "backward": the faster, "forward_im2col_ms": ...,
+    "forward_winograd_ms": ..., "forward_winograd4_ms": ..., "backward_im2col_ms": ...,
+    "backward_winograd_ms": ..., "others_cpus": ...}``: the fastest of ``repeats`` alternating calls of each (noise
     only ever adds time: one slow call, another process taking the core for a moment,
     cannot flip the choice as it could a median of three), and the CPUs other processes
     kept busy meanwhile (:class:`minicnn.machine.LoadMeter`; None when unknown).
@@ -168,6 +179,8 @@ def measure(x_shape, kernel_shape, pads, dtype, repeats=5):
                                                          relu=True),
         ("forward", "winograd"): lambda: nb.winograd_conv2d_forward(x, kernel, bias, pads,
                                                                     relu=True),
+        ("forward", "winograd4"): lambda: nb.winograd4_conv2d_forward(x, kernel, bias, pads,
+                                                                      relu=True),
     }
     y = passes["forward", "im2col"]()
     passes["backward", "im2col"] = lambda: nb.conv2d_backward(x, kernel, y, (1, 1), pads, y=y)
@@ -183,9 +196,9 @@ def measure(x_shape, kernel_shape, pads, dtype, repeats=5):
                 times[key].append(time.perf_counter() - t0)
     best = {key: min(t) for key, t in times.items()}
     entry = {}
-    for p in ("forward", "backward"):
-        entry[p] = min(("im2col", "winograd"), key=lambda a: best[p, a])
-        for a in ("im2col", "winograd"):
+    for p, names in (("forward", FORWARD_ALGORITHMS), ("backward", BACKWARD_ALGORITHMS)):
+        entry[p] = min(names, key=lambda a: best[p, a])
+        for a in names:
             entry[f"{p}_{a}_ms"] = round(best[p, a] * 1e3, 3)
     entry["others_cpus"] = (None if meter.others_cpus is None
                             else round(meter.others_cpus, 3))
@@ -204,9 +217,9 @@ def cache_path():
 
 #: the revision of the conv kernels the cached timings were taken with: raised when a change
 #: moves their speed (2: the Winograd kernel transform as a kernel, Winograd dx after the
-#: fused pool; 3: Winograd GEMMs of about 128 tiles), so that choices measured on the old
-#: kernels are measured again
-KERNELS_REVISION = 3
+#: fused pool; 3: Winograd GEMMs of about 128 tiles; 4: F(4x4, 3x3) forward), so that
+#: choices measured on the old kernels are measured again
+KERNELS_REVISION = 4
 
 
 def machine_key():

@@ -17,9 +17,10 @@ from numpy.lib.stride_tricks import as_strided
 from scipy.special import erfc
 
 from ._shapes import out_hw
-from .reference import (LEAKY_RELU_SLOPE, WINOGRAD_AT, WINOGRAD_BT, WINOGRAD_G,
-                        _winograd_check, _winograd_tiles, backward_input_pads, rotated_kernel,
-                        split_dx, winograd_kernel_transform)
+from .reference import (LEAKY_RELU_SLOPE, WINOGRAD4_AT, WINOGRAD4_BT, WINOGRAD_AT, WINOGRAD_BT,
+                        WINOGRAD_G, _winograd_check, _winograd_tiles, backward_input_pads,
+                        rotated_kernel, split_dx, winograd4_kernel_transform,
+                        winograd_kernel_transform)
 
 
 def _pad(x, pads, value=0):
@@ -86,35 +87,59 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
 
 
 def _winograd_input(xp, th, tw, bt):
-    """V (n, th, tw, 4, 4, c) = B^T d B for every 4x4 tile d of xp (a strided view)."""
+    """V (n, th, tw, a, a, c) = B^T d B for every a x a tile d of xp (a strided view);
+    ``a = bt.shape[0]``, the tiles ``a - 2`` apart (F(2x2, 3x3): 4 and 2)."""
     n, _, _, c = xp.shape
+    a = bt.shape[0]
     s0, s1, s2, s3 = xp.strides
-    tiles = as_strided(xp, (n, th, tw, 4, 4, c), (s0, 2 * s1, 2 * s2, s1, s2, s3),
+    tiles = as_strided(xp, (n, th, tw, a, a, c), (s0, (a - 2) * s1, (a - 2) * s2, s1, s2, s3),
                        writeable=False)
     return np.einsum("ai,nxyijc,bj->nxyabc", bt, tiles, bt, optimize=True)
 
 
-def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
-    """Vectorised F(2x2, 3x3): the input transform of every tile at once, then the 16
-    products as one batched GEMM ``(16, n*tiles, c) @ (16, c, f)``."""
-    _winograd_check(kernel, pads, "winograd_conv2d_forward")
+def _winograd_forward(x, kernel, bias, pads, relu, bt, at, u):
+    """Vectorised F(m x m, 3x3), ``m = at.shape[0]``: the input transform of every tile at
+    once, then the ``(m+2)^2`` products as one batched GEMM ``(a*a, n*tiles, c) @ (a*a, c,
+    f)``, then the output transform; ``u (a, a, c, f)`` the transformed kernel."""
     n, _, _, c = x.shape
     f = kernel.shape[3]
-    at = WINOGRAD_AT.astype(x.dtype)
-    xp, (oh, ow, th, tw) = _winograd_tiles(x, pads)
-    v = _winograd_input(xp, th, tw, WINOGRAD_BT.astype(x.dtype))
-    u = winograd_kernel_transform(kernel).reshape(16, c, f)
-    m = np.matmul(v.reshape(-1, 16, c).transpose(1, 0, 2), u)      # (16, n*th*tw, f)
-    m = m.transpose(1, 0, 2).reshape(n, th, tw, 4, 4, f)
-    y = np.einsum("ia,nxyabf,jb->nxiyjf", at, m, at, optimize=True).reshape(n, 2 * th, 2 * tw, f)
-    y = y[:, :oh, :ow, :]
+    m, a = at.shape
+    xp, (oh, ow, th, tw) = _winograd_tiles(x, pads, m)
+    v = _winograd_input(xp, th, tw, bt.astype(x.dtype))
+    prods = np.matmul(v.reshape(-1, a * a, c).transpose(1, 0, 2), u.reshape(a * a, c, f))
+    prods = prods.transpose(1, 0, 2).reshape(n, th, tw, a, a, f)
+    at = at.astype(x.dtype)
+    y = np.einsum("ia,nxyabf,jb->nxiyjf", at, prods, at, optimize=True)
+    y = y.reshape(n, m * th, m * tw, f)[:, :oh, :ow, :]
     if bias is not None:
         y = y + bias
     return np.maximum(y, 0) if relu else np.ascontiguousarray(y)
 
 
+def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
+    """Vectorised F(2x2, 3x3): the 16 products as one batched GEMM ``(16, n*tiles, c) @
+    (16, c, f)``."""
+    _winograd_check(kernel, pads, "winograd_conv2d_forward")
+    return _winograd_forward(x, kernel, bias, pads, relu, WINOGRAD_BT, WINOGRAD_AT,
+                             winograd_kernel_transform(kernel))
+
+
 def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
     z = winograd_conv2d_forward(x, kernel, bias, pads, relu=True)
+    y, argmax = maxpool2d_forward(z, (2, 2), (2, 2), (0, 0, 0, 0))
+    return y, argmax.astype(np.uint8)
+
+
+def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
+    """Vectorised F(4x4, 3x3): the 36 products as one batched GEMM ``(36, n*tiles, c) @
+    (36, c, f)``."""
+    _winograd_check(kernel, pads, "winograd4_conv2d_forward")
+    return _winograd_forward(x, kernel, bias, pads, relu, WINOGRAD4_BT, WINOGRAD4_AT,
+                             winograd4_kernel_transform(kernel))
+
+
+def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
+    z = winograd4_conv2d_forward(x, kernel, bias, pads, relu=True)
     y, argmax = maxpool2d_forward(z, (2, 2), (2, 2), (0, 0, 0, 0))
     return y, argmax.astype(np.uint8)
 

@@ -7,6 +7,7 @@ float64 signature is ever compiled for float32 data).
 - :mod:`.patches`: im2col / col2im of one image, in the row and the transposed layout;
 - :mod:`.conv`: convolution forward and backward, and conv + ReLU + 2x2 max-pool fused;
 - :mod:`.winograd`: the 3x3 stride-1 convolution by Winograd's F(2x2, 3x3), both passes;
+- :mod:`.winograd4`: the same convolution by Winograd's F(4x4, 3x3), the forward pass;
 - :mod:`.sched`: the shared slot counter the conv kernels' threads take work from;
 - :mod:`.pool`: max and average pooling, global pooling, and the 2x2 window max and the
   output allocation the fused conv + pool kernels share;

@@ -1,0 +1,250 @@
+"""Winograd F(4x4, 3x3) convolution kernels (3x3, stride 1), the forward pass.
+
+The math and the B, G, A matrices are in :func:`minicnn.ops.reference.winograd4_conv2d_forward`;
+here the transforms are written out as the additions and small multiples they are.
+Each 6x6 input tile gives a 4x4 block of outputs from 36 multiplications per (input,
+output) channel pair, where F(2x2, 3x3) needs 4 x 16 = 64 for the same block and
+im2col's GEMM 16 x 9 = 144: 4x fewer than direct, against F(2x2, 3x3)'s 2.25x.
+Neighbouring tiles overlap by two pixels (F(2x2, 3x3)'s by two of four), so the input
+transform also writes 2.25 values per input pixel and channel instead of 4.
+
+Shapes: ``x (n, h, w, c)`` NHWC; ``u (36, c, f)`` the transformed kernel ``G g G^T``
+(position ``a*6 + e`` of the 6x6 tile first), from :func:`kernel_transform`; ``pt, pl`` the
+top and left padding; ``oh, ow`` the output size; ``th, tw = ceil(oh/4), ceil(ow/4)`` the
+tiles. Per group of ``grp`` images a thread builds ``v (36, grp*tiles, c)`` and runs 36
+GEMMs ``v[k] @ u[k]`` into ``m (36, grp*tiles, f)``. The batch is cut into slots taken
+from a shared counter (:mod:`.sched`); ``counter`` is a zeroed one-element int64 array,
+``nt`` the thread count, ``zero`` 0 in x's dtype.
+
+The backward pass of a layer that runs this forward is F(2x2, 3x3)'s or im2col's
+(:mod:`.winograd`, :mod:`.conv`): both need only x, the kernel, dy and the output.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .pool import _conv_outputs, _window_max4
+from .sched import _fetch_add, _slot_count, _slot_range
+
+
+@njit(cache=True, inline="always")
+def _g(g0, g1, g2, q, s, t, w):
+    """``G (g0, g1, g2)^T``, six values; G's rows are ``(1/4, 0, 0)``, ``-(1, 1, 1)/6``,
+    ``-(1, -1, 1)/6``, ``(1/24, 1/12, 1/6)``, ``(1/24, -1/12, 1/6)``, ``(0, 0, 1)``.
+    ``q, s, t, w`` are 1/4, 1/6, 1/12 and 1/24 in the kernel's dtype."""
+    even = w * g0 + s * g2
+    return (q * g0, -s * (g0 + g1 + g2), -s * (g0 - g1 + g2), even + t * g1, even - t * g1,
+            g2)
+
+
+@njit(cache=True)
+def kernel_transform(k):
+    """``U = G g G^T`` of every channel pair, written out: ``k (3, 3, c, f)`` -> ``u (36, c,
+    f)`` (position ``a*6 + e`` first; G as in :func:`_g`), in k's dtype: ``G g`` down the
+    kernel's columns into scratch, then ``(G g) G^T`` along its rows. Filters innermost,
+    so the loops over them vectorise."""
+    c, f = k.shape[2], k.shape[3]
+    dt = k.dtype.type
+    q, s, t, w = dt(0.25), dt(1.0 / 6.0), dt(1.0 / 12.0), dt(1.0 / 24.0)
+    gk = np.empty((6, 3, c, f), dtype=k.dtype)
+    for j in range(3):                               # G g: the kernel's columns
+        for ch in range(c):
+            for o in range(f):
+                r0, r1, r2, r3, r4, r5 = _g(k[0, j, ch, o], k[1, j, ch, o], k[2, j, ch, o],
+                                            q, s, t, w)
+                gk[0, j, ch, o] = r0
+                gk[1, j, ch, o] = r1
+                gk[2, j, ch, o] = r2
+                gk[3, j, ch, o] = r3
+                gk[4, j, ch, o] = r4
+                gk[5, j, ch, o] = r5
+    u = np.empty((36, c, f), dtype=k.dtype)
+    for a in range(6):                               # (G g) G^T: its rows
+        b = a * 6
+        for ch in range(c):
+            for o in range(f):
+                r0, r1, r2, r3, r4, r5 = _g(gk[a, 0, ch, o], gk[a, 1, ch, o], gk[a, 2, ch, o],
+                                            q, s, t, w)
+                u[b, ch, o] = r0
+                u[b + 1, ch, o] = r1
+                u[b + 2, ch, o] = r2
+                u[b + 3, ch, o] = r3
+                u[b + 4, ch, o] = r4
+                u[b + 5, ch, o] = r5
+    return u
+
+
+@njit(cache=True, inline="always")
+def _bt(d0, d1, d2, d3, d4, d5, two, four, five):
+    """``B^T (d0 .. d5)``: B^T's rows are ``(4, 0, -5, 0, 1, 0)``, ``(0, -4, -4, 1, 1, 0)``,
+    ``(0, 4, -4, -1, 1, 0)``, ``(0, -2, -1, 2, 1, 0)``, ``(0, 2, -1, -2, 1, 0)``,
+    ``(0, 4, 0, -5, 0, 1)``."""
+    return (four * d0 - five * d2 + d4,
+            (d3 + d4) - four * (d1 + d2),
+            (d4 - d3) + four * (d1 - d2),
+            (d4 - d2) + two * (d3 - d1),
+            (d4 - d2) - two * (d3 - d1),
+            four * d1 - five * d3 + d5)
+
+
+@njit(cache=True)
+def _input_transform(x, b, v, row0, th, tw, pt, pl, d):
+    """``v[a*6 + e, row0 + tile, :] = (B^T d B)[a, e, :]`` for every tile of image ``b``.
+
+    ``d (6, 6, c)`` is scratch: the tile (zeros outside the image), then ``B^T d`` in
+    place, then ``(.) B`` into ``v``; channels innermost (NHWC), so the loops vectorise.
+    """
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    two, four, five = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
+    for ti in range(th):
+        for tj in range(tw):
+            r0 = 4 * ti - pt
+            s0 = 4 * tj - pl
+            for a in range(6):
+                r = r0 + a
+                for e in range(6):
+                    s = s0 + e
+                    if r >= 0 and r < h and s >= 0 and s < w:
+                        for ch in range(c):
+                            d[a, e, ch] = x[b, r, s, ch]
+                    else:
+                        for ch in range(c):
+                            d[a, e, ch] = 0
+            for e in range(6):                       # rows: B^T d
+                for ch in range(c):
+                    t0, t1, t2, t3, t4, t5 = _bt(d[0, e, ch], d[1, e, ch], d[2, e, ch],
+                                                 d[3, e, ch], d[4, e, ch], d[5, e, ch],
+                                                 two, four, five)
+                    d[0, e, ch] = t0
+                    d[1, e, ch] = t1
+                    d[2, e, ch] = t2
+                    d[3, e, ch] = t3
+                    d[4, e, ch] = t4
+                    d[5, e, ch] = t5
+            row = row0 + ti * tw + tj
+            for a in range(6):                       # columns: (B^T d) B
+                k = a * 6
+                for ch in range(c):
+                    t0, t1, t2, t3, t4, t5 = _bt(d[a, 0, ch], d[a, 1, ch], d[a, 2, ch],
+                                                 d[a, 3, ch], d[a, 4, ch], d[a, 5, ch],
+                                                 two, four, five)
+                    v[k, row, ch] = t0
+                    v[k + 1, row, ch] = t1
+                    v[k + 2, row, ch] = t2
+                    v[k + 3, row, ch] = t3
+                    v[k + 4, row, ch] = t4
+                    v[k + 5, row, ch] = t5
+
+
+@njit(cache=True, inline="always")
+def _at(m0, m1, m2, m3, m4, m5, two, four, eight):
+    """``A^T (m0 .. m5)``: A^T's rows are ``(1, 1, 1, 1, 1, 0)``, ``(0, 1, -1, 2, -2, 0)``,
+    ``(0, 1, 1, 4, 4, 0)``, ``(0, 1, -1, 8, -8, 1)``."""
+    s12 = m1 + m2
+    d12 = m1 - m2
+    s34 = m3 + m4
+    d34 = m3 - m4
+    return m0 + s12 + s34, d12 + two * d34, s12 + four * s34, d12 + eight * d34 + m5
+
+
+@njit(cache=True)
+def _output_block(m, row, bias, t4):
+    """``t4 (4, 6, f)``: its ``[:, :4, :]`` becomes ``A^T m_tile A + bias``, the 4x4 output
+    block of tile ``row`` (``[:, 4:, :]`` is scratch)."""
+    f = m.shape[2]
+    two, four, eight = m.dtype.type(2), m.dtype.type(4), m.dtype.type(8)
+    for e in range(6):                               # rows: A^T m
+        for o in range(f):
+            r0, r1, r2, r3 = _at(m[e, row, o], m[6 + e, row, o], m[12 + e, row, o],
+                                 m[18 + e, row, o], m[24 + e, row, o], m[30 + e, row, o],
+                                 two, four, eight)
+            t4[0, e, o] = r0
+            t4[1, e, o] = r1
+            t4[2, e, o] = r2
+            t4[3, e, o] = r3
+    for a in range(4):                               # columns: (A^T m) A, + bias
+        for o in range(f):
+            bo = bias[o]
+            r0, r1, r2, r3 = _at(t4[a, 0, o], t4[a, 1, o], t4[a, 2, o], t4[a, 3, o],
+                                 t4[a, 4, o], t4[a, 5, o], two, four, eight)
+            t4[a, 0, o] = r0 + bo
+            t4[a, 1, o] = r1 + bo
+            t4[a, 2, o] = r2 + bo
+            t4[a, 3, o] = r3 + bo
+
+
+@njit(cache=True)
+def _output_transform(m, y, arg, b, row0, th, tw, oh, ow, bias, relu, pool, zero, t4):
+    """The 4x4 output block of every tile of image ``b`` into ``y[b]``: ReLU'd when
+    ``relu``, outputs past ``oh, ow`` dropped. With ``pool`` the block is four 2x2 pool
+    windows: ``y[b]`` gets their ReLU'd maxima (ReLU after the max: they commute) and
+    ``arg[b]`` (uint8, 0..3) the row-major position of the first maximum (a NaN wins and
+    stays), as in the im2col fused kernel; only the complete windows are kept."""
+    f = m.shape[2]
+    for ti in range(th):
+        for tj in range(tw):
+            _output_block(m, row0 + ti * tw + tj, bias, t4)
+            if pool:
+                for pi in range(2):
+                    i = 2 * ti + pi
+                    for pj in range(2):
+                        j = 2 * tj + pj
+                        if i < y.shape[1] and j < y.shape[2]:
+                            a, q = 2 * pi, 2 * pj
+                            for o in range(f):
+                                best, w = _window_max4(t4[a, q, o], t4[a, q + 1, o],
+                                                       t4[a + 1, q, o], t4[a + 1, q + 1, o])
+                                y[b, i, j, o] = zero if best <= zero else best
+                                arg[b, i, j, o] = w
+            else:
+                for a in range(4):
+                    i = 4 * ti + a
+                    if i < oh:
+                        for q in range(4):
+                            j = 4 * tj + q
+                            if j < ow:
+                                for o in range(f):
+                                    val = t4[a, q, o]
+                                    y[b, i, j, o] = zero if (relu and val <= zero) else val
+
+
+@njit(parallel=True, cache=True)
+def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, counter):
+    """y (n, oh, ow, f) = the 3x3 stride-1 convolution of x (+ bias, ReLU'd if ``relu``).
+
+    ``x (n, h, w, c)``, ``u (36, c, f)``, ``bias (f,)`` (zeros for none). Returns new
+    ``(y, arg)``; ``arg`` is empty unless ``pool``. With ``pool`` (conv + bias + ReLU +
+    2x2/2 max-pool in one pass, ``relu`` ignored): ``y (n, oh//2, ow//2, f)`` and ``arg``
+    (uint8) are those of :func:`.conv.conv2d_forward` with ``pool``, whose backward they
+    feed; the conv output never leaves the thread-local ``m``.
+    """
+    n, c = x.shape[0], x.shape[3]
+    f = u.shape[2]
+    th = (oh + 3) // 4
+    tw = (ow + 3) // 4
+    tiles = th * tw
+    y, arg = _conv_outputs(n, oh, ow, f, pool, x)
+    vs = np.empty((nt, 36, grp * tiles, c), dtype=x.dtype)
+    ms = np.empty((nt, 36, grp * tiles, f), dtype=x.dtype)
+    ds = np.empty((nt, 6, 6, c), dtype=x.dtype)
+    t4s = np.empty((nt, 4, 6, f), dtype=x.dtype)
+    slots = _slot_count(n, nt)
+    for t in prange(nt):
+        v = vs[t]
+        m = ms[t]
+        s = _fetch_add(counter, 0, 1)
+        while s < slots:
+            lo, hi = _slot_range(s, slots, n)
+            for b0 in range(lo, hi, grp):
+                g = min(grp, hi - b0)
+                for i in range(g):
+                    _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
+                # rows of a partial group hold stale tiles: computed, never written out
+                for k in range(36):
+                    np.dot(v[k], u[k], m[k])
+                for i in range(g):
+                    _output_transform(m, y, arg, b0 + i, i * tiles, th, tw, oh, ow, bias,
+                                      relu, pool, zero, t4s[t])
+            s = _fetch_add(counter, 0, 1)
+    return y, arg
