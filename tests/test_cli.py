@@ -356,13 +356,14 @@ def test_bench_two_backends(capsys):
         assert re.search(rf"^{backend}\s+[\d.]+\s+[\d.]+-[\d.]+\s+\d+\s+[\d.]+x$", text,
                          re.M), backend
     # which algorithm each conv step ran: the numba backend fuses the first two with their
-    # pools (conv1, 3 channels: im2col; conv2, 32 channels at 16x16: the fused Winograd
-    # forward and backward), the numpy backend runs im2col everywhere (conftest: the fixed
-    # rule, under which the third conv, 64 channels at 8x8, runs Winograd both ways)
+    # pools (conv1, 3 channels: im2col; conv2, 32 channels at 16x16: the fused F(4x4, 3x3)
+    # forward and the fused F(2x2, 3x3) backward), the numpy backend runs im2col
+    # everywhere (conftest: the fixed rule, under which the third conv, 64 channels at
+    # 8x8, runs F(4x4, 3x3) forward and F(2x2, 3x3) backward)
     assert len(re.findall(r"^conv2d\S*\+max_pooling2d\S* \[fused im2col\]", text, re.M)) == 1
-    assert len(re.findall(r"^conv2d\S*\+max_pooling2d\S* \[fused winograd\]", text,
+    assert len(re.findall(r"^conv2d\S*\+max_pooling2d\S* \[fused winograd4/winograd\]", text,
                           re.M)) == 1
-    assert len(re.findall(r"^conv2d_\d+ \[winograd\] ", text, re.M)) == 1, text
+    assert len(re.findall(r"^conv2d_\d+ \[winograd4/winograd\] ", text, re.M)) == 1, text
     assert len(re.findall(r"^conv2d_\d+ \[im2col\] ", text, re.M)) == 3, text
     # the spread of the repeats, not one number
     assert len(re.findall(rf"^whole training step \(train_on_batch\): {SPREAD}; \d+ images/s",

@@ -182,9 +182,9 @@ def _winograd4_forward(x, kernel, bias, pads, relu, pool, op):
     # at 1 / 2 / 4 / 8 / 16
     grp = _group(n, nt, 8 * tiles)
     u = winograd4_k.kernel_transform(_c(kernel))
-    return winograd4_k.winograd4_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
-                                         pads[2], oh, ow, bool(relu), pool, x.dtype.type(0),
-                                         nt, grp, _counter())
+    return winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
+                                       pads[2], oh, ow, bool(relu), pool, x.dtype.type(0), nt,
+                                       grp, _counter())
 
 
 def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
