@@ -10,9 +10,12 @@ them needs only x, the kernel, dy and y. ``"auto"`` resolves per layer shape:
 
 - on the reference and numpy backends: im2col, the algorithm the walkthrough teaches;
 - on the numba backend, where a layer is eligible (3x3, stride 1): the faster of the
-  algorithms *measured on this CPU*, for the forward pass (of the three) and for the
-  backward pass (im2col or F(2x2, 3x3)) separately, so a layer can run Winograd
-  forward and im2col backward. The autotuner times one pass of each
+  algorithms *measured on this CPU*, for the forward pass (im2col or F(4x4, 3x3),
+  :data:`AUTO_FORWARD`) and for the backward pass (im2col or F(2x2, 3x3)) separately,
+  so a layer can run Winograd forward and im2col backward. F(2x2, 3x3)'s forward is not
+  a candidate: at batch 64 F(4x4, 3x3) beat it on every shape measured (RESULTS.md 10),
+  and leaving it out keeps its kernel out of ``minicnn compile`` (it compiles on first
+  use, for a layer that asks for ``"winograd"`` by name). The autotuner times one pass of each
   the first time it sees a shape, then keeps the fastest of five (about 0.1-0.5 s per
   shape). Choices are cached per CPU, Numba thread count, threading layer and
   kernel revision in ``$MINICNN_HOME/conv-algorithms.json`` (default ``~/.minicnn``),
@@ -21,9 +24,8 @@ them needs only x, the kernel, dy and y. ``"auto"`` resolves per layer shape:
 - ``MINICNN_AUTOTUNE=0`` skips the measuring and uses a fixed rule instead (from the
   measurements in benchmarks/RESULTS.md): Winograd forward when the layer has at least
   :data:`WINOGRAD_MIN_CHANNELS` input channels (it lost on every 3-channel first layer
-  and won on every wider one), F(4x4, 3x3) when the output has at least
-  :data:`WINOGRAD_MIN_BACKWARD_PIXELS` pixels too (RESULTS.md 10: it beat F(2x2, 3x3)
-  on every such shape measured), Winograd backward when the output has that many pixels
+  and won on every wider one), by F(4x4, 3x3); Winograd backward when the output has
+  at least :data:`WINOGRAD_MIN_BACKWARD_PIXELS` pixels too
   (RESULTS.md 9c: it won every backward from 8x8 up with 32 or more channels,
   1.06-1.93x; smaller outputs are untested).
 
@@ -48,9 +50,11 @@ ALGORITHMS = ("auto", "im2col", "winograd", "winograd4")
 #: the algorithms of each pass: a backward pass runs im2col or F(2x2, 3x3)
 FORWARD_ALGORITHMS = ("im2col", "winograd", "winograd4")
 BACKWARD_ALGORITHMS = ("im2col", "winograd")
+#: the forward candidates of "auto" (the autotuner's and the fixed rule's)
+AUTO_FORWARD = ("im2col", "winograd4")
 #: the fixed rule's threshold (``MINICNN_AUTOTUNE=0``): input channels for Winograd
 WINOGRAD_MIN_CHANNELS = 16
-#: and output pixels (oh * ow) for a Winograd backward pass and an F(4x4, 3x3) forward
+#: and output pixels (oh * ow) for a Winograd backward pass
 WINOGRAD_MIN_BACKWARD_PIXELS = 64
 
 _override = None            # set by use()
@@ -113,9 +117,8 @@ def resolve(algorithm, x_shape, kernel_shape, strides, pads, dtype, owner="Conv2
         _, h, w, c = x_shape
         wide = kernel_shape[2] >= WINOGRAD_MIN_CHANNELS
         pixels = (h + pads[0] + pads[1] - 2) * (w + pads[2] + pads[3] - 2)
-        large = pixels >= WINOGRAD_MIN_BACKWARD_PIXELS
-        return (("winograd4" if large else "winograd") if wide else "im2col",
-                "winograd" if wide and large else "im2col")
+        return ("winograd4" if wide else "im2col",
+                "winograd" if wide and pixels >= WINOGRAD_MIN_BACKWARD_PIXELS else "im2col")
     shapes = (tuple(x_shape), tuple(kernel_shape), tuple(pads), np.dtype(dtype).name)
     choice = _memory.get(shapes)              # the hot path: one dict lookup per pass
     if choice is None:
@@ -155,13 +158,13 @@ BUSY_CPUS = 0.25
 
 
 def measure(x_shape, kernel_shape, pads, dtype, repeats=5):
-    """Time the forward pass of each of :data:`FORWARD_ALGORITHMS` and the backward pass
-    of each of :data:`BACKWARD_ALGORITHMS` on random data of these shapes (numba
-    backend; the first call of each, which may compile, is not timed).
+    """Time the forward pass of each of :data:`AUTO_FORWARD` and the backward pass of
+    each of :data:`BACKWARD_ALGORITHMS` on random data of these shapes (numba backend;
+    the first call of each, which may compile, is not timed).
 
-    Returns ``{"forward": the fastest, "backward": the faster, "forward_im2col_ms": ...,
-    "forward_winograd_ms": ..., "forward_winograd4_ms": ..., "backward_im2col_ms": ...,
-    "backward_winograd_ms": ..., "others_cpus": ...}``: the fastest of ``repeats`` alternating calls of each (noise
+    Returns ``{"forward": the faster, "backward": the faster, "forward_im2col_ms": ...,
+    "forward_winograd4_ms": ..., "backward_im2col_ms": ..., "backward_winograd_ms": ...,
+    "others_cpus": ...}``: the fastest of ``repeats`` alternating calls of each (noise
     only ever adds time: one slow call, another process taking the core for a moment,
     cannot flip the choice as it could a median of three), and the CPUs other processes
     kept busy meanwhile (:class:`minicnn.machine.LoadMeter`; None when unknown).
@@ -177,8 +180,6 @@ def measure(x_shape, kernel_shape, pads, dtype, repeats=5):
     passes = {
         ("forward", "im2col"): lambda: nb.conv2d_forward(x, kernel, bias, (1, 1), pads,
                                                          relu=True),
-        ("forward", "winograd"): lambda: nb.winograd_conv2d_forward(x, kernel, bias, pads,
-                                                                    relu=True),
         ("forward", "winograd4"): lambda: nb.winograd4_conv2d_forward(x, kernel, bias, pads,
                                                                       relu=True),
     }
@@ -196,7 +197,7 @@ def measure(x_shape, kernel_shape, pads, dtype, repeats=5):
                 times[key].append(time.perf_counter() - t0)
     best = {key: min(t) for key, t in times.items()}
     entry = {}
-    for p, names in (("forward", FORWARD_ALGORITHMS), ("backward", BACKWARD_ALGORITHMS)):
+    for p, names in (("forward", AUTO_FORWARD), ("backward", BACKWARD_ALGORITHMS)):
         entry[p] = min(names, key=lambda a: best[p, a])
         for a in names:
             entry[f"{p}_{a}_ms"] = round(best[p, a] * 1e3, 3)
@@ -217,7 +218,8 @@ def cache_path():
 
 #: the revision of the conv kernels the cached timings were taken with: raised when a change
 #: moves their speed (2: the Winograd kernel transform as a kernel, Winograd dx after the
-#: fused pool; 3: Winograd GEMMs of about 128 tiles; 4: F(4x4, 3x3) forward), so that
+#: fused pool; 3: Winograd GEMMs of about 128 tiles; 4: F(4x4, 3x3) forward instead of
+#: F(2x2, 3x3)'s), so that
 #: choices measured on the old kernels are measured again
 KERNELS_REVISION = 4
 

@@ -182,9 +182,9 @@ def _winograd4_forward(x, kernel, bias, pads, relu, pool, op):
     # at 1 / 2 / 4 / 8 / 16
     grp = _group(n, nt, 8 * tiles)
     u = winograd4_k.kernel_transform(_c(kernel))
-    return winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
-                                       pads[2], oh, ow, bool(relu), pool, x.dtype.type(0), nt,
-                                       grp, _counter())
+    return winograd4_k.winograd4_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
+                                         pads[2], oh, ow, bool(relu), pool, x.dtype.type(0),
+                                         nt, grp, _counter())
 
 
 def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
@@ -223,9 +223,11 @@ def winograd_conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, pads, need_d
 
 
 def winograd_conv2d_backward_input(dz, kernel, pads):
+    # by F(4x4, 3x3): the forward kernel the autotuner and ``minicnn compile`` use
+    # (F(2x2, 3x3)'s forward is compiled only for a layer that asks for it by name)
     _winograd_check(kernel, pads, "winograd_conv2d_backward_input")
     back_pads = backward_input_pads(pads, "winograd_conv2d_backward_input")
-    return winograd_conv2d_forward(dz, rotated_kernel(kernel), None, back_pads)
+    return winograd4_conv2d_forward(dz, rotated_kernel(kernel), None, back_pads)
 
 
 def maxpool2d_forward(x, pool, strides, pads):

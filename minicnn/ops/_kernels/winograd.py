@@ -20,8 +20,6 @@ from numba import njit, prange
 from .partials import _sum_partials
 from .pool import _conv_outputs, _window_max4
 from .sched import _fetch_add, _slot_count, _slot_range
-from .winograd4 import _input_transform as _input_transform4
-from .winograd4 import _output_transform as _output_transform4
 
 
 @njit(cache=True, inline="always")
@@ -191,30 +189,25 @@ def _output_transform_pool(m, y, arg, b, row0, th, tw, bias, zero, t2):
 
 @njit(parallel=True, cache=True)
 def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, counter):
-    """y (n, oh, ow, f) = the 3x3 stride-1 convolution of x (+ bias, ReLU'd if ``relu``),
-    by F(2x2, 3x3) for ``u (16, c, f)`` or by F(4x4, 3x3) (:mod:`.winograd4`'s transforms)
-    for ``u (36, c, f)``: one kernel for both, so one compile of its parallel region (a
-    second one cost 11.6 s of ``minicnn compile``, benchmarks/RESULTS.md 10).
+    """y (n, oh, ow, f) = the 3x3 stride-1 convolution of x (+ bias, ReLU'd if ``relu``).
 
-    ``x (n, h, w, c)``, ``bias (f,)`` (zeros for none). Returns new ``(y, arg)``; ``arg``
-    is empty unless ``pool``. With ``pool`` (conv + bias + ReLU + 2x2/2 max-pool in one
-    pass, ``relu`` ignored): each tile's 2x2 (or four 2x2) output blocks are pooled as
-    they leave the output transform, so the conv output never leaves the thread-local
-    ``m``; ``y (n, oh//2, ow//2, f)`` and ``arg`` (uint8) are those of
+    ``x (n, h, w, c)``, ``u (16, c, f)``, ``bias (f,)`` (zeros for none). Returns new
+    ``(y, arg)``; ``arg`` is empty unless ``pool``. With ``pool`` (conv + bias + ReLU +
+    2x2/2 max-pool in one pass, ``relu`` ignored): each tile's 2x2 output block is
+    pooled as it leaves the output transform, so the conv output never leaves the
+    thread-local ``m``; ``y (n, oh//2, ow//2, f)`` and ``arg`` (uint8) are those of
     :func:`.conv.conv2d_forward` with ``pool``, whose backward they feed.
     """
     n, c = x.shape[0], x.shape[3]
     f = u.shape[2]
-    big = u.shape[0] == 36
-    r = 4 if big else 2                           # outputs per tile, down and across
-    th = (oh + r - 1) // r
-    tw = (ow + r - 1) // r
+    th = (oh + 1) // 2
+    tw = (ow + 1) // 2
     tiles = th * tw
     y, arg = _conv_outputs(n, oh, ow, f, pool, x)
-    vs = np.empty((nt, u.shape[0], grp * tiles, c), dtype=x.dtype)
-    ms = np.empty((nt, u.shape[0], grp * tiles, f), dtype=x.dtype)
-    ds = np.empty((nt, r + 2, r + 2, c), dtype=x.dtype)
-    t2s = np.empty((nt, r, r + 2, f), dtype=x.dtype)
+    vs = np.empty((nt, 16, grp * tiles, c), dtype=x.dtype)
+    ms = np.empty((nt, 16, grp * tiles, f), dtype=x.dtype)
+    ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
+    t2s = np.empty((nt, 2, 4, f), dtype=x.dtype)
     slots = _slot_count(n, nt)
     for t in prange(nt):
         v = vs[t]
@@ -225,18 +218,12 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
             for b0 in range(lo, hi, grp):
                 g = min(grp, hi - b0)
                 for i in range(g):
-                    if big:
-                        _input_transform4(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
-                    else:
-                        _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
+                    _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
                 # rows of a partial group hold stale tiles: computed, never written out
-                for k in range(u.shape[0]):
+                for k in range(16):
                     np.dot(v[k], u[k], m[k])
                 for i in range(g):
-                    if big:
-                        _output_transform4(m, y, arg, b0 + i, i * tiles, th, tw, oh, ow, bias,
-                                           relu, pool, zero, t2s[t])
-                    elif pool:
+                    if pool:
                         _output_transform_pool(m, y, arg, b0 + i, i * tiles, th, tw, bias,
                                                zero, t2s[t])
                     else:

@@ -1,4 +1,4 @@
-"""Winograd F(4x4, 3x3) convolution (3x3, stride 1), the forward pass: its transforms.
+"""Winograd F(4x4, 3x3) convolution kernels (3x3, stride 1), the forward pass.
 
 The math and the B, G, A matrices are in :func:`minicnn.ops.reference.winograd4_conv2d_forward`;
 here the transforms are written out as the additions and small multiples they are.
@@ -12,9 +12,9 @@ Shapes: ``x (n, h, w, c)`` NHWC; ``u (36, c, f)`` the transformed kernel ``G g G
 (position ``a*6 + e`` of the 6x6 tile first), from :func:`kernel_transform`; ``pt, pl`` the
 top and left padding; ``oh, ow`` the output size; ``th, tw = ceil(oh/4), ceil(ow/4)`` the
 tiles. Per group of ``grp`` images a thread builds ``v (36, grp*tiles, c)`` and runs 36
-GEMMs ``v[k] @ u[k]`` into ``m (36, grp*tiles, f)``: the parallel kernel is
-:func:`.winograd.winograd_forward`, which runs F(4x4, 3x3) when given a ``u`` of 36
-positions (one kernel, one compile).
+GEMMs ``v[k] @ u[k]`` into ``m (36, grp*tiles, f)``. The batch is cut into slots taken
+from a shared counter (:mod:`.sched`); ``counter`` is a zeroed one-element int64 array,
+``nt`` the thread count, ``zero`` 0 in x's dtype.
 
 The backward pass of a layer that runs this forward is F(2x2, 3x3)'s or im2col's
 (:mod:`.winograd`, :mod:`.conv`): both need only x, the kernel, dy and the output.
@@ -22,9 +22,10 @@ The backward pass of a layer that runs this forward is F(2x2, 3x3)'s or im2col's
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from .pool import _window_max4
+from .pool import _conv_outputs, _window_max4
+from .sched import _fetch_add, _slot_count, _slot_range
 
 
 @njit(cache=True)
@@ -206,3 +207,44 @@ def _output_transform(m, y, arg, b, row0, th, tw, oh, ow, bias, relu, pool, zero
                                 for o in range(f):
                                     val = t4[a, q, o]
                                     y[b, i, j, o] = zero if (relu and val <= zero) else val
+
+
+@njit(parallel=True, cache=True)
+def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, counter):
+    """y (n, oh, ow, f) = the 3x3 stride-1 convolution of x (+ bias, ReLU'd if ``relu``).
+
+    ``x (n, h, w, c)``, ``u (36, c, f)``, ``bias (f,)`` (zeros for none). Returns new
+    ``(y, arg)``; ``arg`` is empty unless ``pool``. With ``pool`` (conv + bias + ReLU +
+    2x2/2 max-pool in one pass, ``relu`` ignored): ``y (n, oh//2, ow//2, f)`` and ``arg``
+    (uint8) are those of :func:`.conv.conv2d_forward` with ``pool``, whose backward they
+    feed; the conv output never leaves the thread-local ``m``.
+    """
+    n, c = x.shape[0], x.shape[3]
+    f = u.shape[2]
+    th = (oh + 3) // 4
+    tw = (ow + 3) // 4
+    tiles = th * tw
+    y, arg = _conv_outputs(n, oh, ow, f, pool, x)
+    vs = np.empty((nt, 36, grp * tiles, c), dtype=x.dtype)
+    ms = np.empty((nt, 36, grp * tiles, f), dtype=x.dtype)
+    ds = np.empty((nt, 6, 6, c), dtype=x.dtype)
+    t4s = np.empty((nt, 4, 6, f), dtype=x.dtype)
+    slots = _slot_count(n, nt)
+    for t in prange(nt):
+        v = vs[t]
+        m = ms[t]
+        s = _fetch_add(counter, 0, 1)
+        while s < slots:
+            lo, hi = _slot_range(s, slots, n)
+            for b0 in range(lo, hi, grp):
+                g = min(grp, hi - b0)
+                for i in range(g):
+                    _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
+                # rows of a partial group hold stale tiles: computed, never written out
+                for k in range(36):
+                    np.dot(v[k], u[k], m[k])
+                for i in range(g):
+                    _output_transform(m, y, arg, b0 + i, i * tiles, th, tw, oh, ow, bias,
+                                      relu, pool, zero, t4s[t])
+            s = _fetch_add(counter, 0, 1)
+    return y, arg
