@@ -234,6 +234,42 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
 
 
 @njit(cache=True)
+def _pooled_block_grad(dy, y, arg, b, ti, tj, oh, ow, zero, g4):
+    """``g4 (4, f)``: dz of tile ``(ti, tj)``'s 2x2 block under the fused ReLU + pool (the
+    pooled gradient at the window's winner where the pooled output is positive, else 0;
+    0 for a window the pool dropped). A function of its own, as :func:`_block_grad`:
+    inline in the tile loop of :func:`_grad_transform`, LLVM copied that loop per branch
+    in every module the parallel kernel links (benchmarks/RESULTS.md 10)."""
+    f = dy.shape[3]
+    if ti < oh // 2 and tj < ow // 2:
+        for p in range(4):
+            for o in range(f):
+                gv = dy[b, ti, tj, o] if y[b, ti, tj, o] > zero else zero
+                g4[p, o] = gv if arg[b, ti, tj, o] == p else zero
+    else:
+        for p in range(4):
+            for o in range(f):
+                g4[p, o] = zero
+
+
+@njit(cache=True)
+def _block_grad(dy, y, b, ti, tj, oh, ow, relu, zero, g4):
+    """``g4 (4, f)``: dz of tile ``(ti, tj)``'s 2x2 block, ``dy * (y > 0)`` with ``relu``
+    (else dy); outputs past ``oh, ow`` count as 0."""
+    f = dy.shape[3]
+    for p in range(4):
+        i = 2 * ti + p // 2
+        j = 2 * tj + p % 2
+        if i < oh and j < ow:
+            for o in range(f):
+                gv = dy[b, i, j, o]
+                g4[p, o] = zero if (relu and not y[b, i, j, o] > zero) else gv
+        else:
+            for o in range(f):
+                g4[p, o] = zero
+
+
+@njit(cache=True)
 def _grad_transform(dy, y, arg, b, dm, row0, th, tw, oh, ow, relu, pool, zero, db, g4):
     """``dm[a*4 + e, row0 + tile, :] = (A dz_tile A^T)[a, e, :]``, the gradient of the
     output transform, from ``dz = dy * (y > 0)`` (or dy) of image ``b``; outputs past
@@ -251,26 +287,9 @@ def _grad_transform(dy, y, arg, b, dm, row0, th, tw, oh, ow, relu, pool, zero, d
         for tj in range(tw):
             row = row0 + ti * tw + tj
             if pool:
-                if ti < oh // 2 and tj < ow // 2:
-                    for p in range(4):
-                        for o in range(f):
-                            gv = dy[b, ti, tj, o] if y[b, ti, tj, o] > zero else zero
-                            g4[p, o] = gv if arg[b, ti, tj, o] == p else zero
-                else:
-                    for p in range(4):
-                        for o in range(f):
-                            g4[p, o] = zero
+                _pooled_block_grad(dy, y, arg, b, ti, tj, oh, ow, zero, g4)
             else:
-                for p in range(4):
-                    i = 2 * ti + p // 2
-                    j = 2 * tj + p % 2
-                    if i < oh and j < ow:
-                        for o in range(f):
-                            gv = dy[b, i, j, o]
-                            g4[p, o] = zero if (relu and not y[b, i, j, o] > zero) else gv
-                    else:
-                        for o in range(f):
-                            g4[p, o] = zero
+                _block_grad(dy, y, b, ti, tj, oh, ow, relu, zero, g4)
             # A g A^T, where A g has the rows (g0, g0 + g1, g0 - g1, -g1), then the same
             # over the columns: one row a of the 4x4 result per loop, four output planes
             # each (sixteen planes written in one loop, 64 KB apart, thrashed the L1

@@ -180,33 +180,47 @@ def _output_transform(m, y, arg, b, row0, th, tw, oh, ow, bias, relu, pool, zero
     ``relu``, outputs past ``oh, ow`` dropped. With ``pool`` the block is four 2x2 pool
     windows: ``y[b]`` gets their ReLU'd maxima (ReLU after the max: they commute) and
     ``arg[b]`` (uint8, 0..3) the row-major position of the first maximum (a NaN wins and
-    stays), as in the im2col fused kernel; only the complete windows are kept."""
-    f = m.shape[2]
+    stays), as in the im2col fused kernel; only the complete windows are kept.
+
+    The two ways out are functions of their own: written inline in the tile loop, they
+    made LLVM copy the whole loop, once per value of ``pool`` and ``relu``, in each of the
+    four modules a ``prange`` kernel links; the F(4x4, 3x3) kernel compiled in 15.4 s
+    instead of 7.4 (benchmarks/RESULTS.md 10)."""
     for ti in range(th):
         for tj in range(tw):
             _output_block(m, row0 + ti * tw + tj, bias, t4)
             if pool:
-                for pi in range(2):
-                    i = 2 * ti + pi
-                    for pj in range(2):
-                        j = 2 * tj + pj
-                        if i < y.shape[1] and j < y.shape[2]:
-                            a, q = 2 * pi, 2 * pj
-                            for o in range(f):
-                                best, w = _window_max4(t4[a, q, o], t4[a, q + 1, o],
-                                                       t4[a + 1, q, o], t4[a + 1, q + 1, o])
-                                y[b, i, j, o] = zero if best <= zero else best
-                                arg[b, i, j, o] = w
+                _pool_block(t4, y, arg, b, 2 * ti, 2 * tj, zero)
             else:
-                for a in range(4):
-                    i = 4 * ti + a
-                    if i < oh:
-                        for q in range(4):
-                            j = 4 * tj + q
-                            if j < ow:
-                                for o in range(f):
-                                    val = t4[a, q, o]
-                                    y[b, i, j, o] = zero if (relu and val <= zero) else val
+                _store_block(t4, y, b, 4 * ti, 4 * tj, min(4, oh - 4 * ti), min(4, ow - 4 * tj),
+                             relu, zero)
+
+
+@njit(cache=True)
+def _pool_block(t4, y, arg, b, i0, j0, zero):
+    """The four 2x2 pool windows of a 4x4 block ``t4[:, :4]`` into ``y[b, i0:i0+2,
+    j0:j0+2]`` and ``arg`` (the complete windows only; see :func:`_output_transform`)."""
+    f = y.shape[3]
+    for pi in range(min(2, y.shape[1] - i0)):
+        for pj in range(min(2, y.shape[2] - j0)):
+            a, q = 2 * pi, 2 * pj
+            for o in range(f):
+                best, w = _window_max4(t4[a, q, o], t4[a, q + 1, o], t4[a + 1, q, o],
+                                       t4[a + 1, q + 1, o])
+                y[b, i0 + pi, j0 + pj, o] = zero if best <= zero else best
+                arg[b, i0 + pi, j0 + pj, o] = w
+
+
+@njit(cache=True)
+def _store_block(t4, y, b, i0, j0, ni, nj, relu, zero):
+    """The top-left ``ni x nj`` outputs of a 4x4 block ``t4[:, :4]`` into ``y[b, i0:i0+ni,
+    j0:j0+nj]``, ReLU'd when ``relu`` (a NaN stays)."""
+    f = y.shape[3]
+    for a in range(ni):
+        for q in range(nj):
+            for o in range(f):
+                val = t4[a, q, o]
+                y[b, i0 + a, j0 + q, o] = zero if (relu and val <= zero) else val
 
 
 @njit(parallel=True, cache=True)
