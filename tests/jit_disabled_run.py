@@ -171,6 +171,13 @@ def winograd4_conv2d_relu_maxpool_forward_cases():
             return [y, np.where(y > 0, arg, 0)]      # no gradient where the ReLU stops it
         yield f"geometry {g}", case
 
+        def no_argmax(dt, geometry=geometry, g=g):
+            x, k, b, pads = _winograd_inputs(dt, geometry, g)
+            y, arg = ops.winograd4_conv2d_relu_maxpool_forward(x, k, b, pads, need_argmax=False)
+            assert arg is None
+            return [y]
+        yield f"geometry {g}, need_argmax=False", no_argmax
+
 
 def winograd_conv2d_backward_cases():
     for g, geometry in enumerate(WINOGRAD_GEOMETRIES):
@@ -224,6 +231,13 @@ def conv2d_relu_maxpool_forward_cases():
             # where ReLU zeroed a whole window the winner is unspecified (no gradient flows)
             return [y, np.where(y > 0, argmax, -1)]
         yield f"geometry {g}", case
+
+        def no_argmax(dt, geometry=geometry, g=g):
+            y, argmax = ops.conv2d_relu_maxpool_forward(*_fused_inputs(dt, geometry, g),
+                                                        need_argmax=False)
+            assert argmax is None
+            return [y]
+        yield f"geometry {g}, need_argmax=False", no_argmax
 
 
 def conv2d_relu_maxpool_backward_cases():

@@ -646,6 +646,8 @@ ops.winograd_conv2d_relu_maxpool_forward(x, k, b, (1, 1, 1, 1))
 for relu in (False, True):
     ops.winograd4_conv2d_forward(x, k, b, (1, 1, 1, 1), relu)
 ops.winograd4_conv2d_relu_maxpool_forward(x, k, b, (1, 1, 1, 1))
+ops.winograd4_conv2d_relu_maxpool_forward(x, k, b, (1, 1, 1, 1), need_argmax=False)
+ops.conv2d_relu_maxpool_forward(x, k, b, (1, 1), (0, 0, 0, 0), need_argmax=False)
 yp, arg = ops.conv2d_relu_maxpool_forward(x, k, b, (1, 1), (0, 0, 0, 0))
 for need_dx in (True, False):
     ops.conv2d_relu_maxpool_backward(x, k, f32(*yp.shape), yp, arg, (1, 1), (0, 0, 0, 0), need_dx)

@@ -85,6 +85,59 @@ def test_the_fused_relu_pool_forward_equals_the_composition(case):
     assert np.array_equal(arg, arg_im2col)
 
 
+@settings(max_examples=25, deadline=None)
+@given(case=conv_case(), nan=st.booleans())
+def test_without_the_argmax_the_pooled_output_is_the_same(case, nan):
+    """``need_argmax=False`` (inference): the same pooled output from both fused forwards
+    on every backend, bit for bit, and no argmax; a NaN input wins its windows there too."""
+    x, kernel, bias = _arrays(*case)
+    pads = case[5]
+    oh, ow = x.shape[1] + pads[0] + pads[1] - 2, x.shape[2] + pads[2] + pads[3] - 2
+    if oh < 2 or ow < 2:
+        return
+    if nan:
+        x[0, x.shape[1] // 2, x.shape[2] // 2, 0] = np.nan
+    for name, impl in _IMPLS.items():
+        for fused in (lambda **k: impl.winograd4_conv2d_relu_maxpool_forward(x, kernel, bias,
+                                                                             pads, **k),
+                      lambda **k: impl.conv2d_relu_maxpool_forward(x, kernel, bias, (1, 1),
+                                                                   pads, **k)):
+            y, arg = fused()
+            y_only, none = fused(need_argmax=False)
+            assert none is None and arg is not None, name
+            np.testing.assert_array_equal(y_only, y, err_msg=name)
+
+
+def test_a_fused_step_in_inference_mode_skips_the_argmax_and_still_backpropagates(
+        monkeypatch):
+    """``ConvReluPool`` run with ``training=False`` asks for no argmax; a backward pass after
+    it all the same (a gradient check does this) gets the gradients of a training forward."""
+    from minicnn.layers.fused import ConvReluPool
+    monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 8, 8, 16))
+    asked = []
+    real = numba_ops.winograd4_conv2d_relu_maxpool_forward
+    monkeypatch.setattr(numba_ops, "winograd4_conv2d_relu_maxpool_forward",
+                        lambda *a, need_argmax=True: asked.append(need_argmax)
+                        or real(*a, need_argmax=need_argmax))
+    with minicnn.use_backend("numba"):
+        fused = ConvReluPool(layers.Conv2D(4, 3, padding="same", activation="relu",
+                                           dtype="float64"),
+                             layers.MaxPooling2D(2, 2, dtype="float64"))
+        y_train = fused.forward(x, training=True)
+        dy = rng.standard_normal(y_train.shape)
+        dx_train = fused.backward(dy)
+        grads_train = {k: v.copy() for k, v in fused.conv.grads.items()}
+        y_infer = fused.forward(x, training=False)
+        assert fused.fused_forward == "winograd4" and asked == [True, False]
+        dx_infer = fused.backward(dy)
+    np.testing.assert_array_equal(y_infer, y_train)
+    np.testing.assert_array_equal(dx_infer, dx_train)
+    for key, value in grads_train.items():
+        np.testing.assert_array_equal(fused.conv.grads[key], value)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_ties_go_to_the_first_maximum(dtype):
     """An image of zeros (four-way ties in every window, ReLU'd to 0) and a NaN: the

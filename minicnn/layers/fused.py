@@ -105,14 +105,17 @@ class ConvReluPool(Layer):
             return self.pool.forward(conv.forward(x, training), training)
         self._composed = False
         kernel, bias = conv.params["kernel"], conv.params.get("bias")
+        # the pool's winners only when a backward pass may follow: at inference the
+        # kernels skip them (backward() recomputes them if it is called after all)
         if forward == "winograd" and "winograd_conv2d_relu_maxpool" in fusions:
             y, argmax = ops.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, conv.pads)
         elif forward == "winograd4" and "winograd4_conv2d_relu_maxpool" in fusions:
-            y, argmax = ops.winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, conv.pads)
+            y, argmax = ops.winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, conv.pads,
+                                                                  need_argmax=training)
         else:
             forward = "im2col"
             y, argmax = ops.conv2d_relu_maxpool_forward(x, kernel, bias, conv.strides,
-                                                        conv.pads)
+                                                        conv.pads, need_argmax=training)
         self._forward_algorithm, self._backward_algorithm = forward, backward
         self._x, self._y, self._argmax = x, y, argmax
         return y
@@ -147,6 +150,14 @@ class ConvReluPool(Layer):
         if self._composed:
             return conv.backward(self.pool.backward(dy))
         kernel, need_dx = conv.params["kernel"], self.compute_input_gradient
+        if self._argmax is None:     # after an inference-mode forward: the winners now
+            bias = conv.params.get("bias")
+            if self._forward_algorithm == "winograd4":
+                _, self._argmax = ops.winograd4_conv2d_relu_maxpool_forward(self._x, kernel,
+                                                                            bias, conv.pads)
+            else:
+                _, self._argmax = ops.conv2d_relu_maxpool_forward(self._x, kernel, bias,
+                                                                  conv.strides, conv.pads)
         args = (self._x, kernel, dy, self._y, self._argmax)
         algorithm = self.fused_backward
         if algorithm == "winograd":

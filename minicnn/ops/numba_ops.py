@@ -97,7 +97,7 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
     k2, geo = _conv_args(x, kernel, strides, pads)
     nt = _threads(n)
     y, _ = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
-                                 False, x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]),
+                                 False, False, x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]),
                                  _counter())
     return y
 
@@ -114,12 +114,13 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 
-def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
+def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads, need_argmax=True):
     k2, geo = _conv_args(x, kernel, strides, pads)
     # one image per GEMM, as the fused kernel always ran (the pool needs no bigger GEMMs)
-    return conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, kernel.shape[3], x.dtype),
-                                 *geo, True, True, x.dtype.type(0), _threads(x.shape[0]), 1,
-                                 _counter())
+    y, arg = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, kernel.shape[3], x.dtype),
+                                   *geo, True, True, bool(need_argmax), x.dtype.type(0),
+                                   _threads(x.shape[0]), 1, _counter())
+    return y, (arg if need_argmax else None)
 
 
 def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True,
@@ -169,7 +170,7 @@ def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
                                        _counter())
 
 
-def _winograd4_forward(x, kernel, bias, pads, relu, pool, op):
+def _winograd4_forward(x, kernel, bias, pads, relu, pool, need_arg, op):
     _winograd_check(kernel, pads, op)
     n, h, w, c = x.shape
     f = kernel.shape[3]
@@ -183,17 +184,19 @@ def _winograd4_forward(x, kernel, bias, pads, relu, pool, op):
     grp = _group(n, nt, 8 * tiles)
     u = winograd4_k.kernel_transform(_c(kernel))
     return winograd4_k.winograd4_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
-                                         pads[2], oh, ow, bool(relu), pool, x.dtype.type(0),
-                                         nt, grp, _counter())
+                                         pads[2], oh, ow, bool(relu), pool, need_arg,
+                                         x.dtype.type(0), nt, grp, _counter())
 
 
 def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
-    return _winograd4_forward(x, kernel, bias, pads, relu, False, "winograd4_conv2d_forward")[0]
+    return _winograd4_forward(x, kernel, bias, pads, relu, False, False,
+                              "winograd4_conv2d_forward")[0]
 
 
-def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
-    return _winograd4_forward(x, kernel, bias, pads, True, True,
-                              "winograd4_conv2d_relu_maxpool_forward")
+def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=True):
+    y, arg = _winograd4_forward(x, kernel, bias, pads, True, True, bool(need_argmax),
+                                "winograd4_conv2d_relu_maxpool_forward")
+    return y, (arg if need_argmax else None)
 
 
 _NO_ARGMAX = np.zeros((0, 0, 0, 0), dtype=np.uint8)

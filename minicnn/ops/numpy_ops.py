@@ -138,10 +138,10 @@ def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
                              winograd4_kernel_transform(kernel))
 
 
-def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
+def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=True):
     z = winograd4_conv2d_forward(x, kernel, bias, pads, relu=True)
     y, argmax = maxpool2d_forward(z, (2, 2), (2, 2), (0, 0, 0, 0))
-    return y, argmax.astype(np.uint8)
+    return y, (argmax.astype(np.uint8) if need_argmax else None)
 
 
 def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
@@ -176,10 +176,10 @@ def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
     return dx, dkernel, dbias
 
 
-def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
+def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads, need_argmax=True):
     z = conv2d_forward(x, kernel, bias, strides, pads, relu=True)
     y, argmax = maxpool2d_forward(z, (2, 2), (2, 2), (0, 0, 0, 0))
-    return y, argmax.astype(np.uint8)
+    return y, (argmax.astype(np.uint8) if need_argmax else None)
 
 
 def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True,

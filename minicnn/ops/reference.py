@@ -424,17 +424,18 @@ def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
     return activation_forward("relu", y) if relu else np.ascontiguousarray(y)
 
 
-def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
+def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=True):
     """:func:`conv2d_relu_maxpool_forward` with the convolution by Winograd F(4x4, 3x3)
     (3x3, stride 1): ``maxpool(relu(winograd4_conv(x) + bias))``. Each 4x4 block of
     outputs holds four whole 2x2 pool windows, so the numba backend pools them as they
     leave the output transform. Returns ``y (n, oh // 2, ow // 2, f)`` and ``argmax``
     (uint8), which :func:`conv2d_relu_maxpool_backward` and
-    :func:`winograd_conv2d_relu_maxpool_backward` take.
+    :func:`winograd_conv2d_relu_maxpool_backward` take (None when not ``need_argmax``, as
+    in :func:`conv2d_relu_maxpool_forward`).
     """
     z = winograd4_conv2d_forward(x, kernel, bias, pads, relu=True)
     y, argmax = maxpool2d_forward(z, (2, 2), (2, 2), (0, 0, 0, 0))
-    return y, argmax.astype(np.uint8)
+    return y, (argmax.astype(np.uint8) if need_argmax else None)
 
 
 # ----------------------------------------------------------------------------- max pooling
@@ -500,17 +501,19 @@ def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
     return dx
 
 
-def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads):
+def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads, need_argmax=True):
     """Conv2D with ReLU followed by a 2x2, stride-2, 'valid' max-pool, as one op.
 
     Exactly the composition ``maxpool(relu(conv(x) + bias))`` written with the
     ops above; the numba backend fuses it into one pass per image. Returns the
     pooled ``y (n, oh // 2, ow // 2, f)`` and ``argmax`` (uint8, 0..3: the
-    row-major position of the first maximum in each 2x2 window).
+    row-major position of the first maximum in each 2x2 window), or None for it when
+    not ``need_argmax`` (inference: no backward pass will read it, and the numba
+    kernels then never compute it).
     """
     z = conv2d_forward(x, kernel, bias, strides, pads, relu=True)
     y, argmax = maxpool2d_forward(z, (2, 2), (2, 2), (0, 0, 0, 0))
-    return y, argmax.astype(np.uint8)
+    return y, (argmax.astype(np.uint8) if need_argmax else None)
 
 
 def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_dx=True,

@@ -32,6 +32,16 @@ def _window_max4(v0, v1, v2, v3):
     return m, a
 
 
+@njit(cache=True, inline="always")
+def _max4(v0, v1, v2, v3):
+    """The value :func:`_window_max4` returns, without the position: the first NaN, else
+    the maximum (selects, so the callers' loops vectorise)."""
+    m = v0
+    m = v1 if (m == m) & ((v1 > m) | (v1 != v1)) else m
+    m = v2 if (m == m) & ((v2 > m) | (v2 != v2)) else m
+    return v3 if (m == m) & ((v3 > m) | (v3 != v3)) else m
+
+
 @njit(cache=True)
 def _conv_outputs(n, oh, ow, f, pool, like):
     """The outputs of a conv forward kernel with the dtype of ``like``: ``y (n, oh, ow, f)``

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .pool import _conv_outputs, _window_max4
+from .pool import _conv_outputs, _max4, _window_max4
 from .sched import _fetch_add, _slot_count, _slot_range
 
 
@@ -175,12 +175,13 @@ def _output_block(m, row, bias, t4):
 
 
 @njit(cache=True)
-def _output_transform(m, y, arg, b, row0, th, tw, oh, ow, bias, relu, pool, zero, t4):
+def _output_transform(m, y, arg, b, row0, th, tw, oh, ow, bias, relu, pool, need_arg, zero, t4):
     """The 4x4 output block of every tile of image ``b`` into ``y[b]``: ReLU'd when
     ``relu``, outputs past ``oh, ow`` dropped. With ``pool`` the block is four 2x2 pool
     windows: ``y[b]`` gets their ReLU'd maxima (ReLU after the max: they commute) and
     ``arg[b]`` (uint8, 0..3) the row-major position of the first maximum (a NaN wins and
-    stays), as in the im2col fused kernel; only the complete windows are kept.
+    stays), as in the im2col fused kernel; only the complete windows are kept. Without
+    ``need_arg`` only the maxima (``arg`` untouched).
 
     The two ways out are functions of their own: written inline in the tile loop, they
     made LLVM copy the whole loop, once per value of ``pool`` and ``relu``, in each of the
@@ -189,8 +190,10 @@ def _output_transform(m, y, arg, b, row0, th, tw, oh, ow, bias, relu, pool, zero
     for ti in range(th):
         for tj in range(tw):
             _output_block(m, row0 + ti * tw + tj, bias, t4)
-            if pool:
+            if pool and need_arg:
                 _pool_block(t4, y, arg, b, 2 * ti, 2 * tj, zero)
+            elif pool:
+                _pool_block_max(t4, y, b, 2 * ti, 2 * tj, zero)
             else:
                 _store_block(t4, y, b, 4 * ti, 4 * tj, min(4, oh - 4 * ti), min(4, ow - 4 * tj),
                              relu, zero)
@@ -212,6 +215,18 @@ def _pool_block(t4, y, arg, b, i0, j0, zero):
 
 
 @njit(cache=True)
+def _pool_block_max(t4, y, b, i0, j0, zero):
+    """:func:`_pool_block` without the winners (inference)."""
+    f = y.shape[3]
+    for pi in range(min(2, y.shape[1] - i0)):
+        for pj in range(min(2, y.shape[2] - j0)):
+            a, q = 2 * pi, 2 * pj
+            for o in range(f):
+                best = _max4(t4[a, q, o], t4[a, q + 1, o], t4[a + 1, q, o], t4[a + 1, q + 1, o])
+                y[b, i0 + pi, j0 + pj, o] = zero if best <= zero else best
+
+
+@njit(cache=True)
 def _store_block(t4, y, b, i0, j0, ni, nj, relu, zero):
     """The top-left ``ni x nj`` outputs of a 4x4 block ``t4[:, :4]`` into ``y[b, i0:i0+ni,
     j0:j0+nj]``, ReLU'd when ``relu`` (a NaN stays)."""
@@ -224,7 +239,7 @@ def _store_block(t4, y, b, i0, j0, ni, nj, relu, zero):
 
 
 @njit(parallel=True, cache=True)
-def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, counter):
+def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt, grp, counter):
     """y (n, oh, ow, f) = the 3x3 stride-1 convolution of x (+ bias, ReLU'd if ``relu``).
 
     ``x (n, h, w, c)``, ``u (36, c, f)``, ``bias (f,)`` (zeros for none). Returns new
@@ -259,6 +274,6 @@ def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, cou
                     np.dot(v[k], u[k], m[k])
                 for i in range(g):
                     _output_transform(m, y, arg, b0 + i, i * tiles, th, tw, oh, ow, bias,
-                                      relu, pool, zero, t4s[t])
+                                      relu, pool, need_arg, zero, t4s[t])
             s = _fetch_add(counter, 0, 1)
     return y, arg
