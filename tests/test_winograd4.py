@@ -19,30 +19,15 @@ from hypothesis import strategies as st
 import minicnn
 from minicnn import gradcheck, layers, ops
 from minicnn.ops import algorithms, numba_ops, numpy_ops, reference
+from test_winograd import _IMPLS, conv_case
+from test_winograd import _arrays as _conv_arrays
 
 WINOGRAD4_F32_BOUND = 5e-6
 
-_IMPLS = {"reference": reference, "numpy": numpy_ops, "numba": numba_ops}
 
-
-@st.composite
-def conv_case(draw):
-    n = draw(st.integers(1, 5))
-    c = draw(st.integers(1, 6))
-    f = draw(st.integers(1, 6))
-    pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
-    h = draw(st.integers(max(1, 3 - pads[0] - pads[1]), 11))
-    w = draw(st.integers(max(1, 3 - pads[2] - pads[3]), 11))
-    seed = draw(st.integers(0, 2**16))
-    return n, h, w, c, f, pads, seed
-
-
-def _arrays(n, h, w, c, f, pads, seed, dtype=np.float64):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, h, w, c)).astype(dtype)
-    kernel = rng.standard_normal((3, 3, c, f)).astype(dtype)
-    bias = rng.standard_normal(f).astype(dtype)
-    return x, kernel, bias
+def _arrays(*case, dtype=np.float64):
+    """x, kernel and bias of a :func:`test_winograd.conv_case` (its dy left out)."""
+    return _conv_arrays(*case, dtype=dtype)[:3]
 
 
 @settings(max_examples=40, deadline=None)

@@ -184,21 +184,30 @@ def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
         the 3x3 window (2.25x fewer).
     """
     _winograd_check(kernel, pads, "winograd_conv2d_forward")
-    n, _, _, c = x.shape
-    f = kernel.shape[3]
-    bt = WINOGRAD_BT.astype(x.dtype)
-    at = WINOGRAD_AT.astype(x.dtype)
-    u = winograd_kernel_transform(kernel)
-    xp, (oh, ow, th, tw) = _winograd_tiles(x, pads)
-    y = np.zeros((n, 2 * th, 2 * tw, f), dtype=x.dtype)
+    return _winograd_tiles_forward(x, winograd_kernel_transform(kernel), bias, pads, relu,
+                                   WINOGRAD_BT, WINOGRAD_AT)
+
+
+def _winograd_tiles_forward(x, u, bias, pads, relu, bt, at):
+    """F(m x m, 3x3) tile by tile, ``m = at.shape[0]``, ``a = m + 2``: for each ``m x m``
+    block of outputs its ``a x a`` input tile ``d``, ``V = B^T d B``, the ``a*a`` dot
+    products over the channels with ``u (a, a, c, f)``, ``y = A^T M A`` (the steps of
+    :func:`winograd_conv2d_forward` and :func:`winograd4_conv2d_forward`)."""
+    n = x.shape[0]
+    f = u.shape[3]
+    m, a = at.shape
+    bt = bt.astype(x.dtype)
+    at = at.astype(x.dtype)
+    xp, (oh, ow, th, tw) = _winograd_tiles(x, pads, m)
+    y = np.zeros((n, m * th, m * tw, f), dtype=x.dtype)
     for b in range(n):
         for i in range(th):
             for j in range(tw):
-                d = xp[b, 2 * i:2 * i + 4, 2 * j:2 * j + 4, :]          # (4, 4, c)
+                d = xp[b, m * i:m * i + a, m * j:m * j + a, :]          # (a, a, c)
                 v = np.einsum("ai,ijc,bj->abc", bt, d, bt)              # B^T d B
-                m = np.einsum("abc,abcf->abf", v, u)                    # 16 dots over c
-                y[b, 2 * i:2 * i + 2, 2 * j:2 * j + 2, :] = np.einsum("ia,abf,jb->ijf",
-                                                                      at, m, at)
+                prods = np.einsum("abc,abcf->abf", v, u)                # a*a dots over c
+                y[b, m * i:m * i + m, m * j:m * j + m, :] = np.einsum("ia,abf,jb->ijf",
+                                                                      at, prods, at)
     y = y[:, :oh, :ow, :]
     if bias is not None:
         y = y + bias
@@ -403,25 +412,8 @@ def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
         :func:`conv2d_backward` compute it (the layers pair this forward with either).
     """
     _winograd_check(kernel, pads, "winograd4_conv2d_forward")
-    n, _, _, c = x.shape
-    f = kernel.shape[3]
-    bt = WINOGRAD4_BT.astype(x.dtype)
-    at = WINOGRAD4_AT.astype(x.dtype)
-    u = winograd4_kernel_transform(kernel)
-    xp, (oh, ow, th, tw) = _winograd_tiles(x, pads, 4)
-    y = np.zeros((n, 4 * th, 4 * tw, f), dtype=x.dtype)
-    for b in range(n):
-        for i in range(th):
-            for j in range(tw):
-                d = xp[b, 4 * i:4 * i + 6, 4 * j:4 * j + 6, :]          # (6, 6, c)
-                v = np.einsum("ai,ijc,bj->abc", bt, d, bt)              # B^T d B
-                m = np.einsum("abc,abcf->abf", v, u)                    # 36 dots over c
-                y[b, 4 * i:4 * i + 4, 4 * j:4 * j + 4, :] = np.einsum("ia,abf,jb->ijf",
-                                                                      at, m, at)
-    y = y[:, :oh, :ow, :]
-    if bias is not None:
-        y = y + bias
-    return activation_forward("relu", y) if relu else np.ascontiguousarray(y)
+    return _winograd_tiles_forward(x, winograd4_kernel_transform(kernel), bias, pads, relu,
+                                   WINOGRAD4_BT, WINOGRAD4_AT)
 
 
 def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=True):
