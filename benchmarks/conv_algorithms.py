@@ -1,10 +1,12 @@
-"""im2col-GEMM against Winograd F(2x2, 3x3), per conv layer of the seed and residual models.
+"""im2col-GEMM against Winograd F(2x2, 3x3) and F(4x4, 3x3), per conv layer of the seed and
+residual models.
 
 For each 3x3 stride-1 convolution of the seed model and of the residual network
 (``minicnn.models.zoo.resnet_cifar``), batch 64, float32, on the numba backend: the
 median time of the forward pass, of the backward pass with the data gradient (dx,
-dkernel, dbias) and without it (the first layer), for each algorithm, alternating the
-two, ``--repeats`` calls each after a warm-up (compile time is never counted).
+dkernel, dbias) and without it (the first layer), for each algorithm, alternating them,
+``--repeats`` calls each after a warm-up (compile time is never counted). F(4x4, 3x3) has
+a forward pass only (its layers run F(2x2, 3x3)'s or im2col's backward).
 
 Effective GFLOP/s = direct-convolution FLOPs (``2 n oh ow 9 c f`` per pass; the
 backward with dx is two passes) / time, the same yardstick for both algorithms, so
@@ -69,7 +71,13 @@ def passes(x, kernel, dy, pads):
             "backward, no dx": lambda: nb.winograd_conv2d_backward(x, kernel, dy, pads,
                                                                    need_dx=False),
         },
+        "winograd4": {
+            "forward": lambda: nb.winograd4_conv2d_forward(x, kernel, None, pads, relu=True),
+        },
     }
+
+
+ALGOS = ("im2col", "winograd", "winograd4")
 
 
 def main(argv=None):
@@ -82,7 +90,7 @@ def main(argv=None):
         numba.set_num_threads(args.threads)
     threads = numba.get_num_threads()
     roof1 = numpy_gemm_gflops(1, n=args.roof_n)
-    print_header("conv algorithms: im2col-GEMM vs Winograd F(2x2, 3x3)")
+    print_header("conv algorithms: im2col-GEMM vs Winograd F(2x2, 3x3) and F(4x4, 3x3)")
     print(f"single-thread SGEMM roof ({args.roof_n}^3): {roof1:.0f} GFLOP/s; "
           f"Numba threads {threads}; roof used: {threads} x {roof1:.0f} = "
           f"{threads * roof1:.0f} GFLOP/s\n")
@@ -96,7 +104,7 @@ def main(argv=None):
         fns = passes(x, kernel, dy, (1, 1, 1, 1))
         flops = 2.0 * n * h * w * 9 * c * f
         for pass_name, mult in (("forward", 1), ("backward", 2), ("backward, no dx", 1)):
-            times = {"im2col": [], "winograd": []}
+            times = {a: [] for a in ALGOS if pass_name in fns[a]}
             for algo in times:
                 time_calls(fns[algo][pass_name], 0, warmup=2)
             for _ in range(args.repeats):          # alternate, so drift hits both alike
@@ -104,16 +112,21 @@ def main(argv=None):
                     times[algo] += time_calls(fns[algo][pass_name], 1, warmup=0)
             med = {a: statistics.median(t) for a, t in times.items()}
             cells = []
-            for algo in ("im2col", "winograd"):
+            for algo in ALGOS:
+                if algo not in med:
+                    cells += ["-", "-", "-"]
+                    continue
                 gf = mult * flops / med[algo] / 1e9
                 lo, hi = min(times[algo]), max(times[algo])
                 cells += [f"{med[algo] * 1e3:.2f} ({lo * 1e3:.2f}-{hi * 1e3:.2f})", f"{gf:.0f}",
                           f"{100 * gf / (threads * roof1):.0f}%"]
-            rows.append([name, f"{h}x{w}x{c}->{f}", pass_name] + cells +
-                        [f"{med['im2col'] / med['winograd']:.2f}x"])
-    print(markdown_table(
-        ["layer", "shape", "pass", "im2col ms (min-max)", "GFLOP/s", "% roof",
-         "winograd ms (min-max)", "GFLOP/s", "% roof", "winograd speed-up"], rows))
+            speedups = [f"{med['im2col'] / med[a]:.2f}x" if a in med else "-"
+                        for a in ALGOS[1:]]
+            rows.append([name, f"{h}x{w}x{c}->{f}", pass_name] + cells + speedups)
+    header = ["layer", "shape", "pass"]
+    for algo in ALGOS:
+        header += [f"{algo} ms (min-max)", "GFLOP/s", "% roof"]
+    print(markdown_table(header + ["winograd speed-up", "winograd4 speed-up"], rows))
     print(f"\nload average at the end: {os.getloadavg()}")
 
 
