@@ -126,22 +126,28 @@ def test_shapes_it_cannot_compute_are_refused():
         layers.Conv2D(4, 5, algorithm="winograd")
 
 
+@pytest.mark.parametrize("algorithm", algorithms.WINOGRAD)
 @pytest.mark.parametrize("activation", ["relu", "linear", "tanh"])
-def test_winograd_conv_layer_gradcheck(activation, backend, error_log):
+def test_winograd_conv_layer_gradcheck(activation, algorithm, backend, error_log):
+    """Finite differences against the layer's backward, float64, with a random upstream
+    gradient; for ``"winograd4"`` the forward is F(4x4, 3x3) and the backward F(2x2, 3x3)'s,
+    so the check says the forward computes the function whose gradient the backward claims."""
     layer = layers.Conv2D(3, 3, padding="same", activation=activation, dtype="float64",
-                          algorithm="winograd")
+                          algorithm=algorithm)
     errors = gradcheck.check_layer(layer, (5, 6, 2), batch_size=2)
+    assert layer.algorithm_for((2, 5, 6, 2)) == (algorithm, "winograd")
     assert set(errors) == {"dx", "kernel", "bias"}
     for err in errors.values():
-        error_log.record(f"gradcheck winograd conv ({backend})", err)
+        error_log.record(f"gradcheck {algorithm} conv ({backend})", err)
         assert err < 1e-7
 
 
-def test_winograd_layer_matches_torch(error_log):
+@pytest.mark.parametrize("algorithm", algorithms.WINOGRAD)
+def test_winograd_layer_matches_torch(algorithm, backend, error_log):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 7, 6, 4))
-    layer = layers.Conv2D(5, 3, padding="same", dtype="float64", algorithm="winograd")
+    layer = layers.Conv2D(5, 3, padding="same", dtype="float64", algorithm=algorithm)
     y = layer.forward(x)
     upstream = rng.standard_normal(y.shape)
     dx = layer.backward(upstream)
@@ -156,7 +162,7 @@ def test_winograd_layer_matches_torch(error_log):
              (layer.grads["bias"], bt.grad.numpy())]
     for mine, theirs in pairs:
         err = gradcheck.relative_error(mine, theirs)
-        error_log.record("torch parity winograd conv", err)
+        error_log.record(f"torch parity {algorithm} conv", err)
         assert err < 1e-12
 
 
@@ -358,8 +364,8 @@ def test_an_auto_conv_before_a_pool_runs_the_fused_winograd_step(monkeypatch, er
                                                                   forward, backward):
     """The fixed rule gives a 16-channel conv the F(4x4, 3x3) forward (fused with the pool),
     and a Winograd backward from 8x8 outputs: at 6x6 the im2col weight gradient with a
-    Winograd dx, at 16x16 the fused F(2x2, 3x3) backward. Either way: the numbers of the layers unfused,
-    float64 finite differences, and float32 without an upcast."""
+    Winograd dx, at 16x16 the fused F(2x2, 3x3) backward. Either way: the numbers of the
+    layers unfused, float64 finite differences, and float32 without an upcast."""
     from minicnn.layers.fused import ConvReluPool
     monkeypatch.setenv("MINICNN_AUTOTUNE", "0")
     rng = np.random.default_rng(side)

@@ -99,32 +99,37 @@ class ConvReluPool(Layer):
         wanted = conv.algorithm if conv.algorithm != "auto" else algorithms.forced()
         forward, backward = conv.algorithm_for(x.shape)
         fusions = ops.fusions()
-        if self.fusion not in fusions or (wanted in ("winograd", "winograd4")
-                                          and forward == wanted):
+        if self.fusion not in fusions or (wanted in algorithms.WINOGRAD and forward == wanted):
             self._composed = True
             return self.pool.forward(conv.forward(x, training), training)
         self._composed = False
-        kernel, bias = conv.params["kernel"], conv.params.get("bias")
         # the pool's winners only when a backward pass may follow: at inference the
         # kernels skip them (backward() recomputes them if it is called after all)
-        if forward == "winograd" and "winograd_conv2d_relu_maxpool" in fusions:
-            y, argmax = ops.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, conv.pads)
-        elif forward == "winograd4" and "winograd4_conv2d_relu_maxpool" in fusions:
-            y, argmax = ops.winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, conv.pads,
-                                                                  need_argmax=training)
-        else:
-            forward = "im2col"
-            y, argmax = ops.conv2d_relu_maxpool_forward(x, kernel, bias, conv.strides,
-                                                        conv.pads, need_argmax=training)
+        forward, y, argmax = self._fused_forward(x, forward, need_argmax=training)
         self._forward_algorithm, self._backward_algorithm = forward, backward
         self._x, self._y, self._argmax = x, y, argmax
         return y
 
+    def _fused_forward(self, x, forward, need_argmax):
+        """``(algorithm run, y, argmax)``: the fused conv + ReLU + pool forward by
+        ``forward`` where the backend fuses it, else by im2col; ``argmax`` is None when
+        not ``need_argmax`` (F(2x2, 3x3)'s kernel always writes it)."""
+        conv, fusions = self.conv, ops.fusions()
+        kernel, bias = conv.params["kernel"], conv.params.get("bias")
+        if forward == "winograd" and "winograd_conv2d_relu_maxpool" in fusions:
+            return (forward,) + ops.winograd_conv2d_relu_maxpool_forward(x, kernel, bias,
+                                                                         conv.pads)
+        if forward == "winograd4" and "winograd4_conv2d_relu_maxpool" in fusions:
+            return (forward,) + ops.winograd4_conv2d_relu_maxpool_forward(
+                x, kernel, bias, conv.pads, need_argmax=need_argmax)
+        return ("im2col",) + ops.conv2d_relu_maxpool_forward(
+            x, kernel, bias, conv.strides, conv.pads, need_argmax=need_argmax)
+
     @property
     def fused_forward(self):
-        """What the last forward pass ran: ``'im2col'``, ``'winograd'`` or ``'winograd4'`` (the
-        fused kernel's convolution), or None when the two layers ran their own passes (or no pass ran
-        yet)."""
+        """What the last forward pass ran: ``'im2col'``, ``'winograd'`` or ``'winograd4'``
+        (the fused kernel's convolution), or None when the two layers ran their own passes
+        (or no pass ran yet)."""
         if getattr(self, "_composed", True):
             return None
         return self._forward_algorithm
@@ -141,7 +146,7 @@ class ConvReluPool(Layer):
             return None
         if self._backward_algorithm == "winograd":
             return "winograd"
-        if self._forward_algorithm in ("winograd", "winograd4") and self.compute_input_gradient:
+        if self._forward_algorithm in algorithms.WINOGRAD and self.compute_input_gradient:
             return "im2col+winograd"
         return "im2col"
 
@@ -151,13 +156,7 @@ class ConvReluPool(Layer):
             return conv.backward(self.pool.backward(dy))
         kernel, need_dx = conv.params["kernel"], self.compute_input_gradient
         if self._argmax is None:     # after an inference-mode forward: the winners now
-            bias = conv.params.get("bias")
-            if self._forward_algorithm == "winograd4":
-                _, self._argmax = ops.winograd4_conv2d_relu_maxpool_forward(self._x, kernel,
-                                                                            bias, conv.pads)
-            else:
-                _, self._argmax = ops.conv2d_relu_maxpool_forward(self._x, kernel, bias,
-                                                                  conv.strides, conv.pads)
+            _, _, self._argmax = self._fused_forward(self._x, self._forward_algorithm, True)
         args = (self._x, kernel, dy, self._y, self._argmax)
         algorithm = self.fused_backward
         if algorithm == "winograd":

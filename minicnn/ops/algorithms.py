@@ -52,6 +52,8 @@ FORWARD_ALGORITHMS = ("im2col", "winograd", "winograd4")
 BACKWARD_ALGORITHMS = ("im2col", "winograd")
 #: the forward candidates of "auto" (the autotuner's and the fixed rule's)
 AUTO_FORWARD = ("im2col", "winograd4")
+#: the Winograd algorithms (3x3 kernels at stride 1 only)
+WINOGRAD = ("winograd", "winograd4")
 #: the fixed rule's threshold (``MINICNN_AUTOTUNE=0``): input channels for Winograd
 WINOGRAD_MIN_CHANNELS = 16
 #: and output pixels (oh * ow) for a Winograd backward pass
@@ -78,7 +80,7 @@ def winograd_applies(kernel_shape, strides) -> bool:
 def check_applies(algorithm, kernel_shape, strides, owner="Conv2D"):
     """A ValueError naming ``owner`` when ``algorithm`` is a Winograd one and the layer is
     not a 3x3, stride-1 convolution."""
-    if algorithm in ("winograd", "winograd4") and not winograd_applies(kernel_shape, strides):
+    if algorithm in WINOGRAD and not winograd_applies(kernel_shape, strides):
         raise ValueError(f"{owner}: algorithm={algorithm!r} needs kernel_size (3, 3) and strides "
                          f"(1, 1), received kernel_size {tuple(kernel_shape[:2])} and strides "
                          f"{tuple(strides)}")
@@ -106,7 +108,7 @@ def resolve(algorithm, x_shape, kernel_shape, strides, pads, dtype, owner="Conv2
     """
     eligible = winograd_applies(kernel_shape, strides)
     chosen = algorithm if algorithm != "auto" else forced()
-    if chosen in ("winograd", "winograd4") and not eligible and algorithm == "auto":
+    if chosen in WINOGRAD and not eligible and algorithm == "auto":
         chosen = None                           # a process-wide choice: where it applies
     check_applies(chosen, kernel_shape, strides, owner)
     if chosen is not None:
@@ -219,8 +221,7 @@ def cache_path():
 #: the revision of the conv kernels the cached timings were taken with: raised when a change
 #: moves their speed (2: the Winograd kernel transform as a kernel, Winograd dx after the
 #: fused pool; 3: Winograd GEMMs of about 128 tiles; 4: F(4x4, 3x3) forward instead of
-#: F(2x2, 3x3)'s), so that
-#: choices measured on the old kernels are measured again
+#: F(2x2, 3x3)'s), so that choices measured on the old kernels are measured again
 KERNELS_REVISION = 4
 
 

@@ -309,8 +309,9 @@ def winograd_conv2d_backward_input(dz, kernel, pads):
 
     (the ``dx`` of :func:`conv2d_backward`, every tap's contribution gathered instead of
     scattered), so :func:`winograd_conv2d_forward` computes it with 2.25x fewer
-    multiplications (the numba backend: :func:`winograd4_conv2d_forward`, 4x fewer). A caller that wants Winograd only for this pass (where its weight
-    gradient is slower than im2col's) pairs it with ``conv2d_backward(..., need_dx=False)``.
+    multiplications (the numba backend: :func:`winograd4_conv2d_forward`, 4x fewer). A
+    caller that wants Winograd only for this pass (where its weight gradient is slower
+    than im2col's) pairs it with ``conv2d_backward(..., need_dx=False)``.
 
     Parameters
     ----------
