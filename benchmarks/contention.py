@@ -65,7 +65,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=MODELS, default="seed",
                    help="seed: the Keras tutorial CNN (all three frameworks); resnet: "
-                        "models.zoo.resnet_cifar (minicnn and Keras; no PyTorch twin)")
+                        "models.zoo.resnet_cifar (minicnn and Keras; PyTorch: its twin, "
+                        "_torch_resnet.py)")
     p.add_argument("--frameworks", default="minicnn,keras,torch",
                    help="comma list of minicnn, keras, torch (default: all three)")
     p.add_argument("--rounds", type=int, default=3)
@@ -330,9 +331,6 @@ def main(argv=None):
     args = parse_args(argv)
     frameworks = list(args.frameworks)
     failures = {}
-    if args.model == "resnet" and "torch" in frameworks:
-        frameworks.remove("torch")
-        failures["torch"] = "skipped: benchmarks/ has no PyTorch twin of the residual network"
     header = machine_header(args)
     results = {fw: [] for fw in frameworks}
     for rnd in range(args.rounds):
