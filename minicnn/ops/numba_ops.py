@@ -243,8 +243,8 @@ def maxpool2d_forward(x, pool, strides, pads):
 def maxpool2d_backward(dy, argmax, x_shape, pool, strides, pads):
     _, h, w, _ = x_shape
     sh, sw = strides
-    return _quiet(pool_k.maxpool2d_backward, _c(dy), _c(argmax, dtype=np.int32), h, w, pool[1], sh, sw,
-                                     pads[0], pads[2])
+    return _quiet(pool_k.maxpool2d_backward, _c(dy), _c(argmax, dtype=np.int32), h, w,
+                  pool[0], pool[1], sh, sw, pads[0], pads[2])
 
 
 def avgpool2d_forward(x, pool, strides, pads):

@@ -64,6 +64,13 @@ def maxpool2d_forward(x, ph, pw, sh, sw, pt, pl, oh, ow):
     ``oh, ow``: the output size. Returns new ``y (n, oh, ow, c)`` (x's dtype) and
     ``arg (n, oh, ow, c)`` int32, the flat window index ``a*pw + d`` of the first
     maximum in row-major order (the first NaN wins over numbers).
+
+    Per output position the window's first position inside the image starts ``y`` and
+    ``arg``; each later one replaces them channel by channel where it wins, by selects
+    (:func:`_pool_take`), so the loop over the channels vectorises. (The first kernel
+    kept the running maximum per channel with branches inside the window loops: 4.4 ms
+    against 0.3 for the average pool, 2x2 over 64 x 32 x 32 x 32, benchmarks/RESULTS.md
+    11.)
     """
     n, h, w, c = x.shape
     y = np.empty((n, oh, ow, c), dtype=x.dtype)
@@ -71,49 +78,84 @@ def maxpool2d_forward(x, ph, pw, sh, sw, pt, pl, oh, ow):
     for b in prange(n):
         for i in range(oh):
             for j in range(ow):
-                for ch in range(c):
-                    # any value of x's dtype (a literal -inf would be float64): the first
-                    # position inside the image replaces it, since best_k < 0
-                    best = x[b, 0, 0, ch]
-                    best_k = -1
-                    for a in range(ph):
-                        r = i * sh + a - pt
-                        if r < 0 or r >= h:
+                first = True
+                for a in range(ph):
+                    r = i * sh + a - pt
+                    if r < 0 or r >= h:
+                        continue
+                    for d in range(pw):
+                        s = j * sw + d - pl
+                        if s < 0 or s >= w:
                             continue
-                        for d in range(pw):
-                            s = j * sw + d - pl
-                            if s < 0 or s >= w:
-                                continue
-                            v = x[b, r, s, ch]
-                            # first maximum wins ties; the first NaN wins over numbers
-                            if best_k < 0 or (best == best and (v > best or v != v)):
-                                best = v
-                                best_k = a * pw + d
-                    y[b, i, j, ch] = best
-                    arg[b, i, j, ch] = best_k
+                        if first:
+                            _pool_first(x[b, r, s], y[b, i, j], arg[b, i, j], a * pw + d)
+                            first = False
+                        else:
+                            _pool_take(x[b, r, s], y[b, i, j], arg[b, i, j], a * pw + d)
+                if first:                  # no position inside the image: as before, x[b, 0, 0]
+                    _pool_first(x[b, 0, 0], y[b, i, j], arg[b, i, j], -1)
     return y, arg
 
 
+@njit(cache=True)
+def _pool_first(xr, yr, ar, k):
+    """``yr = xr``, ``ar = k``: a window's first position (one position's channels)."""
+    for ch in range(xr.shape[0]):
+        yr[ch] = xr[ch]
+        ar[ch] = k
+
+
+@njit(cache=True)
+def _pool_take(xr, yr, ar, k):
+    """Window position ``k`` (values ``xr``) replaces ``yr``, ``ar`` where it wins: greater
+    than a number, or the first NaN (selects, no branches). One-dimensional views: with
+    the four-dimensional arrays and their indices passed instead, LLVM vectorised the
+    loop only for 64 channels or more (2x2 pool of 64 x 32 x 32 x 32: 3.6 against 0.45
+    ms)."""
+    for ch in range(xr.shape[0]):
+        v = xr[ch]
+        m = yr[ch]
+        take = (m == m) & ((v > m) | (v != v))
+        yr[ch] = v if take else m
+        ar[ch] = k if take else ar[ch]
+
+
 @njit(parallel=PRANGE_ONLY, cache=True)
-def maxpool2d_backward(dy, arg, h, w, pw, sh, sw, pt, pl):
+def maxpool2d_backward(dy, arg, h, w, ph, pw, sh, sw, pt, pl):
     """Route ``dy (n, oh, ow, c)`` to the winners ``arg`` (int32, like dy) of
     :func:`maxpool2d_forward`: returns new ``dx (n, h, w, c)`` (dy's dtype) with
-    ``dx[b, i*sh + a - pt, j*sw + d - pl, ch] += dy[b, i, j, ch]``, ``a*pw + d = arg``.
-    Overlapping windows add up; image ``b`` is one ``prange`` iteration.
+    ``dx[b, i*sh + a - pt, j*sw + d - pl, ch] += dy[b, i, j, ch]``, ``a*pw + d = arg``
+    (windows ``ph x pw``). Overlapping windows add up; image ``b`` is one ``prange``
+    iteration.
+
+    For each output position and each window position ``(a, d)`` inside the image, the
+    channels whose winner it is receive ``dy``, by selects over the channels (a scatter
+    per channel, the first kernel, did not vectorise).
     """
     n, oh, ow, c = dy.shape
     dx = np.empty((n, h, w, c), dtype=dy.dtype)
+    zero = dy.dtype.type(0)
     for b in prange(n):
         dx[b] = 0
         for i in range(oh):
             for j in range(ow):
-                for ch in range(c):
-                    k = arg[b, i, j, ch]
-                    a = k // pw
-                    d = k - a * pw
-                    dx[b, i * sh + a - pt, j * sw + d - pl, ch] += dy[b, i, j, ch]
+                for a in range(ph):
+                    r = i * sh + a - pt
+                    if r < 0 or r >= h:
+                        continue
+                    for d in range(pw):
+                        s = j * sw + d - pl
+                        if s < 0 or s >= w:
+                            continue
+                        _route(dy[b, i, j], arg[b, i, j], dx[b, r, s], a * pw + d, zero)
     return dx
 
+
+@njit(cache=True)
+def _route(dyr, ar, dxr, k, zero):
+    """``dxr += dyr`` in the channels whose winner ``ar`` is window position ``k``."""
+    for ch in range(dyr.shape[0]):
+        dxr[ch] += dyr[ch] if ar[ch] == k else zero
 
 
 @njit(parallel=True, cache=True)
