@@ -145,19 +145,38 @@ def apply_thread_policy() -> None:
 
 # ----------------------------------------------------------------------------- waiting threads
 # Numba's OpenMP threading layer (GNU libgomp) lets a thread that reaches the end of a
-# parallel region first spin, burning its core, before it sleeps. On an idle machine
-# that saves a wake-up; with another process busy on the other core it is a disaster:
-# the spinning thread takes the time slices the descheduled one needs, and a seed-model
-# training step took 220 ms instead of 24 (Intel Xeon, 2 cores, 2026-12-02, see
-# benchmarks/RESULTS.md). With OMP_WAIT_POLICY=PASSIVE waiting threads sleep at once:
-# 46 ms under the same load. libgomp reads the variable once, when Numba loads it, so
-# minicnn sets it for that moment only (torch or TensorFlow loaded later keep their
-# own defaults) and leaves a value you set yourself alone.
+# parallel region spin for a while (GOMP_SPINCOUNT: 300,000 turns by default, a few
+# milliseconds) before it sleeps; with OMP_WAIT_POLICY=PASSIVE it sleeps at once. Which
+# is better depends on whether the trainer adapts its thread count to the load
+# (adapt_threads, below). Measured with benchmarks/contention.py (Intel Xeon family 6,
+# 2 cores, 2026-12-07, benchmarks/RESULTS.md section 11), ms per step idle / with the
+# other core kept busy:
+#
+#   seed model, adaptation on:    spinning 12.0 / 20.9    passive 14.4 / 21.4
+#   residual net, adaptation on:  spinning 103.4 / 189.9  passive 120.1 / 193.1
+#   seed model, adaptation off:   spinning 11.9 / 79.1    passive 15.1 / 22.5
+#
+# Idle, a sleeping thread costs a wake-up at each of the step's parallel regions (16-20%);
+# under load the adapting trainer runs one thread, which no other thread waits for, so
+# the policy hardly matters; without adaptation a spinning thread takes the time slices
+# the descheduled one needs. So Numba's threads keep libgomp's default, and sleep at once
+# (PASSIVE) only when MINICNN_ADAPT_THREADS=0. libgomp reads the variable once, when its
+# threads start, so minicnn starts them itself before the first call that would (the
+# numba backend loading, set_num_threads, get_num_threads, adapt_threads), setting the
+# variable for that moment only (torch or TensorFlow loaded later keep their own
+# defaults). A value you set yourself is left alone.
 _wait_status = None
 
 
+def _adaptation_off() -> bool:
+    return os.environ.get("MINICNN_ADAPT_THREADS", "").strip() == "0"
+
+
 def apply_wait_policy() -> str:
-    """Start Numba's threads with OMP_WAIT_POLICY=PASSIVE (see above); returns the status."""
+    """Start Numba's threads with minicnn's wait policy (see above); returns the status.
+
+    Idempotent and cheap after the first call; every minicnn path that would start
+    Numba's threads calls it first."""
     global _wait_status
     if _wait_status is not None:
         return _wait_status
@@ -175,19 +194,24 @@ def apply_wait_policy() -> str:
                         f"left alone: Numba's {layer} threads started before minicnn")
         return _wait_status
     from .ops import _kernels
-    if user is None:
+    passive = user is None and _adaptation_off()
+    if passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         _kernels.warm_threading()
     finally:
-        if user is None:
+        if passive:
             del os.environ["OMP_WAIT_POLICY"]
     layer = numba.threading_layer()
     if user is not None:
         _wait_status = f"OMP_WAIT_POLICY={user} (yours)"
+    elif layer != "omp":
+        _wait_status = f"not used by Numba's {layer} layer"
+    elif passive:
+        _wait_status = "PASSIVE: waiting threads sleep at once (MINICNN_ADAPT_THREADS=0)"
     else:
-        _wait_status = ("PASSIVE (waiting threads sleep)" if layer == "omp" else
-                        f"not used by Numba's {layer} layer")
+        _wait_status = ("libgomp's default: waiting threads spin, then sleep (PASSIVE "
+                        "when MINICNN_ADAPT_THREADS=0)")
     return _wait_status
 
 
@@ -226,10 +250,10 @@ def adapt_threads() -> int:
     import time
 
     import numba
+    apply_wait_policy()
     clock = _clock or time.perf_counter
     base = _num_threads or numba.config.NUMBA_NUM_THREADS
-    if (_backend != "numba" or base <= 1
-            or os.environ.get("MINICNN_ADAPT_THREADS", "").strip() == "0"):
+    if _backend != "numba" or base <= 1 or _adaptation_off():
         return numba.get_num_threads()
     from . import machine
     now = clock()
@@ -255,7 +279,7 @@ def adapt_threads() -> int:
 
 def adapt_status() -> str:
     """What :func:`adapt_threads` last did (for ``minicnn info``)."""
-    if os.environ.get("MINICNN_ADAPT_THREADS", "").strip() == "0":
+    if _adaptation_off():
         return "off (MINICNN_ADAPT_THREADS=0)"
     return _adapt["status"]
 
@@ -329,6 +353,7 @@ def set_num_threads(n: int) -> None:
     if n > n_max:
         raise ValueError(
             f"set_num_threads: n must be at most {n_max} (NUMBA_NUM_THREADS), received {n}")
+    apply_wait_policy()
     numba.set_num_threads(n)
     _num_threads = n
     _adapt["sample"] = None              # the next look starts from the new setting
@@ -338,6 +363,7 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     import numba
+    apply_wait_policy()
     return numba.get_num_threads()
 
 

@@ -4,7 +4,8 @@ No timings here (never a timed assertion): the slowdown under load is measured b
 benchmarks/contention.py. These tests hold the pieces it relies on: the atomic
 counter hands out every ticket once, the slots cover the batch exactly once, the
 results do not depend on which thread took which slot, and libgomp really starts
-with the passive wait policy.
+with minicnn's wait policy (its default spinning, PASSIVE when thread adaptation is off),
+whichever call starts Numba's threads first.
 """
 from __future__ import annotations
 
@@ -85,39 +86,69 @@ def test_conv_backward_is_bitwise_reproducible_and_right(shape, kernel_shape):
 
 
 _WAIT_PROBE = """
-import os
+import os, sys
+import numpy as np
 from minicnn import config
-from minicnn.ops import numba_ops
+first = sys.argv[1]
+if first == "ops":
+    from minicnn.ops import numba_ops
+elif first == "set_num_threads":
+    import minicnn
+    minicnn.set_num_threads(1)
+elif first == "train_on_batch":         # the trainer's adapt_threads is the first call
+    import minicnn
+    from minicnn import layers, models
+    model = models.Sequential([minicnn.Input((4, 4, 1)), layers.Flatten(), layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.train_on_batch(np.zeros((2, 4, 4, 1), np.float32), np.zeros(2, np.int64))
 print("STATUS", config.apply_wait_policy())
 print("LAYER", config.threading_layer())
 print("LEFT", os.environ.get("OMP_WAIT_POLICY"))
 """
 
 
-def _probe(env_extra):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env.update(env_extra, OMP_DISPLAY_ENV="TRUE", NUMBA_THREADING_LAYER="omp")
-    return subprocess.run([sys.executable, "-c", _WAIT_PROBE], capture_output=True,
+def _probe(env_extra, first="ops"):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MINICNN_ADAPT_THREADS")}
+    env.update(env_extra, OMP_DISPLAY_ENV="VERBOSE", NUMBA_THREADING_LAYER="omp")
+    proc = subprocess.run([sys.executable, "-c", _WAIT_PROBE, first], capture_output=True,
                           text=True, timeout=300, env=env)
-
-
-def test_numba_threads_start_with_the_passive_wait_policy():
-    """libgomp prints its settings at start-up with OMP_DISPLAY_ENV: the policy it read
-    must be PASSIVE, and the variable must not stay behind in os.environ (torch or
-    TensorFlow loaded later keep their defaults)."""
-    proc = _probe({})
     if proc.returncode != 0 and "omp" in proc.stderr.lower() and "layer" in proc.stderr.lower():
         pytest.skip("Numba's OpenMP threading layer is not available here")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+_FIRST_CALLS = ("ops", "set_num_threads", "train_on_batch")
+
+
+@pytest.mark.parametrize("first", _FIRST_CALLS)
+def test_numba_threads_start_with_libgomps_default_spinning(first):
+    """libgomp prints its settings at start-up with OMP_DISPLAY_ENV: whichever minicnn call
+    starts Numba's threads, they spin before they sleep (libgomp's default; a sleeping
+    thread costs a wake-up per parallel region, benchmarks/RESULTS.md 11), and the
+    variable does not stay behind in os.environ."""
+    proc = _probe({}, first)
+    assert "GOMP_SPINCOUNT = '300000'" in proc.stderr
+    assert "STATUS libgomp's default" in proc.stdout
+    assert "LEFT None" in proc.stdout
+
+
+@pytest.mark.parametrize("first", _FIRST_CALLS)
+def test_without_thread_adaptation_the_threads_sleep_at_once(first):
+    """MINICNN_ADAPT_THREADS=0: nothing moves a step off a busy core, so a waiting thread
+    must not spin (seed step with one core busy: 79 ms spinning, 22.5 passive). The
+    variable is set only while the threads start (torch or TensorFlow loaded later keep
+    their defaults)."""
+    proc = _probe({"MINICNN_ADAPT_THREADS": "0"}, first)
     assert "OMP_WAIT_POLICY = 'PASSIVE'" in proc.stderr
+    assert "GOMP_SPINCOUNT = '0'" in proc.stderr
     assert "STATUS PASSIVE" in proc.stdout
     assert "LEFT None" in proc.stdout
 
 
 def test_a_wait_policy_set_by_the_user_is_left_alone():
-    proc = _probe({"OMP_WAIT_POLICY": "ACTIVE"})
-    if proc.returncode != 0 and "omp" in proc.stderr.lower() and "layer" in proc.stderr.lower():
-        pytest.skip("Numba's OpenMP threading layer is not available here")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _probe({"OMP_WAIT_POLICY": "ACTIVE", "MINICNN_ADAPT_THREADS": "0"})
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in proc.stderr
     assert "STATUS OMP_WAIT_POLICY=ACTIVE (yours)" in proc.stdout
+    assert "LEFT ACTIVE" in proc.stdout

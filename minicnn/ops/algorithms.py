@@ -228,11 +228,9 @@ KERNELS_REVISION = 4
 def machine_key():
     """The CPU, Numba's thread count, its threading layer and :data:`KERNELS_REVISION`:
     what the timings depend on."""
-    import numba
-
     from .. import machine
     cpu = machine.cpu_info()["model_name"]
-    return (f"{cpu} | {numba.get_num_threads()} threads | {config.threading_layer()} | "
+    return (f"{cpu} | {config.get_num_threads()} threads | {config.threading_layer()} | "
             f"kernels r{KERNELS_REVISION}")
 
 
