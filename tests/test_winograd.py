@@ -613,3 +613,38 @@ def test_the_autotuner_keeps_the_fastest_call_and_reports_the_load():
         # the choice is the fastest (the ms are rounded: a tie there is a tie)
         assert entry[f"{p}_{entry[p]}_ms"] == min(entry[f"{p}_{a}_ms"] for a in names)
     assert entry["others_cpus"] is None or entry["others_cpus"] >= 0
+
+
+def test_the_backward_group_is_cut_only_for_wide_layers():
+    """Images per GEMM in the F(2x2, 3x3) backward: the forward's rule, cut where a
+    thread's partial dU and transformed tiles would outgrow the budget (benchmarks/
+    RESULTS.md 11): the residual net's 8x8x128 layer, not the seed model's layers."""
+    rule = numba_ops._winograd_backward_group
+    for (hw, c, f), want in {(8, 128, 128): 2, (8, 64, 64): 8, (16, 32, 64): 2,
+                             (16, 64, 64): 2, (32, 32, 32): 1}.items():
+        tiles = (hw // 2) ** 2
+        base = numba_ops._group(64, 2, 2 * tiles)
+        assert rule(base, tiles, c, f, 4) == want, (hw, c, f)
+    assert rule(8, 16, 128, 128, 8) == 1          # float64: twice the bytes
+    assert rule(8, 16, 4096, 4096, 4) == 1        # never fewer than one image
+
+
+@pytest.mark.parametrize("grp", [1, 2, 3, 5])
+def test_the_backward_gives_the_same_gradients_at_every_group_size(grp):
+    """The numba F(2x2, 3x3) backward kernel with 1, 2, 3 or 5 images per GEMM against the
+    numpy twin, float64: 22 images in 8 slots of 2 or 3, so 2 leaves partial groups and 3
+    and 5 groups cut short by the slot."""
+    from minicnn.ops._kernels import winograd as winograd_k
+    rng = np.random.default_rng(grp)
+    n, h, w, c, f = 22, 7, 6, 5, 3
+    x = rng.standard_normal((n, h, w, c))
+    kernel = rng.standard_normal((3, 3, c, f))
+    dy = rng.standard_normal((n, h, w, f))
+    u_t = np.ascontiguousarray(winograd_k.kernel_transform(kernel, 0.5).transpose(0, 2, 1))
+    dx, du, db = winograd_k.winograd_backward(
+        x, u_t, dy, dy, numba_ops._NO_ARGMAX, 1, 1, h, w, True, False, False, 0.0, 2, grp,
+        numba_ops._counter())
+    dkernel = winograd_k.kernel_gradient(du, 0.5)
+    want = numpy_ops.conv2d_backward(x, kernel, dy, (1, 1), (1, 1, 1, 1))
+    for got, expected in zip((dx, dkernel, db), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)

@@ -202,9 +202,29 @@ def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=Tru
 _NO_ARGMAX = np.zeros((0, 0, 0, 0), dtype=np.uint8)
 
 
+#: bytes of a thread's Winograd backward work set (its slot's partial dU and the group's
+#: transformed tiles, see :func:`_winograd_backward_group`): about one core's L2 cache
+_WINOGRAD_BACKWARD_BYTES = 2 * 2**20
+
+
+def _winograd_backward_group(grp, tiles, c, f, itemsize):
+    """Images per GEMM in the F(2x2, 3x3) backward: ``grp`` (the forward's rule), fewer
+    when a thread's work set would outgrow :data:`_WINOGRAD_BACKWARD_BYTES`: the partial
+    dU ``(16, c, f)`` plus, per tile row, the transformed input ``v`` (c), the gradient
+    ``dm`` (f) and dx's ``dv`` (c), 16 positions each. Only wide layers are cut: at
+    8x8x128 -> 128, batch 64, 2 threads, 2 images per GEMM took 7.5-7.7 ms against
+    8.2-8.6 at the rule's 8 (4: 8.7-8.9), without dx 4.4 against 5.1-5.3 (Intel Xeon
+    family 6, 2 MiB L2, benchmarks/RESULTS.md 11); the seed model's and the other
+    residual layers keep theirs."""
+    per_row = 16 * itemsize * (2 * c + f)
+    rows = (_WINOGRAD_BACKWARD_BYTES - 16 * itemsize * c * f) // per_row
+    return max(1, min(grp, rows // tiles))
+
+
 def _winograd_backward(x, kernel, dy, y, argmax, pads, need_dx, op):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, op)
     c, f = kernel.shape[2], kernel.shape[3]
+    grp = _winograd_backward_group(grp, -(-oh // 2) * -(-ow // 2), c, f, x.dtype.itemsize)
     u_t = _c(winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5)).transpose(0, 2, 1))
     dy = _c(dy)
     pool = argmax is not None
