@@ -23,6 +23,19 @@ from .sched import _fetch_add, _slot_count, _slot_range
 
 
 @njit(cache=True, inline="always")
+def _plane_rows(rows):
+    """Rows to allocate per position plane of a thread's transform buffers (``v``, ``m``,
+    ``dm``, ``dv``) that use ``rows``: one more. The transforms write (and read) the same
+    tile row of 4 to 36 planes in one loop; planes ``rows * c`` values apart, a multiple of
+    4 KiB at most of these layers' sizes (256 tiles x 32 channels x 4 bytes = 32 KiB),
+    start in the same sets of the L1 cache and evict each other. One spare row moves
+    each plane to other sets: the F(2x2, 3x3) input transform of the 32x32x32 layer 3.4
+    -> 2.1 ms per batch on one thread, at 16x16x64 2.2 -> 1.1 (benchmarks/RESULTS.md 11).
+    The GEMMs take the first ``rows`` rows, a contiguous view."""
+    return rows + 1
+
+
+@njit(cache=True, inline="always")
 def _g_row(a, g0, g1, g2, half):
     """Row ``a`` of ``G (g0, g1, g2)^T``: G's rows are ``(1, 0, 0)``, ``(1/2, 1/2, 1/2)``,
     ``(1/2, -1/2, 1/2)``, ``(0, 0, 1)``."""
@@ -204,8 +217,9 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
     tw = (ow + 1) // 2
     tiles = th * tw
     y, arg = _conv_outputs(n, oh, ow, f, pool, x)
-    vs = np.empty((nt, 16, grp * tiles, c), dtype=x.dtype)
-    ms = np.empty((nt, 16, grp * tiles, f), dtype=x.dtype)
+    rows = grp * tiles
+    vs = np.empty((nt, 16, _plane_rows(rows), c), dtype=x.dtype)
+    ms = np.empty((nt, 16, _plane_rows(rows), f), dtype=x.dtype)
     ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
     t2s = np.empty((nt, 2, 4, f), dtype=x.dtype)
     slots = _slot_count(n, nt)
@@ -221,7 +235,7 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
                     _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
                 # rows of a partial group hold stale tiles: computed, never written out
                 for k in range(16):
-                    np.dot(v[k], u[k], m[k])
+                    np.dot(v[k, :rows], u[k], m[k, :rows])
                 for i in range(g):
                     if pool:
                         _output_transform_pool(m, y, arg, b0 + i, i * tiles, th, tw, bias,
@@ -384,8 +398,8 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
     tiles = th * tw
     rows = grp * tiles
     slots = _slot_count(n, nt)
-    vs = np.empty((nt, 16, rows, c), dtype=x.dtype)
-    dms = np.empty((nt, 16, rows, f), dtype=x.dtype)
+    vs = np.empty((nt, 16, _plane_rows(rows), c), dtype=x.dtype)
+    dms = np.empty((nt, 16, _plane_rows(rows), f), dtype=x.dtype)
     ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
     tmps = np.empty((nt, c, f), dtype=x.dtype)
     g4s = np.empty((nt, 4, f), dtype=x.dtype)
@@ -393,7 +407,7 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
     db_part = np.zeros((max(slots, 1), f), dtype=x.dtype)
     if need_dx:
         dx = np.zeros((n, h, w, c), dtype=x.dtype)
-        dvs = np.empty((nt, 16, rows, c), dtype=x.dtype)
+        dvs = np.empty((nt, 16, _plane_rows(rows), c), dtype=x.dtype)
     else:
         dx = np.zeros((0, 0, 0, 0), dtype=x.dtype)
         dvs = np.empty((nt, 16, 0, 0), dtype=x.dtype)
@@ -413,8 +427,10 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
 def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, v, dm, dv, d, g4, tmp, du_part,
                             db_part, s, dx, pt, pl, oh, ow, th, tw, need_dx, relu, pool, zero):
     """Images ``lo .. hi-1`` (slot ``s``) of :func:`winograd_backward`, ``grp`` per GEMM:
-    adds into ``du_part[s]`` and ``db_part[s]`` and writes their images of ``dx``."""
+    adds into ``du_part[s]`` and ``db_part[s]`` and writes their images of ``dx``. The
+    buffers hold a spare row per plane (:func:`_plane_rows`)."""
     tiles = th * tw
+    rows = grp * tiles
     du = du_part[s]
     db = db_part[s]
     for b0 in range(lo, hi, grp):
@@ -431,12 +447,12 @@ def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, v, dm, dv, d, g4, t
                     for ch in range(v.shape[2]):
                         v[k, r, ch] = zero
         for k in range(16):
-            np.dot(v[k].T, dm[k], tmp)
+            np.dot(v[k, :rows].T, dm[k, :rows], tmp)
             for ch in range(tmp.shape[0]):   # loops, not du[k] += tmp: see .partials
                 for o in range(tmp.shape[1]):
                     du[k, ch, o] += tmp[ch, o]
         if need_dx:
             for k in range(16):
-                np.dot(dm[k], u_t[k], dv[k])
+                np.dot(dm[k, :rows], u_t[k], dv[k, :rows])
             for i in range(g):
                 _input_transform_adjoint(dv, dx, b0 + i, i * tiles, th, tw, pt, pl, d)

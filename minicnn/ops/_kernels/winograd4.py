@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from .pool import _conv_outputs, _max4, _window_max4
 from .sched import _fetch_add, _slot_count, _slot_range
+from .winograd import _plane_rows
 
 
 @njit(cache=True)
@@ -254,8 +255,9 @@ def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt
     tw = (ow + 3) // 4
     tiles = th * tw
     y, arg = _conv_outputs(n, oh, ow, f, pool, x)
-    vs = np.empty((nt, 36, grp * tiles, c), dtype=x.dtype)
-    ms = np.empty((nt, 36, grp * tiles, f), dtype=x.dtype)
+    rows = grp * tiles
+    vs = np.empty((nt, 36, _plane_rows(rows), c), dtype=x.dtype)    # see _plane_rows
+    ms = np.empty((nt, 36, _plane_rows(rows), f), dtype=x.dtype)
     ds = np.empty((nt, 6, 6, c), dtype=x.dtype)
     t4s = np.empty((nt, 4, 6, f), dtype=x.dtype)
     slots = _slot_count(n, nt)
@@ -271,7 +273,7 @@ def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt
                     _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
                 # rows of a partial group hold stale tiles: computed, never written out
                 for k in range(36):
-                    np.dot(v[k], u[k], m[k])
+                    np.dot(v[k, :rows], u[k], m[k, :rows])
                 for i in range(g):
                     _output_transform(m, y, arg, b0 + i, i * tiles, th, tw, oh, ow, bias,
                                       relu, pool, need_arg, zero, t4s[t])
