@@ -311,9 +311,10 @@ def batchnorm_train_forward(x, gamma, beta, epsilon):
     c = x.shape[-1]
     rows = _c(x).reshape(-1, c)
     xhat = np.empty_like(rows)
+    mean64, var64 = _quiet(norm_k.batch_moments, rows, x.shape[0])
     y, mean, var, inv_std = _quiet(
         norm_k.batchnorm_relu_train_forward, rows, _channel_vector(gamma, c, x.dtype, 1),
-        _channel_vector(beta, c, x.dtype, 0), dt(rows.shape[0]), dt(epsilon), dt(1), dt(0),
+        _channel_vector(beta, c, x.dtype, 0), mean64, var64, dt(epsilon), dt(1), dt(0),
         False, xhat, _threads(rows.shape[0]))
     return y.reshape(x.shape), mean, var, xhat.reshape(x.shape), inv_std
 
@@ -346,9 +347,10 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
     dt = x.dtype.type
     c = x.shape[-1]
     rows = _c(x).reshape(-1, c)
+    mean64, var64 = _quiet(norm_k.batch_moments, rows, x.shape[0])
     y, mean, var, inv_std = _quiet(
         norm_k.batchnorm_relu_train_forward, rows, _channel_vector(gamma, c, x.dtype, 1),
-        _channel_vector(beta, c, x.dtype, 0), dt(rows.shape[0]), dt(epsilon), dt(1), dt(0),
+        _channel_vector(beta, c, x.dtype, 0), mean64, var64, dt(epsilon), dt(1), dt(0),
         bool(relu), np.empty((0, c), dtype=x.dtype), _threads(rows.shape[0]))
     return y.reshape(x.shape), mean, var, inv_std
 

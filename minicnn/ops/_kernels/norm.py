@@ -52,38 +52,72 @@ def batchnorm_inference_forward(x, gamma, beta, mean, inv_std, nt):
     return y
 
 
+@njit(cache=True)
+def image_moments(rows, out):
+    """``out[0] += sum of rows``, ``out[1] += sum of rows**2`` per channel, float64, row
+    after row: ``rows (r, c)`` one image's values (NHWC rows of its positions), ``out (2,
+    c)`` float64. The one way minicnn gathers batch statistics, here and in the epilogues
+    of the convolutions that feed a batch norm, so both give the same bits."""
+    r, c = rows.shape
+    for i in range(r):
+        for ch in range(c):
+            v = np.float64(rows[i, ch])
+            out[0, ch] += v
+            out[1, ch] += v * v
+
+
+@njit(cache=True)
+def merge_moments(part, m):
+    """Mean and biased variance, float64 ``(c,)`` each, from per-image ``part (n, 2, c)``
+    sums of :func:`image_moments` (summed in image order) over ``m`` values per channel:
+    ``var = sum x**2 / m - mean**2`` (float64 sums of float32 values: the cancellation
+    costs ``mean**2 / var`` ulps of float64, about 1e-16 of it; never below 0)."""
+    n, _, c = part.shape
+    mean = np.zeros(c, dtype=np.float64)
+    var = np.zeros(c, dtype=np.float64)
+    for b in range(n):
+        for ch in range(c):
+            mean[ch] += part[b, 0, ch]
+            var[ch] += part[b, 1, ch]
+    if m == 0:                       # no values: NaN statistics, as 0/0
+        mean[:] = np.nan
+        var[:] = np.nan
+        return mean, var
+    for ch in range(c):
+        mean[ch] /= m
+        v = var[ch] / m - mean[ch] * mean[ch]
+        var[ch] = 0.0 if v < 0.0 else v    # rounding only; a NaN stays
+    return mean, var
+
+
 @njit(parallel=PRANGE_ONLY, cache=True)
-def batchnorm_relu_train_forward(x, gamma, beta, m, eps, one, zero, relu, xhat, nt):
+def batch_moments(x, n):
+    """Per-channel mean and biased variance (float64) of ``x (m, c)``, the rows of ``n``
+    images of ``m // n`` rows each: one pass, an image per ``prange`` iteration
+    (:func:`image_moments` into its own row of the partials), merged in image order."""
+    rows, c = x.shape
+    r = rows // n if n > 0 else 0
+    part = np.zeros((n, 2, c), dtype=np.float64)
+    for b in prange(n):
+        image_moments(x[b * r:(b + 1) * r], part[b])
+    return merge_moments(part, rows)
+
+
+@njit(parallel=PRANGE_ONLY, cache=True)
+def batchnorm_relu_train_forward(x, gamma, beta, mean64, var64, eps, one, zero, relu, xhat,
+                                 nt):
     """``y = max(gamma * xhat + beta, 0)`` for ``x (m, c)``, ``xhat`` by the batch statistics
     (without the max when ``relu`` is False: plain batch normalisation, the same kernel).
 
-    The statistics as :func:`batchnorm_train_forward` (the mean, then the squared
-    deviations, per-block partials merged serially); then one pass that normalises and
-    clips, writing only ``y`` (the fused backward recomputes ``xhat`` from ``x``), and
-    ``xhat (m, c)`` too when it has rows (not ``(0, c)``). ``m``, ``eps``, ``one``,
-    ``zero`` in x's dtype. Returns new ``y (m, c)``, ``mean``, ``var``, ``inv_std (c,)``.
+    ``mean64, var64 (c,)``: the batch's float64 moments, from :func:`batch_moments` or a
+    convolution's epilogue; one pass normalises and clips, writing only ``y`` (the fused
+    backward recomputes ``xhat`` from ``x``), and ``xhat (m, c)`` too when it has rows
+    (not ``(0, c)``). ``eps``, ``one``, ``zero`` in x's dtype. Returns new ``y (m, c)``,
+    ``mean``, ``var``, ``inv_std (c,)`` in x's dtype.
     """
     rows, c = x.shape
-    part = np.zeros((nt, c), dtype=x.dtype)
-    for t in prange(nt):
-        lo, hi = _block(t, nt, rows)
-        acc = np.zeros(c, dtype=x.dtype)
-        for r in range(lo, hi):
-            for ch in range(c):
-                acc[ch] += x[r, ch]
-        for ch in range(c):          # not part[t] = acc: see the module docstring
-            part[t, ch] = acc[ch]
-    mean = _merge(part) / m
-    for t in prange(nt):
-        lo, hi = _block(t, nt, rows)
-        acc = np.zeros(c, dtype=x.dtype)
-        for r in range(lo, hi):
-            for ch in range(c):
-                d = x[r, ch] - mean[ch]
-                acc[ch] += d * d
-        for ch in range(c):
-            part[t, ch] = acc[ch]
-    var = _merge(part) / m
+    mean = mean64.astype(x.dtype)
+    var = var64.astype(x.dtype)
     inv_std = one / np.sqrt(var + eps)
     y = np.empty_like(x)
     keep = xhat.shape[0] > 0
