@@ -104,6 +104,10 @@ def conv2d_forward_cases():
                 return outputs(ops.conv2d_forward(x, k, None if relu else b, strides, pads,
                                                   relu))
             yield f"geometry {g}, relu={relu}", case
+        def case(dt, geometry=geometry, g=g):        # the statistics for a batch norm
+            x, k, b, strides, pads = _conv_inputs(dt, geometry, g)
+            return outputs(ops.conv2d_forward(x, k, b, strides, pads, moments=True))
+        yield f"geometry {g}, moments", case
 
 
 def conv2d_backward_cases():
@@ -138,6 +142,10 @@ def winograd_conv2d_forward_cases():
                 x, k, b, pads = _winograd_inputs(dt, geometry, g)
                 return outputs(ops.winograd_conv2d_forward(x, k, b, pads, relu))
             yield f"geometry {g}, relu={relu}", case
+        def case(dt, geometry=geometry, g=g):
+            x, k, b, pads = _winograd_inputs(dt, geometry, g)
+            return outputs(ops.winograd_conv2d_forward(x, k, b, pads, moments=True))
+        yield f"geometry {g}, moments", case
 
 
 def winograd_conv2d_relu_maxpool_forward_cases():
@@ -161,6 +169,10 @@ def winograd4_conv2d_forward_cases():
                 x, k, b, pads = _winograd_inputs(dt, geometry, g)
                 return outputs(ops.winograd4_conv2d_forward(x, k, b, pads, relu))
             yield f"geometry {g}, relu={relu}", case
+        def case(dt, geometry=geometry, g=g):
+            x, k, b, pads = _winograd_inputs(dt, geometry, g)
+            return outputs(ops.winograd4_conv2d_forward(x, k, b, pads, moments=True))
+        yield f"geometry {g}, moments", case
 
 
 def winograd4_conv2d_relu_maxpool_forward_cases():
@@ -364,6 +376,15 @@ def batchnorm_relu_train_forward_cases():
                 gamma, beta = _normal(rng, dt, shape[-1]), _normal(rng, dt, shape[-1])
                 return outputs(ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, relu))
             yield f"{shape}, relu={relu}", case
+
+            def given(dt, shape=shape, relu=relu):   # statistics a convolution gathered
+                rng = _rng(44)
+                x = _normal(rng, dt, *shape) * dt(2) + dt(1)
+                gamma, beta = _normal(rng, dt, shape[-1]), _normal(rng, dt, shape[-1])
+                moments = (x.reshape(-1, shape[-1]).mean(axis=0), x.reshape(-1, shape[-1]).var(axis=0))
+                return outputs(ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, relu,
+                                                                moments=moments))
+            yield f"{shape}, relu={relu}, moments given", given
 
 
 def batchnorm_relu_backward_cases():

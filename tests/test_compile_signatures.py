@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_ops_backends import float64_outside_accumulators
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,5 +91,5 @@ def test_only_float32_is_compiled_for_float32_models(signatures):
     for name, sigs in signatures.items():
         if name in ("_kernels._warm", "_after_warmup"):          # picks the threading layer, float64 by design
             continue
-        for sig in sigs:
-            assert not any("float64" in t for t in sig), (name, sig)
+        for sig in sigs:       # the batch-statistics accumulators alone are float64
+            assert not float64_outside_accumulators(name, sig), (name, sig)

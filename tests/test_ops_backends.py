@@ -678,6 +678,12 @@ for xb in (xd, x):
     for relu in (True, False):
         _, mean, _, inv_std = ops.batchnorm_relu_train_forward(xb, gamma, beta, 1e-3, relu)
         ops.batchnorm_relu_backward(f32(*xb.shape), xb, gamma, beta, mean, inv_std, relu)
+for conv in (lambda: ops.conv2d_forward(x, f32(3, 3, x.shape[3], 2), None, (1, 1),
+                                        (1, 1, 1, 1), moments=True),
+             lambda: ops.winograd4_conv2d_forward(x, f32(3, 3, x.shape[3], 2), None,
+                                                  (1, 1, 1, 1), moments=True)):
+    yc, *moments = conv()           # the statistics of a batch norm after the convolution
+    ops.batchnorm_relu_train_forward(yc, None, None, 1e-3, moments=moments)
 ops.add_forward(x, x)
 ops.add_relu_forward(x, x)
 ops.softmax_cross_entropy(xd, np.eye(5, dtype=np.float32)[[0, 1, 2]], False)
@@ -697,9 +703,22 @@ for module in modules:
         # a kernel imported from a sibling module is listed once, under its own module
         if (isinstance(obj, numba.core.dispatcher.Dispatcher)
                 and obj.py_func.__module__ == module.__name__):
-            out[f"{family}.{name}"] = [str(sig) for sig in obj.signatures]
+            out[f"{family}.{name}"] = [[str(t) for t in sig] for sig in obj.signatures]
 print(json.dumps(out))
 """
+
+#: float64 by design for float32 data: the batch-statistics accumulators (float64 sums of
+#: the float32 values, minicnn/ops/_kernels/norm.py), at these argument positions only
+FLOAT64_ACCUMULATORS = {"norm._image_moments": {1}, "norm.merge_moments": {0, 1},
+                        "norm.batchnorm_relu_train_forward": {3, 4},
+                        "conv.conv2d_forward": {18}, "winograd4.winograd4_forward": {14}}
+
+
+def float64_outside_accumulators(name, sig):
+    """Argument positions of ``sig`` (type strings) holding float64 where
+    :data:`FLOAT64_ACCUMULATORS` allows none."""
+    return {i for i, t in enumerate(sig) if "float64" in t} - FLOAT64_ACCUMULATORS.get(name,
+                                                                                      set())
 
 
 def test_numba_kernels_compile_only_float32_signatures_for_float32_data():
@@ -715,7 +734,9 @@ def test_numba_kernels_compile_only_float32_signatures_for_float32_data():
     not_run = [name for name in public if not signatures[name]]
     assert not not_run, f"kernels the float32 run did not reach: {not_run}"
     with_float64 = {name: sigs for name, sigs in signatures.items()
-                    if any("float64" in sig for sig in sigs)}
+                    if any(float64_outside_accumulators(name, sig) for sig in sigs)}
     assert not with_float64, f"float64 signatures compiled for float32 data: {with_float64}"
-    float_sigs = [sig for sigs in signatures.values() for sig in sigs if "array(float" in sig.lower()]
+    data = [[t for i, t in enumerate(sig) if i not in FLOAT64_ACCUMULATORS.get(name, set())]
+            for name, sigs in signatures.items() for sig in sigs]
+    float_sigs = [" ".join(d) for d in data if "array(float" in " ".join(d).lower()]
     assert float_sigs and all("float32" in sig for sig in float_sigs)

@@ -71,26 +71,39 @@ class Conv2D(Layer):
     def _forward_op(self, x, relu):
         return self.convolve(x, self.params["kernel"], self.params.get("bias"), relu)
 
-    def convolve(self, x, kernel, bias, relu=False):
+    def convolve(self, x, kernel, bias, relu=False, moments=False):
         """``(y, algorithms)``: this layer's convolution of ``x`` with the given ``kernel``
         (its shape) and ``bias`` (or None), ReLU fused when ``relu``, by the algorithm
         :meth:`algorithm_for` picks; for weights derived from the layer's own (batch norm
-        folded into them, :class:`minicnn.layers.fused.ConvBatchNorm`)."""
+        folded into them, :class:`minicnn.layers.fused.ConvBatchNorm`). With ``moments``,
+        ``y`` is ``(y, mean, var)``: also the per-channel batch statistics of the output,
+        for a batch norm after it (see :func:`minicnn.ops.conv2d_forward`)."""
         algo = self.algorithm_for(x.shape)
         if algo[0] == "winograd":
-            return ops.winograd_conv2d_forward(x, kernel, bias, self.pads, relu=relu), algo
+            return ops.winograd_conv2d_forward(x, kernel, bias, self.pads, relu=relu,
+                                               moments=moments), algo
         if algo[0] == "winograd4":
-            return ops.winograd4_conv2d_forward(x, kernel, bias, self.pads, relu=relu), algo
-        return ops.conv2d_forward(x, kernel, bias, self.strides, self.pads, relu=relu), algo
+            return ops.winograd4_conv2d_forward(x, kernel, bias, self.pads, relu=relu,
+                                                moments=moments), algo
+        return ops.conv2d_forward(x, kernel, bias, self.strides, self.pads, relu=relu,
+                                  moments=moments), algo
 
-    def _backward_op(self, dz, y=None):
-        x, algo = self._cache[0], self._cache[3]
+    def gradients(self, x, dz, algorithms, y=None):
+        """``(dx, dkernel, dbias)`` of this layer's convolution of ``x`` from ``dz``, the
+        gradient of its output before the activation (``y``: its ReLU'd output, whose mask
+        ``y > 0`` applies to ``dz``), by the backward of ``algorithms`` (as
+        :meth:`convolve` returned them); dx is None unless ``compute_input_gradient``.
+        For a fused step that ran :meth:`convolve` itself."""
         kernel = self.params["kernel"]
-        if algo[1] == "winograd":
+        if algorithms[1] == "winograd":
             return ops.winograd_conv2d_backward(x, kernel, dz, self.pads,
                                                 self.compute_input_gradient, y=y)
         return ops.conv2d_backward(x, kernel, dz, self.strides, self.pads,
                                    self.compute_input_gradient, y=y)
+
+    def _backward_op(self, dz, y=None):
+        x, algo = self._cache[0], self._cache[3]
+        return self.gradients(x, dz, algo, y=y)
 
     def call(self, x, training=False):
         if self.activation == "relu":

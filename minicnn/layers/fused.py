@@ -221,11 +221,13 @@ def _is_relu(layer):
 class ConvBatchNorm(_Chain):
     """One step over ``Conv2D`` (no activation) -> ``BatchNormalization`` [-> ``ReLU``].
 
-    Training (batch statistics): the conv's own forward, then
-    :func:`minicnn.ops.batchnorm_relu_train_forward` (normalise and clip in one pass,
-    keeping only the conv output ``z`` for the backward, no ``xhat``) and on the way back
-    :func:`minicnn.ops.batchnorm_relu_backward` (the ReLU's and batch norm's backward in
-    one pass) before the conv's own backward; without the ReLU the same ops with
+    Training (batch statistics): the conv's convolution with ``moments`` (its kernel adds
+    up each image's share of the batch statistics while the image is still in cache, the
+    same sums in the same order as batch norm's own pass, so the same bits), then
+    :func:`minicnn.ops.batchnorm_relu_train_forward` given them (normalise and clip in
+    one pass, keeping only the conv output ``z`` for the backward, no ``xhat``) and on the
+    way back :func:`minicnn.ops.batchnorm_relu_backward` (the ReLU's and batch norm's
+    backward in one pass) before the conv's gradients; without the ReLU the same ops with
     ``relu=False``. The moving statistics move as batch norm's own forward moves them.
 
     Inference (moving statistics): one convolution with the folded weights of
@@ -256,23 +258,27 @@ class ConvBatchNorm(_Chain):
                                               bn.params["moving_variance"], bn.epsilon)
             self._mode, self._x = "folded", x
             return conv.convolve(x, kernel, bias, relu=self.relu is not None)[0]
-        z = conv.forward(x, training)
+        # the convolution gathers the batch's statistics of z image by image, while each
+        # image's output is still in cache: batch norm's own pass over z is saved
+        (z, *moments), algorithms = conv.convolve(x, conv.params["kernel"],
+                                                  conv.params.get("bias"), moments=True)
         relu = self.relu is not None
         y, mean, var, inv_std = ops.batchnorm_relu_train_forward(z, gamma, beta, bn.epsilon,
-                                                                 relu=relu)
+                                                                 relu=relu, moments=moments)
         bn.update_moving_statistics(mean, var)
-        self._mode, self._z, self._stats = "fused", z, (mean, inv_std, relu)
+        self._mode, self._x, self._z = "fused", x, z
+        self._stats = (mean, inv_std, relu, algorithms)
         return y
 
     def backward(self, dy):
         if self._mode == "fused":
             bn = self.bn
-            mean, inv_std, relu = self._stats
+            mean, inv_std, relu, algorithms = self._stats
             dz, dgamma, dbeta = ops.batchnorm_relu_backward(
                 dy, self._z, bn.params.get("gamma"), bn.params.get("beta"), mean, inv_std,
                 relu=relu)
             bn.set_grads(dgamma, dbeta)
-            return self.conv.backward(dz)
+            return self.conv.set_kernel_grads(*self.conv.gradients(self._x, dz, algorithms))
         if self._mode == "folded":
             # a backward after an inference pass (gradcheck): the layers' own passes
             self.composed_forward(self._x, False)

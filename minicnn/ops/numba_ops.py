@@ -25,7 +25,7 @@ from ._kernels import winograd as winograd_k
 from ._kernels import winograd4 as winograd4_k
 from ._shapes import out_hw
 from .reference import (LEAKY_RELU_SLOPE, _flat_inplace, _winograd_check, backward_input_pads,
-                        rotated_kernel, split_dx)
+                        check_moments, rotated_kernel, split_dx)
 
 config.apply_thread_policy()
 config.tune_malloc()
@@ -92,14 +92,28 @@ def _no_dz(dtype):
     return np.empty((0, 0, 0), dtype=dtype)
 
 
-def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
+def _moments_buffer(n, f, moments):
+    """The per-image moment sums a conv kernel fills (zeros ``(n, 2, f)``), or none."""
+    return np.zeros((n if moments else 0, 2, f), dtype=np.float64)
+
+
+def _with_moments(y, part, moments):
+    """``y``, or with ``moments`` ``(y, mean, var)`` in y's dtype from the kernel's sums."""
+    if not moments:
+        return y
+    mean, var = norm_k.merge_moments(part, float(y.size // y.shape[-1]))
+    return y, mean.astype(y.dtype), var.astype(y.dtype)
+
+
+def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
     n, f = x.shape[0], kernel.shape[3]
     k2, geo = _conv_args(x, kernel, strides, pads)
     nt = _threads(n)
+    part = _moments_buffer(n, f, moments)
     y, _ = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
                                  False, False, x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]),
-                                 _counter())
-    return y
+                                 _counter(), part)
+    return _with_moments(y, part, moments)
 
 
 def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
@@ -119,7 +133,8 @@ def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads, need_argmax=True
     # one image per GEMM, as the fused kernel always ran (the pool needs no bigger GEMMs)
     y, arg = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, kernel.shape[3], x.dtype),
                                    *geo, True, True, bool(need_argmax), x.dtype.type(0),
-                                   _threads(x.shape[0]), 1, _counter())
+                                   _threads(x.shape[0]), 1, _counter(),
+                                   _moments_buffer(0, kernel.shape[3], False))
     return y, (arg if need_argmax else None)
 
 
@@ -151,14 +166,18 @@ def _winograd_geometry(x, kernel, pads, op):
     return nt, _group(n, nt, 2 * tiles), oh, ow
 
 
-def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
+def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_forward")
     f = kernel.shape[3]
     u = winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5))
     y, _ = winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
                                        pads[2], oh, ow, bool(relu), False, x.dtype.type(0), nt,
                                        grp, _counter())
-    return y
+    if not moments:
+        return y
+    # F(2x2, 3x3)'s forward runs only when asked for by name: its moments take a pass
+    mean, var = _quiet(norm_k.batch_moments, y.reshape(-1, f), y.shape[0])
+    return y, mean.astype(y.dtype), var.astype(y.dtype)
 
 
 def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
@@ -170,7 +189,7 @@ def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
                                        _counter())
 
 
-def _winograd4_forward(x, kernel, bias, pads, relu, pool, need_arg, op):
+def _winograd4_forward(x, kernel, bias, pads, relu, pool, need_arg, op, part=None):
     _winograd_check(kernel, pads, op)
     n, h, w, c = x.shape
     f = kernel.shape[3]
@@ -185,12 +204,15 @@ def _winograd4_forward(x, kernel, bias, pads, relu, pool, need_arg, op):
     u = winograd4_k.kernel_transform(_c(kernel))
     return winograd4_k.winograd4_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
                                          pads[2], oh, ow, bool(relu), pool, need_arg,
-                                         x.dtype.type(0), nt, grp, _counter())
+                                         x.dtype.type(0), nt, grp, _counter(),
+                                         _moments_buffer(0, f, False) if part is None else part)
 
 
-def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
-    return _winograd4_forward(x, kernel, bias, pads, relu, False, False,
-                              "winograd4_conv2d_forward")[0]
+def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
+    part = _moments_buffer(x.shape[0], kernel.shape[3], moments)
+    y = _winograd4_forward(x, kernel, bias, pads, relu, False, False,
+                           "winograd4_conv2d_forward", part)[0]
+    return _with_moments(y, part, moments)
 
 
 def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=True):
@@ -343,11 +365,14 @@ def batchnorm_backward(dy, xhat, gamma, inv_std):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
-def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
+def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=None):
     dt = x.dtype.type
     c = x.shape[-1]
     rows = _c(x).reshape(-1, c)
-    mean64, var64 = _quiet(norm_k.batch_moments, rows, x.shape[0])
+    if moments is None:
+        mean64, var64 = _quiet(norm_k.batch_moments, rows, x.shape[0])
+    else:
+        mean64, var64 = (_c(v, dtype=np.float64) for v in check_moments(moments, c))
     y, mean, var, inv_std = _quiet(
         norm_k.batchnorm_relu_train_forward, rows, _channel_vector(gamma, c, x.dtype, 1),
         _channel_vector(beta, c, x.dtype, 0), mean64, var64, dt(epsilon), dt(1), dt(0),

@@ -19,7 +19,7 @@ from scipy.special import erfc
 from ._shapes import out_hw
 from .reference import (LEAKY_RELU_SLOPE, WINOGRAD4_AT, WINOGRAD4_BT, WINOGRAD_AT, WINOGRAD_BT,
                         WINOGRAD_G, _winograd_check, _winograd_tiles, backward_input_pads,
-                        rotated_kernel, split_dx, winograd4_kernel_transform,
+                        check_moments, rotated_kernel, split_dx, winograd4_kernel_transform,
                         winograd_kernel_transform)
 
 
@@ -60,7 +60,18 @@ def col2im(dcols, x_shape, kh, kw, strides, pads, oh, ow):
     return dxp[:, pt:pt + h, pl:pl + w, :]
 
 
-def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
+def _with_moments(y, moments):
+    """``y``, or with ``moments`` ``(y, mean, var)``: the one-pass float64 statistics of
+    :func:`minicnn.ops.reference.batch_moments`, vectorised, in y's dtype."""
+    if not moments:
+        return y
+    rows = y.reshape(-1, y.shape[-1]).astype(np.float64)
+    mean = rows.mean(axis=0)
+    var = np.maximum((rows * rows).mean(axis=0) - mean * mean, 0.0)
+    return y, mean.astype(y.dtype), var.astype(y.dtype)
+
+
+def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
     kh, kw, c, f = kernel.shape
     cols, oh, ow = im2col(x, kh, kw, strides, pads)
     y = cols @ kernel.reshape(kh * kw * c, f)
@@ -68,7 +79,7 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
         y += bias
     if relu:
         np.maximum(y, 0, out=y)
-    return y.reshape(x.shape[0], oh, ow, f)
+    return _with_moments(y.reshape(x.shape[0], oh, ow, f), moments)
 
 
 def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
@@ -116,12 +127,13 @@ def _winograd_forward(x, kernel, bias, pads, relu, bt, at, u):
     return np.maximum(y, 0) if relu else np.ascontiguousarray(y)
 
 
-def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
+def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
     """Vectorised F(2x2, 3x3): the 16 products as one batched GEMM ``(16, n*tiles, c) @
     (16, c, f)``."""
     _winograd_check(kernel, pads, "winograd_conv2d_forward")
-    return _winograd_forward(x, kernel, bias, pads, relu, WINOGRAD_BT, WINOGRAD_AT,
-                             winograd_kernel_transform(kernel))
+    return _with_moments(_winograd_forward(x, kernel, bias, pads, relu, WINOGRAD_BT,
+                                           WINOGRAD_AT, winograd_kernel_transform(kernel)),
+                         moments)
 
 
 def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
@@ -130,12 +142,13 @@ def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
     return y, argmax.astype(np.uint8)
 
 
-def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
+def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
     """Vectorised F(4x4, 3x3): the 36 products as one batched GEMM ``(36, n*tiles, c) @
     (36, c, f)``."""
     _winograd_check(kernel, pads, "winograd4_conv2d_forward")
-    return _winograd_forward(x, kernel, bias, pads, relu, WINOGRAD4_BT, WINOGRAD4_AT,
-                             winograd4_kernel_transform(kernel))
+    return _with_moments(_winograd_forward(x, kernel, bias, pads, relu, WINOGRAD4_BT,
+                                           WINOGRAD4_AT, winograd4_kernel_transform(kernel)),
+                         moments)
 
 
 def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=True):
@@ -349,8 +362,14 @@ def batchnorm_backward(dy, xhat, gamma, inv_std):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
-def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
-    t, mean, var, _, inv_std = batchnorm_train_forward(x, gamma, beta, epsilon)
+def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=None):
+    if moments is None:
+        t, mean, var, _, inv_std = batchnorm_train_forward(x, gamma, beta, epsilon)
+    else:
+        dt = x.dtype.type
+        mean, var = (np.asarray(v, dtype=x.dtype) for v in check_moments(moments, x.shape[-1]))
+        inv_std = dt(1) / np.sqrt(var + dt(epsilon))
+        t = batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon)
     return (np.maximum(t, t.dtype.type(0)) if relu else t), mean, var, inv_std
 
 

@@ -31,7 +31,7 @@ LEAKY_RELU_SLOPE = 0.2
 
 
 # ----------------------------------------------------------------------------- convolution
-def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
+def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
     """2-D cross-correlation, NHWC (then ``max(., 0)`` when ``relu``).
 
     Parameters
@@ -47,7 +47,12 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False):
     y : (n, oh, ow, f) with
         ``y[b, i, j, f] = bias[f] + sum_{a, d, c} xp[b, i*sh + a, j*sw + d, c] * kernel[a, d, c, f]``
         where ``xp`` is ``x`` zero-padded by ``pads``.
+    With ``moments``, ``(y, mean, var)``: also the batch statistics of ``y`` that a
+    BatchNormalization after the convolution needs (:func:`with_moments`); the numba
+    backend gathers them in the kernel, while each image's output is still in cache.
     """
+    if moments:
+        return with_moments(conv2d_forward(x, kernel, bias, strides, pads, relu))
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
     sh, sw = strides
@@ -158,7 +163,7 @@ def _winograd_tiles(x, pads, m=2):
     return xp, (oh, ow, th, tw)
 
 
-def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
+def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
     """The 3x3, stride-1 convolution of :func:`conv2d_forward` by Winograd's F(2x2, 3x3).
 
     Parameters
@@ -184,8 +189,9 @@ def winograd_conv2d_forward(x, kernel, bias, pads, relu=False):
         the 3x3 window (2.25x fewer).
     """
     _winograd_check(kernel, pads, "winograd_conv2d_forward")
-    return _winograd_tiles_forward(x, winograd_kernel_transform(kernel), bias, pads, relu,
-                                   WINOGRAD_BT, WINOGRAD_AT)
+    y = _winograd_tiles_forward(x, winograd_kernel_transform(kernel), bias, pads, relu,
+                                WINOGRAD_BT, WINOGRAD_AT)
+    return with_moments(y) if moments else y
 
 
 def _winograd_tiles_forward(x, u, bias, pads, relu, bt, at):
@@ -386,7 +392,7 @@ def winograd4_kernel_transform(kernel):
     return np.einsum("ai,ijcf,bj->abcf", g, kernel, g)
 
 
-def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
+def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
     """The 3x3, stride-1 convolution of :func:`conv2d_forward` by Winograd's F(4x4, 3x3).
 
     Parameters
@@ -413,8 +419,9 @@ def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False):
         :func:`conv2d_backward` compute it (the layers pair this forward with either).
     """
     _winograd_check(kernel, pads, "winograd4_conv2d_forward")
-    return _winograd_tiles_forward(x, winograd4_kernel_transform(kernel), bias, pads, relu,
-                                   WINOGRAD4_BT, WINOGRAD4_AT)
+    y = _winograd_tiles_forward(x, winograd4_kernel_transform(kernel), bias, pads, relu,
+                                WINOGRAD4_BT, WINOGRAD4_AT)
+    return with_moments(y) if moments else y
 
 
 def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=True):
@@ -688,6 +695,51 @@ def _ones_if_none(v, c, dtype, fill):
     return np.full(c, fill, dtype=dtype) if v is None else np.asarray(v, dtype=dtype)
 
 
+def batch_moments(x):
+    """Per-channel mean and biased variance of ``x (n, ..., c)`` over every axis but the
+    last, as minicnn gathers a batch norm's statistics on every backend:
+
+        S1[c] = sum_b sum_i x[b, i, c],   S2[c] = sum_b sum_i x[b, i, c]**2
+        mean = S1 / m,   var = S2 / m - mean**2          (m = x.size // c)
+
+    in float64, image by image (``b``) and within an image position by position (``i``),
+    whatever x's dtype, so that a convolution can add each image's share while the image
+    is still in cache (:func:`conv2d_forward` with ``moments``). The one-pass formula
+    cancels ``mean**2`` against ``S2 / m``: in float64 that costs about
+    ``1e-16 * mean**2 / var`` of the variance, below float32's rounding while
+    ``|mean| < 1e4 std``. Returns float64 ``mean, var (c,)``; a variance that rounds
+    below 0 is 0.
+    """
+    c = x.shape[-1]
+    images = np.asarray(x).reshape(x.shape[0], -1, c)
+    s1 = np.zeros(c)
+    s2 = np.zeros(c)
+    for image in images:
+        for row in image.astype(np.float64):
+            s1 += row
+            s2 += row * row
+    m = images.shape[0] * images.shape[1]
+    mean = s1 / m
+    return mean, np.maximum(s2 / m - mean * mean, 0.0)
+
+
+def check_moments(moments, c):
+    """``(mean, var)`` given to a batch norm op: two ``(c,)`` arrays, else ValueError."""
+    if not isinstance(moments, (tuple, list)) or len(moments) != 2:
+        raise ValueError(f"moments must be a pair (mean, var), received {type(moments).__name__}")
+    mean, var = (np.asarray(v) for v in moments)
+    if mean.shape != (c,) or var.shape != (c,):
+        raise ValueError(f"moments: mean and var must have shape ({c},), received "
+                         f"{mean.shape} and {var.shape}")
+    return mean, var
+
+
+def with_moments(y):
+    """``(y, mean, var)``: ``y`` and its :func:`batch_moments`, cast to y's dtype."""
+    mean, var = batch_moments(y)
+    return y, mean.astype(y.dtype), var.astype(y.dtype)
+
+
 def batchnorm_train_forward(x, gamma, beta, epsilon):
     """Batch normalisation in training mode: per channel, over every axis but the last.
 
@@ -843,7 +895,7 @@ def batchnorm_backward_graph(dy, x, gamma, epsilon):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
-def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
+def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=None):
     """Batch normalisation in training mode, then ReLU: ``y = relu(gamma * xhat + beta)``.
 
     The composition of :func:`batchnorm_train_forward` and the ReLU of
@@ -856,6 +908,9 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
     ----------
     x : (..., c);  gamma, beta : (c,) or None (1 and 0);  epsilon : float
     relu : bool; False gives ``y = t``, batch norm alone (that keeps no ``xhat``)
+    moments : None, or ``(mean, var)`` (c,): x's batch statistics gathered already (by
+        the convolution that made x, :func:`conv2d_forward` with ``moments``), used
+        instead of computing them
 
     Returns
     -------
@@ -863,7 +918,14 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True):
     :func:`batchnorm_relu_backward` recomputes both from ``x`` and the statistics, so
     a fused step keeps one tensor (its input) where the two layers kept three.
     """
-    t, mean, var, _, inv_std = batchnorm_train_forward(x, gamma, beta, epsilon)
+    if moments is None:
+        t, mean, var, _, inv_std = batchnorm_train_forward(x, gamma, beta, epsilon)
+    else:
+        dt = x.dtype.type
+        c = x.shape[-1]
+        mean, var = (np.asarray(v, dtype=x.dtype) for v in check_moments(moments, c))
+        inv_std = dt(1) / np.sqrt(var + dt(epsilon))
+        t = batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon)
     return (activation_forward("relu", t) if relu else t), mean, var, inv_std
 
 

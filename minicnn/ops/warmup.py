@@ -32,6 +32,7 @@ def winograd(rng):
     layer that asks for ``algorithm="winograd"``.)"""
     x, kernel, bias = _conv_inputs(rng)
     y = nb.winograd4_conv2d_forward(x, kernel, bias, (1, 1, 1, 1), relu=True)
+    nb.winograd4_conv2d_forward(x, kernel, bias, (1, 1, 1, 1), moments=True)   # before a BN
     p, arg = nb.winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, (1, 1, 1, 1))
     nb.winograd_conv2d_backward(x, kernel, y, (1, 1, 1, 1), y=y)
     nb.winograd_conv2d_relu_maxpool_backward(x, kernel, p, p, arg, (1, 1, 1, 1))
@@ -71,6 +72,10 @@ def norm_and_pool(rng):
     nb.batchnorm_inference_forward(x, gamma, beta, mean, var, 1e-3)
     nb.batchnorm_backward(y, xhat, gamma, inv_std)
     z, mean, _, inv_std = nb.batchnorm_relu_train_forward(x, gamma, beta, 1e-3)
+    # a convolution that feeds a batch norm gathers its statistics
+    kernel = rng.standard_normal((3, 3, 3, 3)).astype(F32)
+    c, *moments = nb.conv2d_forward(x, kernel, beta, (1, 1), (1, 1, 1, 1), moments=True)
+    nb.batchnorm_relu_train_forward(c, gamma, beta, 1e-3, moments=moments)
     nb.batchnorm_relu_backward(z, x, gamma, beta, mean, inv_std)
     nb.add_relu_forward(x, z)
     nb.add_forward(x, z)

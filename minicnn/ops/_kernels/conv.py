@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .norm import _image_moments
 from .partials import _sum_partials
 from .pool import _conv_outputs, _max4, _window_max4
 from .patches import (_col2im_one, _patch_buffers, _patch_views, _patches_into,
@@ -20,7 +21,7 @@ from .sched import _fetch_add, _slot_count, _slot_range
 
 @njit(parallel=True, cache=True)
 def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, pool, need_arg, zero, nt,
-                   grp, counter):
+                   grp, counter, moments):
     """y = im2col(x) @ k2 + bias (then max(., 0) if ``relu``), or with ``pool`` conv + bias
     + ReLU + 2x2/2 max-pool in one pass (``relu`` ignored).
 
@@ -40,6 +41,11 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, pool, need
     ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``, ``bias (f,)`` (zeros for none), one dtype;
     ``relu``, ``pool`` bool; ``oh, ow`` the conv output size. Returns new ``(y, arg)``:
     ``y (n, oh, ow, f)`` and an empty ``arg`` unless ``pool``.
+
+    ``moments``: zeros ``(n, 2, f)`` float64, or ``(0, 2, f)`` for none; without ``pool``,
+    each image's output, still in cache, adds its per-channel sums of ``y`` and ``y**2``
+    into its own row (:func:`.norm._image_moments`): the statistics of a batch norm after
+    the convolution, without another pass over ``y``.
     """
     n = x.shape[0]
     kk, f = k2.shape
@@ -77,6 +83,9 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, pool, need
                             for o in range(f):
                                 v = z[i * p + q, o] + bias[o]
                                 y3[b0 + i, q, o] = zero if (relu and v <= zero) else v  # NaN stays
+                    if moments.shape[0]:
+                        for i in range(g):
+                            _image_moments(y3[b0 + i], moments[b0 + i])
             s = _fetch_add(counter, 0, 1)
     return y, arg
 

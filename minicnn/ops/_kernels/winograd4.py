@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .norm import _image_moments
 from .pool import _conv_outputs, _max4, _window_max4
 from .sched import _fetch_add, _slot_count, _slot_range
 from .winograd import _plane_rows
@@ -240,14 +241,17 @@ def _store_block(t4, y, b, i0, j0, ni, nj, relu, zero):
 
 
 @njit(parallel=True, cache=True)
-def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt, grp, counter):
+def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt, grp, counter,
+                      moments):
     """y (n, oh, ow, f) = the 3x3 stride-1 convolution of x (+ bias, ReLU'd if ``relu``).
 
     ``x (n, h, w, c)``, ``u (36, c, f)``, ``bias (f,)`` (zeros for none). Returns new
     ``(y, arg)``; ``arg`` is empty unless ``pool``. With ``pool`` (conv + bias + ReLU +
     2x2/2 max-pool in one pass, ``relu`` ignored): ``y (n, oh//2, ow//2, f)`` and ``arg``
     (uint8) are those of :func:`.conv.conv2d_forward` with ``pool``, whose backward they
-    feed; the conv output never leaves the thread-local ``m``.
+    feed; the conv output never leaves the thread-local ``m``. ``moments`` as in
+    :func:`.conv.conv2d_forward`: each finished image's per-channel sums of ``y`` and
+    ``y**2`` (without ``pool``).
     """
     n, c = x.shape[0], x.shape[3]
     f = u.shape[2]
@@ -255,6 +259,7 @@ def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt
     tw = (ow + 3) // 4
     tiles = th * tw
     y, arg = _conv_outputs(n, oh, ow, f, pool, x)
+    y3 = y.reshape((n, y.shape[1] * y.shape[2], f))
     rows = grp * tiles
     vs = np.empty((nt, 36, _plane_rows(rows), c), dtype=x.dtype)    # see _plane_rows
     ms = np.empty((nt, 36, _plane_rows(rows), f), dtype=x.dtype)
@@ -277,5 +282,8 @@ def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt
                 for i in range(g):
                     _output_transform(m, y, arg, b0 + i, i * tiles, th, tw, oh, ow, bias,
                                       relu, pool, need_arg, zero, t4s[t])
+                if moments.shape[0]:
+                    for i in range(g):
+                        _image_moments(y3[b0 + i], moments[b0 + i])
             s = _fetch_add(counter, 0, 1)
     return y, arg
