@@ -186,7 +186,8 @@ def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
 
         with ``U`` from :func:`winograd_kernel_transform`. Only additions happen in
         the transforms; the multiplications are the 16 dot products, against 36 for
-        the 3x3 window (2.25x fewer).
+        the 3x3 window (2.25x fewer). With ``moments``, ``(y, mean, var)`` as
+        :func:`conv2d_forward` gives them.
     """
     _winograd_check(kernel, pads, "winograd_conv2d_forward")
     y = _winograd_tiles_forward(x, winograd_kernel_transform(kernel), bias, pads, relu,
@@ -417,6 +418,7 @@ def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
         :data:`WINOGRAD4_BT`, :data:`WINOGRAD4_G`, :data:`WINOGRAD4_AT`. Its gradient is
         that of the convolution: :func:`winograd_conv2d_backward` or
         :func:`conv2d_backward` compute it (the layers pair this forward with either).
+        With ``moments``, ``(y, mean, var)`` as :func:`conv2d_forward` gives them.
     """
     _winograd_check(kernel, pads, "winograd4_conv2d_forward")
     y = _winograd_tiles_forward(x, winograd4_kernel_transform(kernel), bias, pads, relu,

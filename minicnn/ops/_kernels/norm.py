@@ -1,10 +1,14 @@
 """Batch normalisation kernels, over the rows of ``x (m, c)`` (every axis but the channels).
 
-The batch is split into ``nt`` contiguous blocks of rows, one per ``prange``
-iteration. Per-channel sums are first gathered per block into ``(nt, c)``
-partials, each iteration writing only its own row of them, then merged
-serially; the elementwise passes write only their own block of rows.
-Every scalar (``m``, ``eps``, ``one``) arrives in x's dtype.
+The batch statistics are float64 sums of ``x`` and ``x**2`` per image
+(:func:`_image_moments`: one ``prange`` iteration per image, each writing its own row of
+the ``(n, 2, c)`` partials), merged in image order (:func:`merge_moments`); a convolution
+that feeds a batch norm adds the same sums from its epilogue (:mod:`.conv`,
+:mod:`.winograd4`). The other passes split the rows into ``nt`` contiguous blocks, one per
+``prange`` iteration: the backward's per-channel sums go to ``(nt, c)`` partials, each
+iteration writing only its own row, merged serially; the elementwise passes write only
+their own block of rows. Every scalar (``eps``, ``one``, ``m`` of the backward) arrives in
+x's dtype, but ``merge_moments``'s count, a float64.
 
 Rows of the partials are copied channel by channel rather than as ``part[t] = acc``: an
 array assigned to a slice makes Numba compile its string formatting for the shape-mismatch
@@ -75,7 +79,8 @@ def merge_moments(part, m):
     """Mean and biased variance, float64 ``(c,)`` each, from per-image ``part (n, 2, c)``
     sums of :func:`_image_moments` (summed in image order) over ``m`` values per channel:
     ``var = sum x**2 / m - mean**2`` (float64 sums of float32 values: the cancellation
-    costs ``mean**2 / var`` ulps of float64, about 1e-16 of it; never below 0)."""
+    costs about ``1e-16 * mean**2 / var`` of the variance; a variance that rounds below 0
+    is 0). ``m`` 0 gives NaN statistics."""
     n, _, c = part.shape
     mean = np.zeros(c, dtype=np.float64)
     var = np.zeros(c, dtype=np.float64)
@@ -84,8 +89,9 @@ def merge_moments(part, m):
             mean[ch] += part[b, 0, ch]
             var[ch] += part[b, 1, ch]
     if m == 0:                       # no values: NaN statistics, as 0/0
-        mean[:] = np.nan
-        var[:] = np.nan
+        for ch in range(c):
+            mean[ch] = np.nan
+            var[ch] = np.nan
         return mean, var
     for ch in range(c):
         mean[ch] /= m
