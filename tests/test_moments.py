@@ -128,3 +128,36 @@ def test_the_one_pass_variance_holds_a_large_mean():
     with minicnn.use_backend("numba"):
         _, _, var, _ = ops.batchnorm_relu_train_forward(x, None, None, 1e-3, relu=False)
     np.testing.assert_allclose(var, truth, rtol=2e-7)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "winograd4"])
+def test_the_fused_conv_batchnorm_step_keeps_the_layer_by_layer_bits(algorithm):
+    """Conv2D (bias, each algorithm) -> BatchNormalization -> ReLU trained one step fused
+    (statistics from the convolution's epilogue) and layer by layer (batch norm's own
+    pass): the same loss, gradients and moving statistics, bit for bit."""
+    from minicnn import layers, models
+    rng = np.random.default_rng(5)
+    with minicnn.use_backend("numba"):
+        inputs = minicnn.Input((8, 8, 3))
+        h = layers.Conv2D(4, 3, padding="same", algorithm=algorithm)(inputs)
+        h = layers.ReLU()(layers.BatchNormalization()(h))
+        outputs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(h))
+        model = models.Model(inputs, outputs)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        x = rng.standard_normal((5, 8, 8, 3)).astype(np.float32)
+        y = rng.integers(0, 3, (5, 1))
+        start = model.get_weights()
+        out = {}
+        for fuse in (True, False):
+            model.set_weights(start)
+            model.fuse = fuse
+            kinds = [type(step).__name__ for step, _, _ in model.steps()]
+            assert ("ConvBatchNorm" in kinds) == fuse, kinds
+            loss = model.backprop(x, y)
+            out[fuse] = (loss, {k: g.copy() for k, g in model.grads.items()},
+                         [w.copy() for w in model.get_weights()])
+    assert out[True][0] == out[False][0]
+    for key, g in out[False][1].items():
+        np.testing.assert_array_equal(out[True][1][key], g, err_msg=key)
+    for a, b in zip(out[True][2], out[False][2]):
+        np.testing.assert_array_equal(a, b)
