@@ -573,6 +573,26 @@ def test_the_fused_winograd_backward_equals_the_composition(geometry):
                 np.testing.assert_allclose(g, w_, rtol=1e-10, atol=1e-10, err_msg=name)
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_the_fused_winograd_backward_in_chunks_of_tile_rows(chunk):
+    """The fused pool backward kernel with one image cut into chunks of 1, 2 or 3 of its 5
+    tile rows (an odd last pooled row dropped) against the reference's pool backward +
+    direct conv backward, float64."""
+    from minicnn.ops._kernels import winograd as winograd_k
+    geometry = (3, 9, 8, 3, 4, (1, 1, 1, 1))
+    x, kernel, bias, rng = _fused_case(17, *geometry)
+    pads = geometry[-1]
+    y, arg = reference.winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads)
+    dy = rng.standard_normal(y.shape)
+    want = reference.conv2d_relu_maxpool_backward(x, kernel, dy, y, arg, (1, 1), pads)
+    u_t = np.ascontiguousarray(winograd_k.kernel_transform(kernel, 0.5).transpose(0, 2, 1))
+    dx, du, db = winograd_k.winograd_backward(
+        x, u_t, dy, y, arg.astype(np.uint8), 1, 1, 9, 8, True, False, True, 0.0, 2, 1, chunk,
+        numba_ops._counter())
+    for got, expected in zip((dx, winograd_k.kernel_gradient(du, 0.5), db), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
 def test_a_choice_timed_on_a_busy_machine_is_not_cached(monkeypatch, tmp_path):
     """A measurement during which other processes kept the CPUs busy holds for this process
     only: nothing is written, and a new process measures again."""
@@ -615,27 +635,30 @@ def test_the_autotuner_keeps_the_fastest_call_and_reports_the_load():
     assert entry["others_cpus"] is None or entry["others_cpus"] >= 0
 
 
-def test_the_backward_group_is_cut_only_for_wide_layers():
-    """Images per GEMM in the F(2x2, 3x3) backward: the forward's rule, cut where a
-    thread's partial dU and transformed tiles would outgrow the budget (benchmarks/
-    RESULTS.md 11): the residual net's 8x8x128 layer, not the seed model's layers."""
+def test_the_backward_group_keeps_the_transformed_tiles_in_cache():
+    """Images (or one image's tile rows) per GEMM in the F(2x2, 3x3) backward: the forward's
+    rule, cut where a thread's transformed tiles would outgrow the budget (benchmarks/
+    RESULTS.md 11), a large image into even chunks of tile rows."""
     rule = numba_ops._winograd_backward_group
-    for (hw, c, f), want in {(8, 128, 128): 2, (8, 64, 64): 8, (16, 32, 64): 2,
-                             (16, 64, 64): 2, (32, 32, 32): 1}.items():
-        tiles = (hw // 2) ** 2
-        base = numba_ops._group(64, 2, 2 * tiles)
-        assert rule(base, tiles, c, f, 4) == want, (hw, c, f)
-    assert rule(8, 16, 128, 128, 8) == 1          # float64: twice the bytes
-    assert rule(8, 16, 4096, 4096, 4) == 1        # never fewer than one image
+    for (hw, c, f), want in {(8, 128, 128): (2, 4), (8, 64, 64): (5, 4), (16, 32, 64): (2, 8),
+                             (16, 64, 64): (1, 8), (32, 32, 32): (1, 8),
+                             (64, 32, 32): (1, 5)}.items():
+        th = (hw + 1) // 2
+        base = numba_ops._group(64, 2, 2 * th * th)
+        assert rule(base, th, th, c, f, 4) == want, (hw, c, f)
+    assert rule(8, 4, 4, 128, 128, 8) == (1, 4)   # float64: twice the bytes
+    assert rule(8, 4, 4, 4096, 4096, 4) == (1, 1)  # never less than one tile row
+    assert rule(3, 2, 2, 4, 4, 4) == (3, 2)        # small layers keep the forward's rule
 
 
-@pytest.mark.parametrize("grp", [1, 2, 3, 5])
-def test_the_backward_gives_the_same_gradients_at_every_group_size(grp):
-    """The numba F(2x2, 3x3) backward kernel with 1, 2, 3 or 5 images per GEMM against the
-    numpy twin, float64: 22 images in 8 slots of 2 or 3, so 2 leaves partial groups and 3
-    and 5 groups cut short by the slot."""
+@pytest.mark.parametrize("grp, chunk", [(1, 4), (2, 4), (3, 4), (5, 4), (1, 1), (1, 3)])
+def test_the_backward_gives_the_same_gradients_at_every_group_size(grp, chunk):
+    """The numba F(2x2, 3x3) backward kernel with 1, 2, 3 or 5 images per GEMM, or one
+    image in chunks of 1 or 3 of its 4 tile rows, against the numpy twin, float64: 22
+    images in 8 slots of 2 or 3, so 2 leaves partial groups, 3 and 5 groups cut short by
+    the slot, and chunks of 3 a shorter last chunk."""
     from minicnn.ops._kernels import winograd as winograd_k
-    rng = np.random.default_rng(grp)
+    rng = np.random.default_rng(10 * grp + chunk)
     n, h, w, c, f = 22, 7, 6, 5, 3
     x = rng.standard_normal((n, h, w, c))
     kernel = rng.standard_normal((3, 3, c, f))
@@ -643,7 +666,7 @@ def test_the_backward_gives_the_same_gradients_at_every_group_size(grp):
     u_t = np.ascontiguousarray(winograd_k.kernel_transform(kernel, 0.5).transpose(0, 2, 1))
     dx, du, db = winograd_k.winograd_backward(
         x, u_t, dy, dy, numba_ops._NO_ARGMAX, 1, 1, h, w, True, False, False, 0.0, 2, grp,
-        numba_ops._counter())
+        chunk, numba_ops._counter())
     dkernel = winograd_k.kernel_gradient(du, 0.5)
     want = numpy_ops.conv2d_backward(x, kernel, dy, (1, 1), (1, 1, 1, 1))
     for got, expected in zip((dx, dkernel, db), want):

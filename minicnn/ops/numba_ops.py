@@ -224,36 +224,45 @@ def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=Tru
 _NO_ARGMAX = np.zeros((0, 0, 0, 0), dtype=np.uint8)
 
 
-#: bytes of a thread's Winograd backward work set (its slot's partial dU and the group's
-#: transformed tiles, see :func:`_winograd_backward_group`): about one core's L2 cache
-_WINOGRAD_BACKWARD_BYTES = 2 * 2**20
+#: bytes of a thread's transformed tiles in the Winograd backward (``v``, ``dm``, ``dv``,
+#: see :func:`_winograd_backward_group`): half of one core's 2 MiB L2, the other half for
+#: the slot's partial dU, the transformed kernel and the images
+_WINOGRAD_BACKWARD_BYTES = 2**20
 
 
-def _winograd_backward_group(grp, tiles, c, f, itemsize):
-    """Images per GEMM in the F(2x2, 3x3) backward: ``grp`` (the forward's rule), fewer
-    when a thread's work set would outgrow :data:`_WINOGRAD_BACKWARD_BYTES`: the partial
-    dU ``(16, c, f)`` plus, per tile row, the transformed input ``v`` (c), the gradient
-    ``dm`` (f) and dx's ``dv`` (c), 16 positions each. Only wide layers are cut: at
-    8x8x128 -> 128, batch 64, 2 threads, 2 images per GEMM took 7.5-7.7 ms against
-    8.2-8.6 at the rule's 8 (4: 8.7-8.9), without dx 4.4 against 5.1-5.3 (Intel Xeon
-    family 6, 2 MiB L2, benchmarks/RESULTS.md 11); the seed model's and the other
-    residual layers keep theirs."""
-    per_row = 16 * itemsize * (2 * c + f)
-    rows = (_WINOGRAD_BACKWARD_BYTES - 16 * itemsize * c * f) // per_row
-    return max(1, min(grp, rows // tiles))
+def _winograd_backward_group(grp, th, tw, c, f, itemsize):
+    """``(images, tile rows)`` per GEMM in the F(2x2, 3x3) backward: ``grp`` images (the
+    forward's rule) of ``th`` tile rows each, fewer where a thread's transformed tiles
+    would outgrow :data:`_WINOGRAD_BACKWARD_BYTES` (per tile, 16 positions of ``v`` (c),
+    ``dm`` (f) and dx's ``dv`` (c)); where one image's tiles would, one image cut into
+    even chunks of tile rows. Kernel alone, batch 64, 2 threads (Intel Xeon family 6, 2 MiB
+    L2, benchmarks/RESULTS.md 11): the 8x8x128 -> 128 layer 2 images instead of 8 (6.8
+    against 8.2-8.3 ms), 16x16x64 -> 64 one image instead of 2 (6.0 against 6.2-6.3), the
+    32x32x32 -> 32 layer half an image (8.6-8.8 against 9.2-9.4; a quarter 9.0); the seed
+    model's layers within noise (8x8x64: 5 images instead of 8, 1.65-1.66 against 1.67)."""
+    per_tile = 16 * itemsize * (2 * c + f)
+    fit = max(1, _WINOGRAD_BACKWARD_BYTES // per_tile)      # tiles
+    tiles = th * tw
+    if tiles <= fit:
+        return max(1, min(grp, fit // tiles)), th
+    rows = max(1, fit // tw)                                  # tile rows that fit
+    pieces = -(-th // rows)
+    return 1, -(-th // pieces)
 
 
 def _winograd_backward(x, kernel, dy, y, argmax, pads, need_dx, op):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, op)
     c, f = kernel.shape[2], kernel.shape[3]
-    grp = _winograd_backward_group(grp, -(-oh // 2) * -(-ow // 2), c, f, x.dtype.itemsize)
+    grp, chunk = _winograd_backward_group(grp, -(-oh // 2), -(-ow // 2), c, f,
+                                          x.dtype.itemsize)
     u_t = _c(winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5)).transpose(0, 2, 1))
     dy = _c(dy)
     pool = argmax is not None
     dx, du, db = winograd_k.winograd_backward(
         _c(x), u_t, dy, dy if y is None else _c(y),
         _NO_ARGMAX if argmax is None else _c(argmax, dtype=np.uint8), pads[0], pads[2], oh, ow,
-        bool(need_dx), y is not None and not pool, pool, x.dtype.type(0), nt, grp, _counter())
+        bool(need_dx), y is not None and not pool, pool, x.dtype.type(0), nt, grp, chunk,
+        _counter())
     dkernel = winograd_k.kernel_gradient(du.reshape(16, c, f), x.dtype.type(0.5))
     return (dx if need_dx else None), dkernel, db
 

@@ -96,14 +96,15 @@ def kernel_gradient(du, half):
 
 
 @njit(cache=True)
-def _input_transform(x, b, v, row0, th, tw, pt, pl, d):
-    """``v[a*4 + e, row0 + tile, :] = (B^T d B)[a, e, :]`` for every tile of image ``b``.
+def _input_transform(x, b, v, row0, ti0, ti1, tw, pt, pl, d):
+    """``v[a*4 + e, row0 + tile, :] = (B^T d B)[a, e, :]`` for the tiles of image ``b`` in
+    tile rows ``ti0 .. ti1-1`` (``tile`` counts from the first of them).
 
     ``d (4, 4, c)`` is scratch. ``B^T d`` then ``(.) B``, each a set of four
     additions per channel; channels innermost (NHWC), so the loops vectorise.
     """
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    for ti in range(th):
+    for ti in range(ti0, ti1):
         for tj in range(tw):
             r0 = 2 * ti - pt
             s0 = 2 * tj - pl
@@ -117,7 +118,7 @@ def _input_transform(x, b, v, row0, th, tw, pt, pl, d):
                     else:
                         for ch in range(c):
                             d[a, e, ch] = 0
-            row = row0 + ti * tw + tj
+            row = row0 + (ti - ti0) * tw + tj
             for e in range(4):                       # rows: B^T d
                 for ch in range(c):
                     d0 = d[0, e, ch]
@@ -232,7 +233,7 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
             for b0 in range(lo, hi, grp):
                 g = min(grp, hi - b0)
                 for i in range(g):
-                    _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
+                    _input_transform(x, b0 + i, v, i * tiles, 0, th, tw, pt, pl, ds[t])
                 # rows of a partial group hold stale tiles: computed, never written out
                 for k in range(16):
                     np.dot(v[k, :rows], u[k], m[k, :rows])
@@ -284,9 +285,10 @@ def _block_grad(dy, y, b, ti, tj, oh, ow, relu, zero, g4):
 
 
 @njit(cache=True)
-def _grad_transform(dy, y, arg, b, dm, row0, th, tw, oh, ow, relu, pool, zero, db, g4):
+def _grad_transform(dy, y, arg, b, dm, row0, ti0, ti1, tw, oh, ow, relu, pool, zero, db, g4):
     """``dm[a*4 + e, row0 + tile, :] = (A dz_tile A^T)[a, e, :]``, the gradient of the
-    output transform, from ``dz = dy * (y > 0)`` (or dy) of image ``b``; outputs past
+    output transform, from ``dz = dy * (y > 0)`` (or dy) of image ``b``, tile rows ``ti0 ..
+    ti1-1`` (as :func:`_input_transform`); outputs past
     ``oh, ow`` count as 0. Adds the bias gradient into ``db``. ``g4 (4, f)`` is scratch:
     the tile's 2x2 block of dz, gathered first so that every loop over the filters is
     branch-free and vectorises.
@@ -297,9 +299,9 @@ def _grad_transform(dy, y, arg, b, dm, row0, th, tw, oh, ow, relu, pool, zero, d
     pooled output is positive, 0 elsewhere (and 0 on an odd last row or column, which
     the pool drops)."""
     f = dy.shape[3]
-    for ti in range(th):
+    for ti in range(ti0, ti1):
         for tj in range(tw):
-            row = row0 + ti * tw + tj
+            row = row0 + (ti - ti0) * tw + tj
             if pool:
                 _pooled_block_grad(dy, y, arg, b, ti, tj, oh, ow, zero, g4)
             else:
@@ -340,13 +342,14 @@ def _grad_transform(dy, y, arg, b, dm, row0, th, tw, oh, ow, relu, pool, zero, d
 
 
 @njit(cache=True)
-def _input_transform_adjoint(dv, dx, b, row0, th, tw, pt, pl, q):
-    """``dx[b, tile] += B dv_tile B^T`` for every tile of image ``b`` (tiles overlap by
-    two rows and columns; padding rows are dropped). ``q (4, 4, c)`` is scratch."""
+def _input_transform_adjoint(dv, dx, b, row0, ti0, ti1, tw, pt, pl, q):
+    """``dx[b, tile] += B dv_tile B^T`` for the tiles of image ``b`` in tile rows ``ti0 ..
+    ti1-1`` (tiles overlap by two rows and columns; padding rows are dropped). ``q (4, 4,
+    c)`` is scratch."""
     h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
-    for ti in range(th):
+    for ti in range(ti0, ti1):
         for tj in range(tw):
-            row = row0 + ti * tw + tj
+            row = row0 + (ti - ti0) * tw + tj
             for a in range(4):                       # columns: dv B^T
                 for ch in range(c):
                     v0 = dv[a * 4 + 0, row, ch]
@@ -380,7 +383,7 @@ def _input_transform_adjoint(dv, dx, b, row0, th, tw, pt, pl, q):
 
 @njit(parallel=True, cache=True)
 def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, zero, nt, grp,
-                      counter):
+                      chunk, counter):
     """dx, dU (the gradient of the transformed kernel) and dbias of :func:`winograd_forward`.
 
     ``u_t (16, f, c)``: the transformed kernel with each position transposed; ``dy`` and
@@ -390,13 +393,16 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
     ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``du (16, c, f)`` (the wrapper turns
     it into dkernel = G^T dU G) and ``db (f,)``. Per slot, the partial dU and db are
     summed in slot order afterwards, so the result does not depend on the scheduling.
+
+    A GEMM stacks the tiles of ``grp`` images, or with ``grp`` 1 those of ``chunk`` tile
+    rows of one image (``chunk`` below ``ceil(oh/2)`` splits a large image, so that its
+    transformed tiles stay in the core's cache; ``chunk`` is ``ceil(oh/2)`` otherwise).
     """
     n, h, w, c = x.shape
     f = u_t.shape[1]
     th = (oh + 1) // 2
     tw = (ow + 1) // 2
-    tiles = th * tw
-    rows = grp * tiles
+    rows = grp * min(chunk, th) * tw
     slots = _slot_count(n, nt)
     vs = np.empty((nt, 16, _plane_rows(rows), c), dtype=x.dtype)
     dms = np.empty((nt, 16, _plane_rows(rows), f), dtype=x.dtype)
@@ -415,44 +421,42 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
         s = _fetch_add(counter, 0, 1)
         while s < slots:
             lo, hi = _slot_range(s, slots, n)
-            _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, vs[t], dms[t], dvs[t],
-                                    ds[t], g4s[t], tmps[t], du_part, db_part, s, dx, pt, pl, oh,
-                                    ow, th, tw, need_dx, relu, pool, zero)
+            _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, vs[t], dms[t],
+                                    dvs[t], ds[t], g4s[t], tmps[t], du_part, db_part, s, dx, pt,
+                                    pl, oh, ow, th, tw, need_dx, relu, pool, zero)
             s = _fetch_add(counter, 0, 1)
     du, db = _sum_partials(du_part.reshape(du_part.shape[0], 16 * c, f), db_part)
     return dx, du.reshape(16, c, f), db
 
 
 @njit(cache=True)
-def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, v, dm, dv, d, g4, tmp, du_part,
-                            db_part, s, dx, pt, pl, oh, ow, th, tw, need_dx, relu, pool, zero):
-    """Images ``lo .. hi-1`` (slot ``s``) of :func:`winograd_backward`, ``grp`` per GEMM:
-    adds into ``du_part[s]`` and ``db_part[s]`` and writes their images of ``dx``. The
-    buffers hold a spare row per plane (:func:`_plane_rows`)."""
-    tiles = th * tw
-    rows = grp * tiles
+def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, v, dm, dv, d, g4, tmp,
+                            du_part, db_part, s, dx, pt, pl, oh, ow, th, tw, need_dx, relu,
+                            pool, zero):
+    """Images ``lo .. hi-1`` (slot ``s``) of :func:`winograd_backward`, ``grp`` images or
+    ``chunk`` tile rows of one image per GEMM: adds into ``du_part[s]`` and ``db_part[s]``
+    and writes their images of ``dx``. The GEMMs take only the rows the transforms wrote
+    (a partial group or a last, shorter chunk leaves stale rows out); the buffers hold a
+    spare row per plane (:func:`_plane_rows`)."""
     du = du_part[s]
     db = db_part[s]
     for b0 in range(lo, hi, grp):
         g = min(grp, hi - b0)
-        for i in range(g):
-            _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, d)
-            _grad_transform(dy, y, arg, b0 + i, dm, i * tiles, th, tw, oh, ow, relu, pool,
-                            zero, db, g4)
-        if g < grp:                  # a partial group: zero rows add nothing to dU
-            for k in range(16):      # (both operands: stale rows may hold inf or NaN)
-                for r in range(g * tiles, grp * tiles):
-                    for o in range(dm.shape[2]):
-                        dm[k, r, o] = zero
-                    for ch in range(v.shape[2]):
-                        v[k, r, ch] = zero
-        for k in range(16):
-            np.dot(v[k, :rows].T, dm[k, :rows], tmp)
-            for ch in range(tmp.shape[0]):   # loops, not du[k] += tmp: see .partials
-                for o in range(tmp.shape[1]):
-                    du[k, ch, o] += tmp[ch, o]
-        if need_dx:
-            for k in range(16):
-                np.dot(dm[k, :rows], u_t[k], dv[k, :rows])
+        for ti0 in range(0, th, chunk):
+            ti1 = min(th, ti0 + chunk)
+            per = (ti1 - ti0) * tw       # tile rows of each image in this GEMM
+            r = g * per
             for i in range(g):
-                _input_transform_adjoint(dv, dx, b0 + i, i * tiles, th, tw, pt, pl, d)
+                _input_transform(x, b0 + i, v, i * per, ti0, ti1, tw, pt, pl, d)
+                _grad_transform(dy, y, arg, b0 + i, dm, i * per, ti0, ti1, tw, oh, ow, relu,
+                                pool, zero, db, g4)
+            for k in range(16):
+                np.dot(v[k, :r].T, dm[k, :r], tmp)
+                for ch in range(tmp.shape[0]):   # loops, not du[k] += tmp: see .partials
+                    for o in range(tmp.shape[1]):
+                        du[k, ch, o] += tmp[ch, o]
+            if need_dx:
+                for k in range(16):
+                    np.dot(dm[k, :r], u_t[k], dv[k, :r])
+                for i in range(g):
+                    _input_transform_adjoint(dv, dx, b0 + i, i * per, ti0, ti1, tw, pt, pl, d)
