@@ -19,7 +19,7 @@ from scipy.special import erfc
 from ._shapes import out_hw
 from .reference import (LEAKY_RELU_SLOPE, WINOGRAD4_AT, WINOGRAD4_BT, WINOGRAD_AT, WINOGRAD_BT,
                         WINOGRAD_G, _winograd_check, _winograd_tiles, backward_input_pads,
-                        check_moments, rotated_kernel, split_dx, winograd4_kernel_transform,
+                        given_moments, rotated_kernel, split_dx, winograd4_kernel_transform,
                         winograd_kernel_transform)
 
 
@@ -366,9 +366,7 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=Non
     if moments is None:
         t, mean, var, _, inv_std = batchnorm_train_forward(x, gamma, beta, epsilon)
     else:
-        dt = x.dtype.type
-        mean, var = (np.asarray(v, dtype=x.dtype) for v in check_moments(moments, x.shape[-1]))
-        inv_std = dt(1) / np.sqrt(var + dt(epsilon))
+        mean, var, inv_std = given_moments(x, moments, epsilon)
         t = batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon)
     return (np.maximum(t, t.dtype.type(0)) if relu else t), mean, var, inv_std
 

@@ -736,6 +736,14 @@ def check_moments(moments, c):
     return mean, var
 
 
+def given_moments(x, moments, epsilon):
+    """``(mean, var, inv_std)`` in x's dtype from the ``moments`` a batch norm op of x was
+    given (:func:`check_moments`), ``inv_std = 1 / sqrt(var + epsilon)``."""
+    dt = x.dtype.type
+    mean, var = (np.asarray(v, dtype=x.dtype) for v in check_moments(moments, x.shape[-1]))
+    return mean, var, dt(1) / np.sqrt(var + dt(epsilon))
+
+
 def with_moments(y):
     """``(y, mean, var)``: ``y`` and its :func:`batch_moments`, cast to y's dtype."""
     mean, var = batch_moments(y)
@@ -923,10 +931,7 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=Non
     if moments is None:
         t, mean, var, _, inv_std = batchnorm_train_forward(x, gamma, beta, epsilon)
     else:
-        dt = x.dtype.type
-        c = x.shape[-1]
-        mean, var = (np.asarray(v, dtype=x.dtype) for v in check_moments(moments, c))
-        inv_std = dt(1) / np.sqrt(var + dt(epsilon))
+        mean, var, inv_std = given_moments(x, moments, epsilon)
         t = batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon)
     return (activation_forward("relu", t) if relu else t), mean, var, inv_std
 
