@@ -235,6 +235,31 @@ def test_the_residual_plan_fuses_every_block_on_numba():
         assert not any(isinstance(s, fused._Chain) for s, _, _ in model.steps())
 
 
+def fused_and_layer_by_layer(model, x, y):
+    """One ``backprop`` of a compiled numba ``model`` from its current weights, fused and
+    layer by layer: ``{fuse: (loss, grads, weights after)}`` (weights reset between, the
+    moving statistics moved by each)."""
+    start = model.get_weights()
+    out = {}
+    for fuse in (True, False):
+        model.set_weights(start)
+        model.fuse = fuse
+        loss = model.backprop(x, y)
+        out[fuse] = (loss, {k: g.copy() for k, g in model.grads.items()},
+                     [w.copy() for w in model.get_weights()])
+    return out
+
+
+def assert_same_bits(out):
+    """The fused and the layer-by-layer pass of :func:`fused_and_layer_by_layer` gave the
+    same loss, gradients and moving statistics, bit for bit."""
+    assert out[True][0] == out[False][0]
+    for key, g in out[False][1].items():
+        np.testing.assert_array_equal(out[True][1][key], g, err_msg=key)
+    for a, b in zip(out[True][2], out[False][2]):    # the moving statistics moved alike
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fused_residual_training_gives_the_layer_by_layer_numbers(dtype):
     rng = np.random.default_rng(1)
@@ -245,18 +270,8 @@ def test_fused_residual_training_gives_the_layer_by_layer_numbers(dtype):
         x = rng.standard_normal((4, 8, 8, 3)).astype(model.dtype)
         y = rng.integers(0, 10, (4, 1))
         start = model.get_weights()
-        out = {}
-        for fuse in (True, False):
-            model.set_weights(start)
-            model.fuse = fuse
-            loss = model.backprop(x, y)
-            out[fuse] = (loss, {k: g.copy() for k, g in model.grads.items()},
-                         [w.copy() for w in model.get_weights()])
-        assert out[True][0] == out[False][0]
-        for key, g in out[False][1].items():
-            np.testing.assert_array_equal(out[True][1][key], g, err_msg=key)
-        for a, b in zip(out[True][2], out[False][2]):    # the moving statistics moved alike
-            np.testing.assert_array_equal(a, b)
+        out = fused_and_layer_by_layer(model, x, y)
+        assert_same_bits(out)
         assert any(not np.array_equal(a, b) for a, b in zip(start, out[True][2]))
         # inference: batch norm folded into the convolutions
         model.set_weights(start)
