@@ -193,12 +193,14 @@ def apply_wait_policy() -> str:
         _wait_status = (f"OMP_WAIT_POLICY={user} (yours)" if user is not None else
                         f"left alone: Numba's {layer} threads started before minicnn")
         return _wait_status
-    from .ops import _kernels
     passive = user is None and _adaptation_off()
     if passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
-        _kernels.warm_threading()
+        # Numba loads its threading layer (and with it libgomp, which reads the variable)
+        # and starts the pool here; no kernel needs to run (3 ms, where running a cached
+        # parallel kernel took 0.5 s on a backend that had loaded none)
+        numba.get_num_threads()
     finally:
         if passive:
             del os.environ["OMP_WAIT_POLICY"]

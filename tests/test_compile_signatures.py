@@ -89,7 +89,7 @@ def test_the_shipped_models_compile_each_function_once_per_dtype(signatures):
 
 def test_only_float32_is_compiled_for_float32_models(signatures):
     for name, sigs in signatures.items():
-        if name in ("_kernels._warm", "_after_warmup"):          # picks the threading layer, float64 by design
+        if name == "_after_warmup":
             continue
         for sig in sigs:       # the batch-statistics accumulators alone are float64
             assert not float64_outside_accumulators(name, sig), (name, sig)

@@ -43,23 +43,8 @@ in float64.
 """
 from __future__ import annotations
 
-import numpy as np
-from numba import njit, prange
 
 #: ``parallel=`` for kernels whose only parallel regions are their ``prange`` loops
 PRANGE_ONLY = {"prange": True, "comprehension": False, "reduction": False,
                "inplace_binop": False, "setitem": False, "numpy": False, "stencil": False,
                "fusion": False}
-
-
-@njit(parallel=True, cache=True)
-def _warm(a):
-    """Write ``a[i] = i`` in a parallel loop; ``a`` is a float64 vector, returned."""
-    for i in prange(a.shape[0]):
-        a[i] = i
-    return a
-
-
-def warm_threading():
-    """Run a trivial parallel kernel so that Numba chooses its threading layer."""
-    _warm(np.zeros(4))
