@@ -153,27 +153,33 @@ def _at(m0, m1, m2, m3, m4, m5, two, four, eight):
 @njit(cache=True)
 def _output_block(m, row, bias, t4):
     """``t4 (4, 6, f)``: its ``[:, :4, :]`` becomes ``A^T m_tile A + bias``, the 4x4 output
-    block of tile ``row`` (``[:, 4:, :]`` is scratch)."""
+    block of tile ``row`` (``[:, 4:, :]`` is scratch).
+
+    Each loop over the filters reads and writes 1-d rows taken out before it. Indexed
+    ``m[e, row, o]`` inside the loop, LLVM vectorised it only from 64 filters up: the
+    first pass of a 32-filter layer ran scalar, 1.75 ns per (row, filter) against 0.52
+    now; at 64 and 128 filters both forms run alike (benchmarks/RESULTS.md 12)."""
     f = m.shape[2]
     two, four, eight = m.dtype.type(2), m.dtype.type(4), m.dtype.type(8)
     for e in range(6):                               # rows: A^T m
+        m0, m1, m2 = m[e, row], m[6 + e, row], m[12 + e, row]
+        m3, m4, m5 = m[18 + e, row], m[24 + e, row], m[30 + e, row]
+        t0, t1, t2, t3 = t4[0, e], t4[1, e], t4[2, e], t4[3, e]
         for o in range(f):
-            r0, r1, r2, r3 = _at(m[e, row, o], m[6 + e, row, o], m[12 + e, row, o],
-                                 m[18 + e, row, o], m[24 + e, row, o], m[30 + e, row, o],
-                                 two, four, eight)
-            t4[0, e, o] = r0
-            t4[1, e, o] = r1
-            t4[2, e, o] = r2
-            t4[3, e, o] = r3
+            r0, r1, r2, r3 = _at(m0[o], m1[o], m2[o], m3[o], m4[o], m5[o], two, four, eight)
+            t0[o] = r0
+            t1[o] = r1
+            t2[o] = r2
+            t3[o] = r3
     for a in range(4):                               # columns: (A^T m) A, + bias
+        c0, c1, c2, c3, c4, c5 = t4[a, 0], t4[a, 1], t4[a, 2], t4[a, 3], t4[a, 4], t4[a, 5]
         for o in range(f):
             bo = bias[o]
-            r0, r1, r2, r3 = _at(t4[a, 0, o], t4[a, 1, o], t4[a, 2, o], t4[a, 3, o],
-                                 t4[a, 4, o], t4[a, 5, o], two, four, eight)
-            t4[a, 0, o] = r0 + bo
-            t4[a, 1, o] = r1 + bo
-            t4[a, 2, o] = r2 + bo
-            t4[a, 3, o] = r3 + bo
+            r0, r1, r2, r3 = _at(c0[o], c1[o], c2[o], c3[o], c4[o], c5[o], two, four, eight)
+            c0[o] = r0 + bo
+            c1[o] = r1 + bo
+            c2[o] = r2 + bo
+            c3[o] = r3 + bo
 
 
 @njit(cache=True)
