@@ -16,15 +16,16 @@ float64 signature is ever compiled for float32 data).
 - :mod:`.norm`: batch normalisation;
 - :mod:`.loss`: softmax cross-entropy;
 - :mod:`.optim`: in-place Adam and SGD steps;
-- :mod:`.partials`: the serial sum of per-thread partial gradients.
+- :mod:`.partials`: the sum of per-slot partial gradients, in slot order.
 
 Parallel design: one ``prange`` region per pass. ``prange(nt)`` hands each of
 the ``nt`` threads one iteration; in the conv kernels each thread then takes slots
 of contiguous images from a shared counter (:mod:`.sched`) and walks them one image
 (or a small group) at a time, so the patches of one image stay in its L2 cache and each
 thread calls single-threaded BLAS (``np.dot``). Every ``prange`` iteration
-writes only its own output rows or its own slot of a per-thread partial
-buffer; partial weight gradients are summed serially afterwards. The thread
+writes only its own output rows or its own slot of a per-slot partial
+buffer; partial weight gradients are summed afterwards, in slot order (a second
+``prange`` split by rows of the gradient in the conv backward kernels). The thread
 count ``nt`` is an argument (``numba.get_num_threads()`` read inside a kernel
 would stop Numba from caching it).
 

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from .norm import _image_moments
-from .partials import _sum_partials
+from .partials import _sum_bias, _sum_rows
 from .pool import _conv_outputs, _max4, _window_max4
 from .patches import (_col2im_one, _patch_buffers, _patch_views, _patches_into,
                       _patches_times_kernel, _transposed_patches)
@@ -126,14 +126,18 @@ def _backward_buffers(x, nt, slots, p, kk, f, need_dx, transposed):
 
     ``nt`` threads, ``slots`` batch slots (:mod:`.sched`), ``p``: patch rows per
     thread, ``kk = kh*kw*c``, ``f`` filters. Returns the patch buffers of
-    :func:`.patches._patch_buffers`, ``dzs (nt, p, f)``, zeroed per-slot partial sums
-    ``dk_part (slots, kk, f)`` and ``db_part (slots, f)``, GEMM scratch ``tmp (nt, kk,
-    f)``, and ``dx (n, h, w, c)`` plus ``dcols (nt, p, kk)`` (both empty when not
-    ``need_dx``).
+    :func:`.patches._patch_buffers`, ``dzs (nt, p, f)``, per-slot partial sums
+    ``dk_part (slots, kk, f)`` (uninitialised: each slot's first GEMM writes its own,
+    see :mod:`.partials`; zeros when there is no slot) and ``db_part (slots, f)``
+    (zeroed), GEMM scratch ``tmp (nt, kk, f)``, and ``dx (n, h, w, c)`` plus ``dcols
+    (nt, p, kk)`` (both empty when not ``need_dx``).
     """
     cbuf, xcs = _patch_buffers(x, nt, p, kk, transposed)
     dzs = np.empty((nt, p, f), dtype=x.dtype)
-    dk_part = np.zeros((max(slots, 1), kk, f), dtype=x.dtype)
+    if slots:
+        dk_part = np.empty((slots, kk, f), dtype=x.dtype)
+    else:
+        dk_part = np.zeros((1, kk, f), dtype=x.dtype)
     db_part = np.zeros((max(slots, 1), f), dtype=x.dtype)
     tmp = np.empty((nt, kk, f), dtype=x.dtype)
     if need_dx:
@@ -146,22 +150,25 @@ def _backward_buffers(x, nt, slots, p, kk, f, need_dx, transposed):
 
 
 @njit(cache=True)
-def _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, dcols, dx,
+def _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, first, dcols, dx,
                 kh, kw, sh, sw, pt, pl, oh, ow, need_dx):
-    """Weight gradient (added into ``dk``) and dx of images ``b0 .. b0+g-1`` from their
-    stacked dz; the patches were written into ``cr`` or ``ct`` by the caller.
+    """Weight gradient (added into ``dk``, or written there when ``first``) and dx of
+    images ``b0 .. b0+g-1`` from their stacked dz; the patches were written into ``cr``
+    or ``ct`` by the caller.
 
     ``k2t (f, kk)``, ``dz (grp*oh*ow, f)``, ``tmp (kk, f)`` scratch, ``dk (kk, f)`` this
-    thread's partial sum, ``dcols (grp*oh*ow, kk)`` scratch; writes ``dx[b0 .. b0+g-1]``.
+    slot's partial sum, ``dcols (grp*oh*ow, kk)`` scratch; writes ``dx[b0 .. b0+g-1]``.
     """
     p = oh * ow
+    out = dk if first else tmp
     if transposed:
-        np.dot(ct, dz, tmp)
+        np.dot(ct, dz, out)
     else:
-        np.dot(cr.T, dz, tmp)
-    for e in range(tmp.shape[0]):    # loops, not dk += tmp: see .partials
-        for o in range(tmp.shape[1]):
-            dk[e, o] += tmp[e, o]
+        np.dot(cr.T, dz, out)
+    if not first:
+        for e in range(tmp.shape[0]):    # loops, not dk += tmp: see .partials
+            for o in range(tmp.shape[1]):
+                dk[e, o] += tmp[e, o]
     if need_dx:
         np.dot(dz, k2t, dcols)
         for i in range(g):
@@ -211,8 +218,10 @@ def conv2d_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, 
                                 xcs[t], transposed, tmp[t], dk_part, db_part, s, dcols[t], dx,
                                 kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, pool, zero)
             s = _fetch_add(counter, 0, 1)
-    dk, db = _sum_partials(dk_part, db_part)
-    return dx, dk, db
+    dk = np.empty((kk, f), dtype=x.dtype)
+    for t in prange(nt):                 # the merge, split by rows (see .partials)
+        _sum_rows(dk_part, dk, t * kk // nt, (t + 1) * kk // nt)
+    return dx, dk, _sum_bias(db_part)
 
 
 @njit(cache=True)
@@ -265,7 +274,7 @@ def _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dy3, y3, arg, dz, dz_out, cr
         for i in range(g):
             _patches_into(x, b0 + i, cr, ct, xc, i * p, transposed,
                           kh, kw, sh, sw, pt, pl, oh, ow)
-        _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, dcols, dx,
+        _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, b0 == lo, dcols, dx,
                     kh, kw, sh, sw, pt, pl, oh, ow, need_dx)
 
 

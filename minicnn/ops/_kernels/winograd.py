@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .partials import _sum_partials
+from .partials import _sum_bias, _sum_rows
 from .pool import _conv_outputs, _window_max4
 from .sched import _fetch_add, _slot_count, _slot_range
 
@@ -409,7 +409,11 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
     ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
     tmps = np.empty((nt, c, f), dtype=x.dtype)
     g4s = np.empty((nt, 4, f), dtype=x.dtype)
-    du_part = np.zeros((max(slots, 1), 16, c, f), dtype=x.dtype)
+    # each slot's first GEMMs write its du_part (see .partials); no slot, no GEMM
+    if slots:
+        du_part = np.empty((slots, 16, c, f), dtype=x.dtype)
+    else:
+        du_part = np.zeros((1, 16, c, f), dtype=x.dtype)
     db_part = np.zeros((max(slots, 1), f), dtype=x.dtype)
     if need_dx:
         dx = np.zeros((n, h, w, c), dtype=x.dtype)
@@ -425,8 +429,11 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
                                     dvs[t], ds[t], g4s[t], tmps[t], du_part, db_part, s, dx, pt,
                                     pl, oh, ow, th, tw, need_dx, relu, pool, zero)
             s = _fetch_add(counter, 0, 1)
-    du, db = _sum_partials(du_part.reshape(du_part.shape[0], 16 * c, f), db_part)
-    return dx, du.reshape(16, c, f), db
+    du = np.empty((16 * c, f), dtype=x.dtype)
+    parts = du_part.reshape((du_part.shape[0], 16 * c, f))
+    for t in prange(nt):                 # the merge, split by rows (see .partials)
+        _sum_rows(parts, du, t * 16 * c // nt, (t + 1) * 16 * c // nt)
+    return dx, du.reshape((16, c, f)), _sum_bias(db_part)
 
 
 @njit(cache=True)
@@ -440,6 +447,7 @@ def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, v, dm, dv, d
     spare row per plane (:func:`_plane_rows`)."""
     du = du_part[s]
     db = db_part[s]
+    first = True
     for b0 in range(lo, hi, grp):
         g = min(grp, hi - b0)
         for ti0 in range(0, th, chunk):
@@ -451,10 +459,14 @@ def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, v, dm, dv, d
                 _grad_transform(dy, y, arg, b0 + i, dm, i * per, ti0, ti1, tw, oh, ow, relu,
                                 pool, zero, db, g4)
             for k in range(16):
+                if first:                        # the slot's first GEMM writes du
+                    np.dot(v[k, :r].T, dm[k, :r], du[k])
+                    continue
                 np.dot(v[k, :r].T, dm[k, :r], tmp)
                 for ch in range(tmp.shape[0]):   # loops, not du[k] += tmp: see .partials
                     for o in range(tmp.shape[1]):
                         du[k, ch, o] += tmp[ch, o]
+            first = False
             if need_dx:
                 for k in range(16):
                     np.dot(dm[k, :r], u_t[k], dv[k, :r])
