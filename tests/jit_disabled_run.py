@@ -121,6 +121,26 @@ def conv2d_backward_cases():
                     dy = _normal(_rng(10 + g), dt, *shape)
                     return outputs(ops.conv2d_backward(x, k, dy, strides, pads, need_dx, y))
                 yield f"geometry {g}, need_dx={need_dx}, y={'relu output' if relu else None}", case
+        for relu in (False, True):
+            def case(dt, geometry=geometry, relu=relu, g=g):   # a batch norm after it
+                x, k, b, strides, pads = _conv_inputs(dt, geometry, g)
+                z = ops.conv2d_forward(x, k, b, strides, pads)
+                dy = _normal(_rng(10 + g), dt, *z.shape)
+                spec = _bn_spec(z, dy, relu)
+                # dx and dkernel: batch norm's input gradient sums to 0 over the batch, so
+                # dbias is rounding noise about 0 (no relative error to compare)
+                return outputs(ops.conv2d_backward(x, k, dy, strides, pads, True, bn=spec))[:2]
+            yield f"geometry {g}, bn (relu={relu})", case
+
+
+def _bn_spec(z, dy, relu):
+    """The ``BatchNormGradient`` of a batch norm (+ ReLU) after a convolution's output ``z``."""
+    rng = _rng(46)
+    gamma, beta = _normal(rng, z.dtype.type, z.shape[-1]), _normal(rng, z.dtype.type, z.shape[-1])
+    _, mean, _, inv_std = ops.batchnorm_relu_train_forward(z, gamma, beta, 1e-3, relu)
+    _, dgamma, dbeta = ops.batchnorm_relu_backward(dy, z, gamma, beta, mean, inv_std, relu,
+                                                   need_dx=False)
+    return ops.BatchNormGradient(z, gamma, beta, mean, inv_std, dgamma, dbeta, relu)
 
 
 #: (x shape, filters, pads) of the Winograd cases: an odd output size, more than 4
@@ -202,6 +222,14 @@ def winograd_conv2d_backward_cases():
                     dy = _normal(_rng(30 + g), dt, *shape)
                     return outputs(ops.winograd_conv2d_backward(x, k, dy, pads, need_dx, y))
                 yield f"geometry {g}, need_dx={need_dx}, y={'relu output' if relu else None}", case
+        for relu in (False, True):
+            def case(dt, geometry=geometry, relu=relu, g=g):   # a batch norm after it
+                x, k, b, pads = _winograd_inputs(dt, geometry, g)
+                z = ops.winograd_conv2d_forward(x, k, b, pads)
+                dy = _normal(_rng(30 + g), dt, *z.shape)
+                return outputs(ops.winograd_conv2d_backward(x, k, dy, pads, True,
+                                                            bn=_bn_spec(z, dy, relu)))[:2]
+            yield f"geometry {g}, bn (relu={relu})", case
 
 
 def winograd_conv2d_relu_maxpool_backward_cases():
@@ -398,6 +426,15 @@ def batchnorm_relu_backward_cases():
                 return outputs(ops.batchnorm_relu_backward(_normal(rng, dt, *shape), x, gamma, beta,
                                                            mean, inv_std, relu))
             yield f"{shape}, relu={relu}", case
+
+            def sums(dt, shape=shape, relu=relu):
+                rng = _rng(45)
+                x = _normal(rng, dt, *shape)
+                gamma, beta = _normal(rng, dt, shape[-1]), _normal(rng, dt, shape[-1])
+                _, mean, _, inv_std = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, relu)
+                return outputs(ops.batchnorm_relu_backward(_normal(rng, dt, *shape), x, gamma, beta,
+                                                           mean, inv_std, relu, need_dx=False))
+            yield f"{shape}, relu={relu}, sums only", sums
 
 
 def dense_forward_cases():

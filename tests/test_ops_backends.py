@@ -642,6 +642,17 @@ for relu in (False, True):
     for need_dx in (True, False):
         ops.winograd_conv2d_backward(x, k, f32(*y.shape), (1, 1, 1, 1), need_dx,
                                      y if relu else None)
+for winograd in (False, True):   # a batch norm after the convolution (ConvBatchNorm)
+    z = (ops.winograd_conv2d_forward(x, k, None, (1, 1, 1, 1)) if winograd
+         else ops.conv2d_forward(x, k, None, (1, 1), (0, 0, 0, 0)))
+    g, bt, dz = f32(4), f32(4), f32(*z.shape)
+    _, mean, _, inv_std = ops.batchnorm_relu_train_forward(z, g, bt, 1e-3)
+    _, dg, dbt = ops.batchnorm_relu_backward(dz, z, g, bt, mean, inv_std, need_dx=False)
+    spec = ops.BatchNormGradient(z, g, bt, mean, inv_std, dg, dbt, True)
+    if winograd:
+        ops.winograd_conv2d_backward(x, k, dz, (1, 1, 1, 1), True, bn=spec)
+    else:
+        ops.conv2d_backward(x, k, dz, (1, 1), (0, 0, 0, 0), True, bn=spec)
 ops.winograd_conv2d_relu_maxpool_forward(x, k, b, (1, 1, 1, 1))
 for relu in (False, True):
     ops.winograd4_conv2d_forward(x, k, b, (1, 1, 1, 1), relu)

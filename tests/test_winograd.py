@@ -588,7 +588,7 @@ def test_the_fused_winograd_backward_in_chunks_of_tile_rows(chunk):
     u_t = np.ascontiguousarray(winograd_k.kernel_transform(kernel, 0.5).transpose(0, 2, 1))
     dx, du, db = winograd_k.winograd_backward(
         x, u_t, dy, y, arg.astype(np.uint8), 1, 1, 9, 8, True, False, True, 0.0, 2, 1, chunk,
-        numba_ops._counter())
+        numba_ops._counter(), np.empty((0, 4)), 0.0)
     for got, expected in zip((dx, winograd_k.kernel_gradient(du, 0.5), db), want):
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
 
@@ -666,7 +666,7 @@ def test_the_backward_gives_the_same_gradients_at_every_group_size(grp, chunk):
     u_t = np.ascontiguousarray(winograd_k.kernel_transform(kernel, 0.5).transpose(0, 2, 1))
     dx, du, db = winograd_k.winograd_backward(
         x, u_t, dy, dy, numba_ops._NO_ARGMAX, 1, 1, h, w, True, False, False, 0.0, 2, grp,
-        chunk, numba_ops._counter())
+        chunk, numba_ops._counter(), np.empty((0, f)), 0.0)
     dkernel = winograd_k.kernel_gradient(du, 0.5)
     want = numpy_ops.conv2d_backward(x, kernel, dy, (1, 1), (1, 1, 1, 1))
     for got, expected in zip((dx, dkernel, db), want):

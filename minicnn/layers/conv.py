@@ -88,18 +88,19 @@ class Conv2D(Layer):
         return ops.conv2d_forward(x, kernel, bias, self.strides, self.pads, relu=relu,
                                   moments=moments), algo
 
-    def gradients(self, x, dz, algorithms, y=None):
+    def gradients(self, x, dz, algorithms, y=None, bn=None):
         """``(dx, dkernel, dbias)`` of this layer's convolution of ``x`` from ``dz``, the
         gradient of its output before the activation (``y``: its ReLU'd output, whose mask
-        ``y > 0`` applies to ``dz``), by the backward of ``algorithms`` (as
-        :meth:`convolve` returned them); dx is None unless ``compute_input_gradient``.
-        For a fused step that ran :meth:`convolve` itself."""
+        ``y > 0`` applies to ``dz``; ``bn``: a :class:`minicnn.ops.BatchNormGradient`, when
+        ``dz`` is the gradient of a batch norm after it), by the backward of
+        ``algorithms`` (as :meth:`convolve` returned them); dx is None unless
+        ``compute_input_gradient``. For a fused step that ran :meth:`convolve` itself."""
         kernel = self.params["kernel"]
         if algorithms[1] == "winograd":
             return ops.winograd_conv2d_backward(x, kernel, dz, self.pads,
-                                                self.compute_input_gradient, y=y)
+                                                self.compute_input_gradient, y=y, bn=bn)
         return ops.conv2d_backward(x, kernel, dz, self.strides, self.pads,
-                                   self.compute_input_gradient, y=y)
+                                   self.compute_input_gradient, y=y, bn=bn)
 
     def _backward_op(self, dz, y=None):
         x, algo = self._cache[0], self._cache[3]

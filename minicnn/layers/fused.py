@@ -225,10 +225,13 @@ class ConvBatchNorm(_Chain):
     up each image's share of the batch statistics while the image is still in cache, the
     same sums in the same order as batch norm's own pass, so the same bits), then
     :func:`minicnn.ops.batchnorm_relu_train_forward` given them (normalise and clip in
-    one pass, keeping only the conv output ``z`` for the backward, no ``xhat``) and on the
-    way back :func:`minicnn.ops.batchnorm_relu_backward` (the ReLU's and batch norm's
-    backward in one pass) before the conv's gradients; without the ReLU the same ops with
-    ``relu=False``. The moving statistics move as batch norm's own forward moves them.
+    one pass, keeping only the conv output ``z`` for the backward, no ``xhat``). On the
+    way back :func:`minicnn.ops.batchnorm_relu_backward` with ``need_dx=False`` sums
+    dgamma and dbeta (the ReLU's and batch norm's backward, one pass over dy and z), and
+    the conv's backward, given them as a :class:`minicnn.ops.BatchNormGradient`, makes
+    batch norm's input gradient dz row by row as it gathers it (the numba kernels call
+    the very function batch norm's own second pass runs, so the same bits; the other
+    backends compute dz first). Without the ReLU the same ops with ``relu=False``. The moving statistics move as batch norm's own forward moves them.
 
     Inference (moving statistics): one convolution with the folded weights of
     :func:`minicnn.ops.fold_batchnorm`, the ReLU in its epilogue. It rounds differently
@@ -274,11 +277,16 @@ class ConvBatchNorm(_Chain):
         if self._mode == "fused":
             bn = self.bn
             mean, inv_std, relu, algorithms = self._stats
-            dz, dgamma, dbeta = ops.batchnorm_relu_backward(
-                dy, self._z, bn.params.get("gamma"), bn.params.get("beta"), mean, inv_std,
-                relu=relu)
+            gamma, beta = bn.params.get("gamma"), bn.params.get("beta")
+            # batch norm's sums here; its input gradient dz is made by the conv's backward
+            # as it gathers dz (one pass over dy and z less, and dz never written out)
+            _, dgamma, dbeta = ops.batchnorm_relu_backward(dy, self._z, gamma, beta, mean,
+                                                           inv_std, relu=relu, need_dx=False)
             bn.set_grads(dgamma, dbeta)
-            return self.conv.set_kernel_grads(*self.conv.gradients(self._x, dz, algorithms))
+            spec = ops.BatchNormGradient(self._z, gamma, beta, mean, inv_std, dgamma, dbeta,
+                                         relu)
+            return self.conv.set_kernel_grads(*self.conv.gradients(self._x, dy, algorithms,
+                                                                   bn=spec))
         if self._mode == "folded":
             # a backward after an inference pass (gradcheck): the layers' own passes
             self.composed_forward(self._x, False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ._registry import OPS, backend_module, register  # noqa: F401
 from ._shapes import conv_geometry, conv_out_size, out_hw, out_size_from_pads  # noqa: F401
 from .reference import fold_batchnorm  # noqa: F401  (a weight transform, one for every backend)
+from .reference import BatchNormGradient  # noqa: F401  (the bn argument of the conv backwards)
 
 # convolution
 conv2d_forward = register("conv2d_forward")

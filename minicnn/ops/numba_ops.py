@@ -25,7 +25,7 @@ from ._kernels import winograd as winograd_k
 from ._kernels import winograd4 as winograd4_k
 from ._shapes import out_hw
 from .reference import (LEAKY_RELU_SLOPE, _flat_inplace, _winograd_check, backward_input_pads,
-                        check_moments, rotated_kernel, split_dx)
+                        check_bn, check_moments, rotated_kernel, split_dx)
 
 config.apply_thread_policy()
 config.tune_malloc()
@@ -116,15 +116,35 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
     return _with_moments(y, part, moments)
 
 
-def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
+def _bn_args(dy, y, bn, op):
+    """``(y, relu, coefficients, m)`` for a conv backward kernel: the ReLU'd output ``y``
+    (dy itself when None) and its mask flag, or with ``bn`` (a
+    :class:`minicnn.ops.reference.BatchNormGradient`) batch norm's input ``z``, its ReLU
+    flag, the ``(7, f)`` rows of :func:`.norm.bn_coefficients` and its row count; without
+    ``bn`` the coefficients are ``(0, f)``."""
+    check_bn(dy, y, bn, op)
+    dt, f = dy.dtype, dy.shape[-1]
+    if bn is None:
+        return (dy if y is None else _c(y)), y is not None, np.empty((0, f), dtype=dt), dt.type(0)
+    m = dt.type(dy.size // f)
+    inv_std = _c(bn.inv_std, dtype=dt)
+    coefficients = norm_k.bn_coefficients(
+        _c(bn.mean, dtype=dt), inv_std, _channel_vector(bn.gamma, f, dt, 1),
+        _channel_vector(bn.beta, f, dt, 0), inv_std, _c(bn.dgamma, dtype=dt),
+        _c(bn.dbeta, dtype=dt), m)
+    return _c(bn.z, dtype=dt), bool(bn.relu), coefficients, m
+
+
+def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None, bn=None):
     n = x.shape[0]
     k2, geo = _conv_args(x, kernel, strides, pads)
     dy4 = _c(dy)
-    y4 = dy4 if y is None else _c(y)
+    y4, relu, coefficients, m = _bn_args(dy4, y, bn, "conv2d_backward")
     nt = _threads(n)
     dx, dk, db = conv_k.conv2d_backward(_c(x), k2, dy4, y4, np.empty((0, 0, 0, 0), np.uint8), *geo, bool(need_dx),
-                                        y is not None, False, _no_dz(x.dtype), x.dtype.type(0),
-                                        nt, _group(n, nt, geo[6] * geo[7]), _counter())
+                                        relu, False, _no_dz(x.dtype), x.dtype.type(0),
+                                        nt, _group(n, nt, geo[6] * geo[7]), _counter(),
+                                        coefficients, m)
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 
@@ -148,7 +168,7 @@ def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_d
     dx, dk, db = conv_k.conv2d_backward(
         _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo,
         bool(need_dx) and not split, True, True, dz, x.dtype.type(0), _threads(n), 1,
-        _counter())
+        _counter(), np.empty((0, f), dtype=x.dtype), x.dtype.type(0))
     if split:
         dx = winograd_conv2d_backward_input(dz.reshape(n, oh, ow, f), kernel, pads)
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
@@ -250,7 +270,7 @@ def _winograd_backward_group(grp, th, tw, c, f, itemsize):
     return 1, -(-th // pieces)
 
 
-def _winograd_backward(x, kernel, dy, y, argmax, pads, need_dx, op):
+def _winograd_backward(x, kernel, dy, y, argmax, pads, need_dx, op, bn=None):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, op)
     c, f = kernel.shape[2], kernel.shape[3]
     grp, chunk = _winograd_backward_group(grp, -(-oh // 2), -(-ow // 2), c, f,
@@ -258,17 +278,22 @@ def _winograd_backward(x, kernel, dy, y, argmax, pads, need_dx, op):
     u_t = _c(winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5)).transpose(0, 2, 1))
     dy = _c(dy)
     pool = argmax is not None
+    if pool:
+        y4, relu, coefficients, m = _c(y), False, np.empty((0, f), dtype=x.dtype), x.dtype.type(0)
+    else:
+        y4, relu, coefficients, m = _bn_args(dy, y, bn, op)
     dx, du, db = winograd_k.winograd_backward(
-        _c(x), u_t, dy, dy if y is None else _c(y),
+        _c(x), u_t, dy, y4,
         _NO_ARGMAX if argmax is None else _c(argmax, dtype=np.uint8), pads[0], pads[2], oh, ow,
-        bool(need_dx), y is not None and not pool, pool, x.dtype.type(0), nt, grp, chunk,
-        _counter())
+        bool(need_dx), relu, pool, x.dtype.type(0), nt, grp, chunk, _counter(),
+        coefficients, m)
     dkernel = winograd_k.kernel_gradient(du.reshape(16, c, f), x.dtype.type(0.5))
     return (dx if need_dx else None), dkernel, db
 
 
-def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
-    return _winograd_backward(x, kernel, dy, y, None, pads, need_dx, "winograd_conv2d_backward")
+def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None, bn=None):
+    return _winograd_backward(x, kernel, dy, y, None, pads, need_dx, "winograd_conv2d_backward",
+                              bn)
 
 
 def winograd_conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, pads, need_dx=True):
@@ -370,7 +395,8 @@ def batchnorm_backward(dy, xhat, gamma, inv_std):
     dx, dgamma, dbeta = _quiet(
         norm_k.batchnorm_relu_backward, rows, _c(xhat, dtype=dy.dtype).reshape(-1, c),
         _channel_vector(gamma, c, dy.dtype, 1), zeros, zeros, np.ones(c, dtype=dy.dtype),
-        _c(inv_std, dtype=dy.dtype), dt(rows.shape[0]), dt(0), False, _threads(rows.shape[0]))
+        _c(inv_std, dtype=dy.dtype), dt(rows.shape[0]), dt(0), False, _threads(rows.shape[0]),
+        True)
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
@@ -389,7 +415,7 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=Non
     return y.reshape(x.shape), mean, var, inv_std
 
 
-def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
+def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True, need_dx=True):
     if x.shape != dy.shape:
         raise ValueError(f"batchnorm_relu_backward: x must have dy's shape {dy.shape}, "
                          f"received {x.shape}")
@@ -401,8 +427,8 @@ def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
         norm_k.batchnorm_relu_backward, rows, _c(x, dtype=dy.dtype).reshape(-1, c),
         _channel_vector(gamma, c, dy.dtype, 1), _channel_vector(beta, c, dy.dtype, 0),
         _c(mean, dtype=dy.dtype), inv_std, inv_std, dt(rows.shape[0]), dt(0),
-        bool(relu), _threads(rows.shape[0]))
-    return dx.reshape(dy.shape), dgamma, dbeta
+        bool(relu), _threads(rows.shape[0]), bool(need_dx))
+    return (dx.reshape(dy.shape) if need_dx else None), dgamma, dbeta
 
 
 def dense_forward(x, kernel, bias):

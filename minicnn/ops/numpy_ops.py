@@ -19,7 +19,7 @@ from scipy.special import erfc
 from ._shapes import out_hw
 from .reference import (LEAKY_RELU_SLOPE, WINOGRAD4_AT, WINOGRAD4_BT, WINOGRAD_AT, WINOGRAD_BT,
                         WINOGRAD_G, _winograd_check, _winograd_tiles, backward_input_pads,
-                        given_moments, rotated_kernel, split_dx, winograd4_kernel_transform,
+                        bn_input_gradient, given_moments, rotated_kernel, split_dx, winograd4_kernel_transform,
                         winograd_kernel_transform)
 
 
@@ -82,9 +82,11 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
     return _with_moments(y.reshape(x.shape[0], oh, ow, f), moments)
 
 
-def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
+def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None, bn=None):
     kh, kw, c, f = kernel.shape
-    if y is not None:
+    if bn is not None:
+        dy = bn_input_gradient(dy, y, bn, "conv2d_backward", batchnorm_relu_backward)
+    elif y is not None:
         dy = np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
     cols, oh, ow = im2col(x, kh, kw, strides, pads)
     dy2 = dy.reshape(-1, f)
@@ -157,12 +159,14 @@ def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=Tru
     return y, (argmax.astype(np.uint8) if need_argmax else None)
 
 
-def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
+def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None, bn=None):
     _winograd_check(kernel, pads, "winograd_conv2d_backward")
     n, h, w, c = x.shape
     f = kernel.shape[3]
     pt, _, pl, _ = pads
-    if y is not None:
+    if bn is not None:
+        dy = bn_input_gradient(dy, y, bn, "winograd_conv2d_backward", batchnorm_relu_backward)
+    elif y is not None:
         dy = dy * (y > 0)
     bt = WINOGRAD_BT.astype(x.dtype)
     at = WINOGRAD_AT.astype(x.dtype)
@@ -371,13 +375,15 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=Non
     return (np.maximum(t, t.dtype.type(0)) if relu else t), mean, var, inv_std
 
 
-def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
+def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True, need_dx=True):
     rows, g, b = _rows_and_affine(x, gamma, beta)
     xhat = (rows - mean) * inv_std
     d_t = dy.reshape(rows.shape)
     if relu:
         d_t = np.where(g * xhat + b > 0, d_t, dy.dtype.type(0))
-    return batchnorm_backward(d_t.reshape(dy.shape), xhat.reshape(dy.shape), gamma, inv_std)
+    dx, dgamma, dbeta = batchnorm_backward(d_t.reshape(dy.shape), xhat.reshape(dy.shape),
+                                           gamma, inv_std)
+    return (dx if need_dx else None), dgamma, dbeta
 
 
 def dense_forward(x, kernel, bias):

@@ -19,6 +19,7 @@ Conventions (shared by all backends)
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,7 +72,57 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
     return activation_forward("relu", y) if relu else y
 
 
-def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
+class BatchNormGradient(NamedTuple):
+    """A batch norm (+ ReLU) in training mode after a convolution, as the convolution's
+    backward needs it to compute its own output gradient: the ``bn`` argument of
+    :func:`conv2d_backward` and :func:`winograd_conv2d_backward`.
+
+    ``z (n, oh, ow, f)`` is the convolution's output (batch norm's input); ``gamma``,
+    ``beta`` (``(f,)`` or None), ``mean`` and ``inv_std`` those of
+    :func:`batchnorm_relu_train_forward`; ``dgamma`` and ``dbeta`` the sums
+    :func:`batchnorm_relu_backward` returns (with ``need_dx=False`` it computes only
+    them); ``relu`` as given to the forward. With it, the ``dy`` given to the
+    convolution's backward is dL/d(batch norm's output) and the convolution's output
+    gradient is ``batchnorm_relu_backward(dy, z, ...)[0]`` (:func:`bn_input_gradient`).
+    """
+    z: np.ndarray
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    mean: np.ndarray
+    inv_std: np.ndarray
+    dgamma: np.ndarray
+    dbeta: np.ndarray
+    relu: bool
+
+
+def check_bn(dy, y, bn, op):
+    """A ValueError naming ``op`` unless ``bn`` is None or a :class:`BatchNormGradient`
+    whose ``z`` has dy's shape, given without ``y`` (a ReLU's mask: they exclude each other)."""
+    if bn is None:
+        return
+    if y is not None:
+        raise ValueError(f"{op}: y (a ReLU's mask) and bn (a batch norm's) exclude each other; "
+                         f"received both")
+    if not isinstance(bn, BatchNormGradient):
+        raise ValueError(f"{op}: bn must be a BatchNormGradient or None, received "
+                         f"{type(bn).__name__}")
+    if bn.z.shape != dy.shape:
+        raise ValueError(f"{op}: bn.z must have dy's shape {dy.shape}, received {bn.z.shape}")
+
+
+def bn_input_gradient(dy, y, bn, op, bn_backward=None):
+    """dL/dz of a convolution's output from its backward's ``dy`` and ``y`` (a ReLU'd
+    output's mask) or ``bn`` (a :class:`BatchNormGradient`), checked by :func:`check_bn`;
+    ``bn_backward`` is the backend's :func:`batchnorm_relu_backward` (this one's by
+    default)."""
+    check_bn(dy, y, bn, op)
+    if bn is None:
+        return dy if y is None else activation_backward("relu", y, y, dy)
+    backward = batchnorm_relu_backward if bn_backward is None else bn_backward
+    return backward(dy, bn.z, bn.gamma, bn.beta, bn.mean, bn.inv_std, relu=bn.relu)[0]
+
+
+def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None, bn=None):
     """Gradients of :func:`conv2d_forward`.
 
     Parameters
@@ -82,6 +133,9 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
     need_dx : bool, skip dx (the first layer never needs it)
     y : (n, oh, ow, f) or None; the output of a ``relu=True`` forward, whose mask
         ``y > 0`` is applied to dy first (``dz = dy * (y > 0)``)
+    bn : a :class:`BatchNormGradient` or None: dy is the gradient of a batch norm (+ ReLU)
+        after the convolution, whose backward gives dz first (:func:`bn_input_gradient`;
+        the numba backend computes it row by row as it gathers dz, never writing it out)
 
     Returns
     -------
@@ -97,8 +151,7 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None):
     sh, sw = strides
     pt, pb, pl, pr = pads
     _, oh, ow, _ = dy.shape
-    if y is not None:
-        dy = activation_backward("relu", y, y, dy)
+    dy = bn_input_gradient(dy, y, bn, "conv2d_backward")
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     dxp = np.zeros_like(xp)
     dkernel = np.zeros_like(kernel)
@@ -221,7 +274,7 @@ def _winograd_tiles_forward(x, u, bias, pads, relu, bt, at):
     return activation_forward("relu", y) if relu else np.ascontiguousarray(y)
 
 
-def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
+def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None, bn=None):
     """Gradients of :func:`winograd_conv2d_forward`, by backprop through its three steps.
 
     Parameters
@@ -231,6 +284,7 @@ def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
     dy : (n, oh, ow, f)
     need_dx : bool
     y : (n, oh, ow, f) or None, the output of a ``relu=True`` forward (masks dy first)
+    bn : a :class:`BatchNormGradient` or None, as for :func:`conv2d_backward`
 
     Returns
     -------
@@ -249,8 +303,7 @@ def winograd_conv2d_backward(x, kernel, dy, pads, need_dx=True, y=None):
     n, h, w, c = x.shape
     f = kernel.shape[3]
     pt, _, pl, _ = pads
-    if y is not None:
-        dy = activation_backward("relu", y, y, dy)
+    dy = bn_input_gradient(dy, y, bn, "winograd_conv2d_backward")
     bt = WINOGRAD_BT.astype(x.dtype)
     at = WINOGRAD_AT.astype(x.dtype)
     g = WINOGRAD_G.astype(x.dtype)
@@ -936,7 +989,7 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=Non
     return (activation_forward("relu", t) if relu else t), mean, var, inv_std
 
 
-def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
+def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True, need_dx=True):
     """Gradients of :func:`batchnorm_relu_train_forward`: the ReLU's, then batch norm's.
 
     Recomputes ``xhat = (x - mean) * inv_std`` and ``t = gamma * xhat + beta`` exactly as
@@ -949,10 +1002,12 @@ def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
     ----------
     dy, x : (..., c);  gamma, beta : (c,) or None;  mean, inv_std : (c,), from the forward;
     relu : bool, as given to the forward
+    need_dx : bool; without it dx is None: only the sums, for a convolution's backward
+        that computes dx itself (:class:`BatchNormGradient`)
 
     Returns
     -------
-    dx : like dy;  dgamma, dbeta : (c,)
+    dx : like dy (or None);  dgamma, dbeta : (c,)
     """
     dt = dy.dtype.type
     rows = _channel_rows(x)
@@ -967,7 +1022,7 @@ def batchnorm_relu_backward(dy, x, gamma, beta, mean, inv_std, relu=True):
         t = g[ch] * xhat[:, ch] + bt[ch]
         d_t[:, ch] = np.where(t > 0, d_rows[:, ch], dt(0)) if relu else d_rows[:, ch]
     dx, dgamma, dbeta = batchnorm_backward(d_t, xhat, gamma, inv_std)
-    return dx.reshape(dy.shape), dgamma, dbeta
+    return (dx.reshape(dy.shape) if need_dx else None), dgamma, dbeta
 
 
 def fold_batchnorm(kernel, bias, gamma, beta, mean, var, epsilon):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import numba_ops as nb
+from .reference import BatchNormGradient
 
 F32 = np.float32
 
@@ -77,6 +78,11 @@ def norm_and_pool(rng):
     c, *moments = nb.conv2d_forward(x, kernel, beta, (1, 1), (1, 1, 1, 1), moments=True)
     nb.batchnorm_relu_train_forward(c, gamma, beta, 1e-3, moments=moments)
     nb.batchnorm_relu_backward(z, x, gamma, beta, mean, inv_std)
+    # a convolution before a batch norm makes its input gradient (ConvBatchNorm)
+    _, dgamma, dbeta = nb.batchnorm_relu_backward(z, c, gamma, beta, mean, inv_std,
+                                                  need_dx=False)
+    spec = BatchNormGradient(c, gamma, beta, mean, inv_std, dgamma, dbeta, True)
+    nb.conv2d_backward(x, kernel, z, (1, 1), (1, 1, 1, 1), bn=spec)
     nb.add_relu_forward(x, z)
     nb.add_forward(x, z)
     g = nb.global_avgpool_forward(x)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .norm import _image_moments
+from .norm import _bn_dz_row, _image_moments
 from .partials import _sum_bias, _sum_rows
 from .pool import _conv_outputs, _max4, _window_max4
 from .patches import (_col2im_one, _patch_buffers, _patch_views, _patches_into,
@@ -177,7 +177,7 @@ def _conv_grads(x, b0, g, k2t, dz, cr, ct, transposed, tmp, dk, first, dcols, dx
 
 @njit(parallel=True, cache=True)
 def conv2d_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, pool,
-                    dz_out, zero, nt, grp, counter):
+                    dz_out, zero, nt, grp, counter, bn, m):
     """dx (recomputing im2col), dkernel2d and dbias from dy, of :func:`conv2d_forward`
     plain (``dy`` and ``y (n, oh, ow, f)``) or with ``pool`` (the pooled ``dy``, ``y`` and
     the uint8 ``arg (n, oh//2, ow//2, f)``; ``arg`` is not read otherwise).
@@ -192,8 +192,14 @@ def conv2d_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, 
     a shared counter (:mod:`.sched`); each slot sums its own partial gradients. One
     kernel for both variants, so one compile (benchmarks/RESULTS.md 5).
 
-    ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``; ``y`` is read only when ``relu`` or ``pool``.
-    Returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``dk (kh*kw*c, f)`` and
+    ``bn (7, f)`` with rows (not ``(0, f)``): ``dy`` is the gradient of a batch norm's
+    output whose input was this convolution's output ``y``, and dz its input gradient,
+    row by row as batch norm's own backward writes it (:func:`.norm._bn_dz_row`, ``relu``
+    its ReLU, ``m`` the rows it normalised over; see
+    :class:`minicnn.ops.reference.BatchNormGradient`).
+
+    ``x (n, h, w, c)``, ``k2 (kh*kw*c, f)``; ``y`` is read only when ``relu``, ``pool`` or
+    ``bn``. Returns new ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``dk (kh*kw*c, f)`` and
     ``db (f,)``. A ``dz_out (n, oh*ow, f)`` with rows (not ``(0, 0, 0)``) receives each
     image's dz, for a caller that computes dx another way.
     """
@@ -216,7 +222,7 @@ def conv2d_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, 
             lo, hi = _slot_range(s, slots, n)
             _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dy3, y3, arg, dz, dz_out, cr, ct,
                                 xcs[t], transposed, tmp[t], dk_part, db_part, s, dcols[t], dx,
-                                kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, pool, zero)
+                                kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, pool, zero, bn, m)
             s = _fetch_add(counter, 0, 1)
     dk = np.empty((kk, f), dtype=x.dtype)
     for t in prange(nt):                 # the merge, split by rows (see .partials)
@@ -227,7 +233,7 @@ def conv2d_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, 
 @njit(cache=True)
 def _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dy3, y3, arg, dz, dz_out, cr, ct, xc,
                         transposed, tmp, dk_part, db_part, s, dcols, dx, kh, kw, sh, sw, pt, pl,
-                        oh, ow, need_dx, relu, pool, zero):
+                        oh, ow, need_dx, relu, pool, zero, bn, m):
     """Images ``lo .. hi-1`` (slot ``s``) of :func:`conv2d_backward`, ``grp`` per GEMM: adds
     their weight and bias gradients into ``dk_part[s] (kk, f)`` and ``db_part[s] (f,)`` and
     writes their rows of ``dx`` (and of ``dz_out``); ``dz``, ``cr``/``ct``, ``xc``, ``tmp``
@@ -244,6 +250,13 @@ def _conv_backward_slot(x, lo, hi, grp, k2t, dy, y, dy3, y3, arg, dz, dz_out, cr
         if pool:
             for i in range(g):
                 _pooled_dz(dy, y, arg, b0 + i, dz, i * p, ph, pw, oh, ow, f, db, zero)
+        elif bn.shape[0]:
+            for i in range(g):
+                for q in range(p):
+                    _bn_dz_row(dy3[b0 + i, q], y3[b0 + i, q], dz[i * p + q], bn, m, zero, relu)
+            for r in range(g * p):
+                for o in range(f):
+                    db[o] += dz[r, o]
         else:
             # branch-free masking, and the bias gradient in its own loop, so both vectorise
             for i in range(g):

@@ -149,19 +149,57 @@ def batchnorm_relu_train_forward(x, gamma, beta, mean64, var64, eps, one, zero, 
     return y, mean, var, inv_std
 
 
+@njit(cache=True)
+def bn_coefficients(mean, x_scale, gamma, beta, inv_std, dgamma, dbeta, m):
+    """``(7, c)``: the rows ``mean, x_scale, gamma, beta, scale, dbeta, dgamma`` that
+    :func:`_bn_dz_row` reads, with ``scale = gamma * inv_std / m`` (all ``(c,)`` in one
+    dtype, ``m`` the rows summed over, in that dtype)."""
+    c = mean.shape[0]
+    bn = np.empty((7, c), dtype=mean.dtype)
+    scale = gamma * inv_std / m
+    for ch in range(c):
+        bn[0, ch] = mean[ch]
+        bn[1, ch] = x_scale[ch]
+        bn[2, ch] = gamma[ch]
+        bn[3, ch] = beta[ch]
+        bn[4, ch] = scale[ch]
+        bn[5, ch] = dbeta[ch]
+        bn[6, ch] = dgamma[ch]
+    return bn
+
+
+@njit(cache=True)
+def _bn_dz_row(dy, z, out, bn, m, zero, relu):
+    """One row of batch norm's input gradient (the second pass of
+    :func:`batchnorm_relu_backward`): ``out = scale * (m * d - dbeta - xhat * dgamma)``,
+    ``xhat = (z - mean) * x_scale``, ``d = dy`` where ``gamma * xhat + beta > 0`` (or
+    everywhere without ``relu``), else 0. ``dy, z, out (c,)``; ``bn (7, c)`` from
+    :func:`bn_coefficients`. The conv backward kernels call it on the rows they gather,
+    so a convolution followed by batch norm gets the bits this pass would write, without
+    writing them (:class:`minicnn.layers.fused.ConvBatchNorm`)."""
+    mean, xs, gamma, beta = bn[0], bn[1], bn[2], bn[3]
+    scale, dbeta, dgamma = bn[4], bn[5], bn[6]
+    for ch in range(out.shape[0]):
+        v = (z[ch] - mean[ch]) * xs[ch]
+        d = dy[ch] if not relu or gamma[ch] * v + beta[ch] > zero else zero
+        out[ch] = scale[ch] * (m * d - dbeta[ch] - v * dgamma[ch])
+
+
 @njit(parallel=PRANGE_ONLY, cache=True)
 def batchnorm_relu_backward(dy, x, gamma, beta, mean, x_scale, inv_std, m, zero, relu,
-                           nt):
+                           nt, need_dx):
     """Backward of :func:`batchnorm_relu_train_forward` for ``dy, x (m, c)``.
 
     ``xhat = (x - mean) * x_scale`` (``x_scale`` is ``inv_std``; plain batch norm, with
     ``relu`` False, passes xhat itself as ``x`` with ``mean`` 0 and ``x_scale`` 1, exact)
     and the ReLU's input ``t = gamma * xhat + beta`` are recomputed from ``x`` by
     the forward's expression (so the mask ``t > 0`` is the forward's, bit for bit); with
-    ``d = dy where t > 0 else 0`` (``d = dy`` when ``relu`` is False): ``dbeta = sum d``, ``dgamma = sum d * xhat`` (per-block
-    partials, merged serially), then ``dx = gamma * inv_std / m * (m * d - dbeta - xhat *
-    dgamma)`` as :func:`batchnorm_backward`. Two passes over ``dy`` and ``x`` where the two
-    layers made five over three tensors. Returns new ``dx (m, c)``, ``dgamma``, ``dbeta``.
+    ``d = dy where t > 0 else 0`` (``d = dy`` when ``relu`` is False): ``dbeta = sum d``,
+    ``dgamma = sum d * xhat`` (per-block partials, merged serially), then, with
+    ``need_dx``, ``dx = gamma * inv_std / m * (m * d - dbeta - xhat * dgamma)`` as
+    :func:`batchnorm_backward` (:func:`_bn_dz_row`). Two passes over ``dy`` and ``x``
+    where the two layers made five over three tensors. Returns new ``dx (m, c)`` (``(0,
+    c)`` without ``need_dx``), ``dgamma``, ``dbeta``.
     """
     rows, c = dy.shape
     part_b = np.zeros((nt, c), dtype=dy.dtype)
@@ -181,13 +219,12 @@ def batchnorm_relu_backward(dy, x, gamma, beta, mean, x_scale, inv_std, m, zero,
             part_g[t, ch] = acc_g[ch]
     dbeta = _merge(part_b)
     dgamma = _merge(part_g)
-    scale = gamma * inv_std / m
+    if not need_dx:
+        return np.empty((0, c), dtype=dy.dtype), dgamma, dbeta
+    bn = bn_coefficients(mean, x_scale, gamma, beta, inv_std, dgamma, dbeta, m)
     dx = np.empty_like(dy)
     for t in prange(nt):
         lo, hi = _block(t, nt, rows)
         for r in range(lo, hi):
-            for ch in range(c):
-                v = (x[r, ch] - mean[ch]) * x_scale[ch]
-                d = dy[r, ch] if not relu or gamma[ch] * v + beta[ch] > zero else zero
-                dx[r, ch] = scale[ch] * (m * d - dbeta[ch] - v * dgamma[ch])
+            _bn_dz_row(dy[r], x[r], dx[r], bn, m, zero, relu)
     return dx, dgamma, dbeta

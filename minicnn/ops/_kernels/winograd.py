@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .partials import _sum_bias, _sum_rows
+from .norm import _bn_dz_row
 from .pool import _conv_outputs, _window_max4
 from .sched import _fetch_add, _slot_count, _slot_range
 
@@ -268,14 +269,17 @@ def _pooled_block_grad(dy, y, arg, b, ti, tj, oh, ow, zero, g4):
 
 
 @njit(cache=True)
-def _block_grad(dy, y, b, ti, tj, oh, ow, relu, zero, g4):
+def _block_grad(dy, y, b, ti, tj, oh, ow, relu, zero, g4, bn, m):
     """``g4 (4, f)``: dz of tile ``(ti, tj)``'s 2x2 block, ``dy * (y > 0)`` with ``relu``
-    (else dy); outputs past ``oh, ow`` count as 0."""
+    (else dy), or with ``bn`` rows a batch norm's input gradient (:func:`.norm._bn_dz_row`,
+    ``y`` its input); outputs past ``oh, ow`` count as 0."""
     f = dy.shape[3]
     for p in range(4):
         i = 2 * ti + p // 2
         j = 2 * tj + p % 2
-        if i < oh and j < ow:
+        if i < oh and j < ow and bn.shape[0]:
+            _bn_dz_row(dy[b, i, j], y[b, i, j], g4[p], bn, m, zero, relu)
+        elif i < oh and j < ow:
             for o in range(f):
                 gv = dy[b, i, j, o]
                 g4[p, o] = zero if (relu and not y[b, i, j, o] > zero) else gv
@@ -285,7 +289,8 @@ def _block_grad(dy, y, b, ti, tj, oh, ow, relu, zero, g4):
 
 
 @njit(cache=True)
-def _grad_transform(dy, y, arg, b, dm, row0, ti0, ti1, tw, oh, ow, relu, pool, zero, db, g4):
+def _grad_transform(dy, y, arg, b, dm, row0, ti0, ti1, tw, oh, ow, relu, pool, zero, db, g4,
+                    bn, m):
     """``dm[a*4 + e, row0 + tile, :] = (A dz_tile A^T)[a, e, :]``, the gradient of the
     output transform, from ``dz = dy * (y > 0)`` (or dy) of image ``b``, tile rows ``ti0 ..
     ti1-1`` (as :func:`_input_transform`); outputs past
@@ -305,7 +310,7 @@ def _grad_transform(dy, y, arg, b, dm, row0, ti0, ti1, tw, oh, ow, relu, pool, z
             if pool:
                 _pooled_block_grad(dy, y, arg, b, ti, tj, oh, ow, zero, g4)
             else:
-                _block_grad(dy, y, b, ti, tj, oh, ow, relu, zero, g4)
+                _block_grad(dy, y, b, ti, tj, oh, ow, relu, zero, g4, bn, m)
             # A g A^T, where A g has the rows (g0, g0 + g1, g0 - g1, -g1), then the same
             # over the columns: one row a of the 4x4 result per loop, four output planes
             # each (sixteen planes written in one loop, 64 KB apart, thrashed the L1
@@ -383,13 +388,16 @@ def _input_transform_adjoint(dv, dx, b, row0, ti0, ti1, tw, pt, pl, q):
 
 @njit(parallel=True, cache=True)
 def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, zero, nt, grp,
-                      chunk, counter):
+                      chunk, counter, bn, m):
     """dx, dU (the gradient of the transformed kernel) and dbias of :func:`winograd_forward`.
 
     ``u_t (16, f, c)``: the transformed kernel with each position transposed; ``dy`` and
     ``y (n, oh, ow, f)`` (``y`` read only when ``relu``: dz = dy * (y > 0)); with ``pool``
     the pooled ``dy``, ``y`` and the uint8 ``arg (n, oh//2, ow//2, f)`` of the fused
-    ReLU + pool forward instead (``arg`` is not read otherwise). Returns new
+    ReLU + pool forward instead (``arg`` is not read otherwise); ``bn (7, f)`` with rows
+    (not ``(0, f)``): ``dy`` is a batch norm's output gradient, ``y`` its input, dz its
+    input gradient (as :func:`.conv.conv2d_backward`, ``relu`` the batch norm's ReLU,
+    ``m`` its row count). Returns new
     ``dx (n, h, w, c)`` (empty when not ``need_dx``), ``du (16, c, f)`` (the wrapper turns
     it into dkernel = G^T dU G) and ``db (f,)``. Per slot, the partial dU and db are
     summed in slot order afterwards, so the result does not depend on the scheduling.
@@ -427,7 +435,7 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
             lo, hi = _slot_range(s, slots, n)
             _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, vs[t], dms[t],
                                     dvs[t], ds[t], g4s[t], tmps[t], du_part, db_part, s, dx, pt,
-                                    pl, oh, ow, th, tw, need_dx, relu, pool, zero)
+                                    pl, oh, ow, th, tw, need_dx, relu, pool, zero, bn, m)
             s = _fetch_add(counter, 0, 1)
     du = np.empty((16 * c, f), dtype=x.dtype)
     parts = du_part.reshape((du_part.shape[0], 16 * c, f))
@@ -439,7 +447,7 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
 @njit(cache=True)
 def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, v, dm, dv, d, g4, tmp,
                             du_part, db_part, s, dx, pt, pl, oh, ow, th, tw, need_dx, relu,
-                            pool, zero):
+                            pool, zero, bn, m):
     """Images ``lo .. hi-1`` (slot ``s``) of :func:`winograd_backward`, ``grp`` images or
     ``chunk`` tile rows of one image per GEMM: adds into ``du_part[s]`` and ``db_part[s]``
     and writes their images of ``dx``. The GEMMs take only the rows the transforms wrote
@@ -457,7 +465,7 @@ def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, v, dm, dv, d
             for i in range(g):
                 _input_transform(x, b0 + i, v, i * per, ti0, ti1, tw, pt, pl, d)
                 _grad_transform(dy, y, arg, b0 + i, dm, i * per, ti0, ti1, tw, oh, ow, relu,
-                                pool, zero, db, g4)
+                                pool, zero, db, g4, bn, m)
             for k in range(16):
                 if first:                        # the slot's first GEMM writes du
                     np.dot(v[k, :r].T, dm[k, :r], du[k])
