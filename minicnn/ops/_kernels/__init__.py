@@ -24,8 +24,7 @@ of contiguous images from a shared counter (:mod:`.sched`) and walks them one im
 (or a small group) at a time, so the patches of one image stay in its L2 cache and each
 thread calls single-threaded BLAS (``np.dot``). Every ``prange`` iteration
 writes only its own output rows or its own slot of a per-slot partial
-buffer; partial weight gradients are summed afterwards, in slot order (a second
-``prange`` split by rows of the gradient in the conv backward kernels). The thread
+buffer; partial weight gradients are summed serially afterwards, in slot order. The thread
 count ``nt`` is an argument (``numba.get_num_threads()`` read inside a kernel
 would stop Numba from caching it).
 

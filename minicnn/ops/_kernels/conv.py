@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from .norm import _bn_dz_row, _image_moments
-from .partials import _sum_bias, _sum_rows
+from .partials import _sum_partials
 from .pool import _conv_outputs, _max4, _window_max4
 from .patches import (_col2im_one, _patch_buffers, _patch_views, _patches_into,
                       _patches_times_kernel, _transposed_patches)
@@ -224,10 +224,8 @@ def conv2d_backward(x, k2, dy, y, arg, kh, kw, sh, sw, pt, pl, oh, ow, need_dx, 
                                 xcs[t], transposed, tmp[t], dk_part, db_part, s, dcols[t], dx,
                                 kh, kw, sh, sw, pt, pl, oh, ow, need_dx, relu, pool, zero, bn, m)
             s = _fetch_add(counter, 0, 1)
-    dk = np.empty((kk, f), dtype=x.dtype)
-    for t in prange(nt):                 # the merge, split by rows (see .partials)
-        _sum_rows(dk_part, dk, t * kk // nt, (t + 1) * kk // nt)
-    return dx, dk, _sum_bias(db_part)
+    dk, db = _sum_partials(dk_part, db_part)
+    return dx, dk, db
 
 
 @njit(cache=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .partials import _sum_bias, _sum_rows
+from .partials import _sum_partials
 from .norm import _bn_dz_row
 from .pool import _conv_outputs, _window_max4
 from .sched import _fetch_add, _slot_count, _slot_range
@@ -437,11 +437,8 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
                                     dvs[t], ds[t], g4s[t], tmps[t], du_part, db_part, s, dx, pt,
                                     pl, oh, ow, th, tw, need_dx, relu, pool, zero, bn, m)
             s = _fetch_add(counter, 0, 1)
-    du = np.empty((16 * c, f), dtype=x.dtype)
-    parts = du_part.reshape((du_part.shape[0], 16 * c, f))
-    for t in prange(nt):                 # the merge, split by rows (see .partials)
-        _sum_rows(parts, du, t * 16 * c // nt, (t + 1) * 16 * c // nt)
-    return dx, du.reshape((16, c, f)), _sum_bias(db_part)
+    du, db = _sum_partials(du_part.reshape((du_part.shape[0], 16 * c, f)), db_part)
+    return dx, du.reshape((16, c, f)), db
 
 
 @njit(cache=True)
