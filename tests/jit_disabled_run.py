@@ -418,23 +418,17 @@ def batchnorm_relu_train_forward_cases():
 def batchnorm_relu_backward_cases():
     for shape in BN_SHAPES:
         for relu in (True, False):
-            def case(dt, shape=shape, relu=relu):
-                rng = _rng(44)
-                x = _normal(rng, dt, *shape)
-                gamma, beta = _normal(rng, dt, shape[-1]), _normal(rng, dt, shape[-1])
-                _, mean, _, inv_std = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, relu)
-                return outputs(ops.batchnorm_relu_backward(_normal(rng, dt, *shape), x, gamma, beta,
-                                                           mean, inv_std, relu))
-            yield f"{shape}, relu={relu}", case
-
-            def sums(dt, shape=shape, relu=relu):
-                rng = _rng(45)
-                x = _normal(rng, dt, *shape)
-                gamma, beta = _normal(rng, dt, shape[-1]), _normal(rng, dt, shape[-1])
-                _, mean, _, inv_std = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, relu)
-                return outputs(ops.batchnorm_relu_backward(_normal(rng, dt, *shape), x, gamma, beta,
-                                                           mean, inv_std, relu, need_dx=False))
-            yield f"{shape}, relu={relu}, sums only", sums
+            for need_dx in (True, False):       # without dx: the sums a conv's bn= takes
+                def case(dt, shape=shape, relu=relu, need_dx=need_dx):
+                    rng = _rng(44)
+                    x = _normal(rng, dt, *shape)
+                    gamma, beta = _normal(rng, dt, shape[-1]), _normal(rng, dt, shape[-1])
+                    _, mean, _, inv_std = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3,
+                                                                           relu)
+                    return outputs(ops.batchnorm_relu_backward(
+                        _normal(rng, dt, *shape), x, gamma, beta, mean, inv_std, relu,
+                        need_dx=need_dx))
+                yield f"{shape}, relu={relu}" + ("" if need_dx else ", sums only"), case
 
 
 def dense_forward_cases():
