@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .partials import _sum_partials
+from . import PRANGE_ONLY
 from .norm import _bn_dz_row
+from .partials import _sum_partials
 from .pool import _conv_outputs, _window_max4
 from .sched import _fetch_add, _slot_count, _slot_range
 
@@ -386,7 +387,7 @@ def _input_transform_adjoint(dv, dx, b, row0, ti0, ti1, tw, pt, pl, q):
                         dx[b, r0 + 3, s, ch] -= v3
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PRANGE_ONLY, cache=True)
 def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, zero, nt, grp,
                       chunk, counter, bn, m):
     """dx, dU (the gradient of the transformed kernel) and dbias of :func:`winograd_forward`.
@@ -424,7 +425,7 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
         du_part = np.zeros((1, 16, c, f), dtype=x.dtype)
     db_part = np.zeros((max(slots, 1), f), dtype=x.dtype)
     if need_dx:
-        dx = np.zeros((n, h, w, c), dtype=x.dtype)
+        dx = np.empty((n, h, w, c), dtype=x.dtype)      # each slot zeroes its own images
         dvs = np.empty((nt, 16, _plane_rows(rows), c), dtype=x.dtype)
     else:
         dx = np.zeros((0, 0, 0, 0), dtype=x.dtype)
@@ -446,12 +447,17 @@ def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, v, dm, dv, d
                             du_part, db_part, s, dx, pt, pl, oh, ow, th, tw, need_dx, relu,
                             pool, zero, bn, m):
     """Images ``lo .. hi-1`` (slot ``s``) of :func:`winograd_backward`, ``grp`` images or
-    ``chunk`` tile rows of one image per GEMM: adds into ``du_part[s]`` and ``db_part[s]``
-    and writes their images of ``dx``. The GEMMs take only the rows the transforms wrote
+    ``chunk`` tile rows of one image per GEMM: writes, then adds into, ``du_part[s]``, adds
+    into ``db_part[s]``, and zeroes then accumulates their images of ``dx`` (zeroed here,
+    by the thread that fills them, rather than by a parallel ``np.zeros`` in the kernel:
+    one ``prange`` region, see :data:`.PRANGE_ONLY`). The GEMMs take only the rows the transforms wrote
     (a partial group or a last, shorter chunk leaves stale rows out); the buffers hold a
     spare row per plane (:func:`_plane_rows`)."""
     du = du_part[s]
     db = db_part[s]
+    if need_dx:
+        for b in range(lo, hi):
+            dx[b] = zero
     first = True
     for b0 in range(lo, hi, grp):
         g = min(grp, hi - b0)
