@@ -231,7 +231,8 @@ class ConvBatchNorm(_Chain):
     the conv's backward, given them as a :class:`minicnn.ops.BatchNormGradient`, makes
     batch norm's input gradient dz row by row as it gathers it (the numba kernels call
     the very function batch norm's own second pass runs, so the same bits; the other
-    backends compute dz first). Without the ReLU the same ops with ``relu=False``. The moving statistics move as batch norm's own forward moves them.
+    backends compute dz first). Without the ReLU the same ops with ``relu=False``. The
+    moving statistics move as batch norm's own forward moves them.
 
     Inference (moving statistics): one convolution with the folded weights of
     :func:`minicnn.ops.fold_batchnorm`, the ReLU in its epilogue. It rounds differently

@@ -116,6 +116,11 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
     return _with_moments(y, part, moments)
 
 
+def _no_bn(f, dtype):
+    """The conv backward kernels' ``bn, m`` arguments when no batch norm follows."""
+    return np.empty((0, f), dtype=dtype), dtype.type(0)
+
+
 def _bn_args(dy, y, bn, op):
     """``(y, relu, coefficients, m)`` for a conv backward kernel: the ReLU'd output ``y``
     (dy itself when None) and its mask flag, or with ``bn`` (a
@@ -125,7 +130,7 @@ def _bn_args(dy, y, bn, op):
     check_bn(dy, y, bn, op)
     dt, f = dy.dtype, dy.shape[-1]
     if bn is None:
-        return (dy if y is None else _c(y)), y is not None, np.empty((0, f), dtype=dt), dt.type(0)
+        return (dy if y is None else _c(y)), y is not None, *_no_bn(f, dt)
     m = dt.type(dy.size // f)
     inv_std = _c(bn.inv_std, dtype=dt)
     coefficients = norm_k.bn_coefficients(
@@ -141,10 +146,10 @@ def conv2d_backward(x, kernel, dy, strides, pads, need_dx=True, y=None, bn=None)
     dy4 = _c(dy)
     y4, relu, coefficients, m = _bn_args(dy4, y, bn, "conv2d_backward")
     nt = _threads(n)
-    dx, dk, db = conv_k.conv2d_backward(_c(x), k2, dy4, y4, np.empty((0, 0, 0, 0), np.uint8), *geo, bool(need_dx),
-                                        relu, False, _no_dz(x.dtype), x.dtype.type(0),
-                                        nt, _group(n, nt, geo[6] * geo[7]), _counter(),
-                                        coefficients, m)
+    dx, dk, db = conv_k.conv2d_backward(_c(x), k2, dy4, y4, np.empty((0, 0, 0, 0), np.uint8),
+                                        *geo, bool(need_dx), relu, False, _no_dz(x.dtype),
+                                        x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]),
+                                        _counter(), coefficients, m)
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
 
 
@@ -168,7 +173,7 @@ def conv2d_relu_maxpool_backward(x, kernel, dy, y, argmax, strides, pads, need_d
     dx, dk, db = conv_k.conv2d_backward(
         _c(x), k2, _c(dy), _c(y), _c(argmax, dtype=np.uint8), *geo,
         bool(need_dx) and not split, True, True, dz, x.dtype.type(0), _threads(n), 1,
-        _counter(), np.empty((0, f), dtype=x.dtype), x.dtype.type(0))
+        _counter(), *_no_bn(f, x.dtype))
     if split:
         dx = winograd_conv2d_backward_input(dz.reshape(n, oh, ow, f), kernel, pads)
     return (dx if need_dx else None), dk.reshape(kernel.shape), db
@@ -279,7 +284,7 @@ def _winograd_backward(x, kernel, dy, y, argmax, pads, need_dx, op, bn=None):
     dy = _c(dy)
     pool = argmax is not None
     if pool:
-        y4, relu, coefficients, m = _c(y), False, np.empty((0, f), dtype=x.dtype), x.dtype.type(0)
+        y4, relu, (coefficients, m) = _c(y), False, _no_bn(f, x.dtype)
     else:
         y4, relu, coefficients, m = _bn_args(dy, y, bn, op)
     dx, du, db = winograd_k.winograd_backward(

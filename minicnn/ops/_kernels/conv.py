@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from .norm import _bn_dz_row, _image_moments
-from .partials import _sum_partials
+from .partials import _slot_partials, _sum_partials
 from .pool import _conv_outputs, _max4, _window_max4
 from .patches import (_col2im_one, _patch_buffers, _patch_views, _patches_into,
                       _patches_times_kernel, _transposed_patches)
@@ -126,19 +126,14 @@ def _backward_buffers(x, nt, slots, p, kk, f, need_dx, transposed):
 
     ``nt`` threads, ``slots`` batch slots (:mod:`.sched`), ``p``: patch rows per
     thread, ``kk = kh*kw*c``, ``f`` filters. Returns the patch buffers of
-    :func:`.patches._patch_buffers`, ``dzs (nt, p, f)``, per-slot partial sums
-    ``dk_part (slots, kk, f)`` (uninitialised: each slot's first GEMM writes its own,
-    see :mod:`.partials`; zeros when there is no slot) and ``db_part (slots, f)``
-    (zeroed), GEMM scratch ``tmp (nt, kk, f)``, and ``dx (n, h, w, c)`` plus ``dcols
-    (nt, p, kk)`` (both empty when not ``need_dx``).
+    :func:`.patches._patch_buffers`, ``dzs (nt, p, f)``, the per-slot partial sums
+    ``dk_part (slots, kk, f)`` and ``db_part (slots, f)`` of
+    :func:`.partials._slot_partials`, GEMM scratch ``tmp (nt, kk, f)``, and ``dx (n, h,
+    w, c)`` plus ``dcols (nt, p, kk)`` (both empty when not ``need_dx``).
     """
     cbuf, xcs = _patch_buffers(x, nt, p, kk, transposed)
     dzs = np.empty((nt, p, f), dtype=x.dtype)
-    if slots:
-        dk_part = np.empty((slots, kk, f), dtype=x.dtype)
-    else:
-        dk_part = np.zeros((1, kk, f), dtype=x.dtype)
-    db_part = np.zeros((max(slots, 1), f), dtype=x.dtype)
+    dk_part, db_part = _slot_partials(slots, kk, f, x)
     tmp = np.empty((nt, kk, f), dtype=x.dtype)
     if need_dx:
         dx = np.empty(x.shape, dtype=x.dtype)

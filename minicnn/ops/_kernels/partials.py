@@ -10,7 +10,20 @@ backward's 8 MB of partials, and cost a second of compiling per process, as a se
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
+
+
+@njit(cache=True)
+def _slot_partials(slots, rows, f, like):
+    """Per-slot partial sums in ``like``'s dtype: ``part (slots, rows, f)`` uninitialised
+    (each slot's first GEMM writes its own) and ``db_part (slots, f)`` zeroed; with no
+    slot (an empty batch: no GEMM runs) one zeroed slot each, so the sums are 0."""
+    if slots:
+        part = np.empty((slots, rows, f), dtype=like.dtype)
+    else:
+        part = np.zeros((1, rows, f), dtype=like.dtype)
+    return part, np.zeros((max(slots, 1), f), dtype=like.dtype)
 
 
 @njit(cache=True)

@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from . import PRANGE_ONLY
 from .norm import _bn_dz_row
-from .partials import _sum_partials
+from .partials import _slot_partials, _sum_partials
 from .pool import _conv_outputs, _window_max4
 from .sched import _fetch_add, _slot_count, _slot_range
 
@@ -278,15 +278,15 @@ def _block_grad(dy, y, b, ti, tj, oh, ow, relu, zero, g4, bn, m):
     for p in range(4):
         i = 2 * ti + p // 2
         j = 2 * tj + p % 2
-        if i < oh and j < ow and bn.shape[0]:
+        if i >= oh or j >= ow:
+            for o in range(f):
+                g4[p, o] = zero
+        elif bn.shape[0]:
             _bn_dz_row(dy[b, i, j], y[b, i, j], g4[p], bn, m, zero, relu)
-        elif i < oh and j < ow:
+        else:
             for o in range(f):
                 gv = dy[b, i, j, o]
                 g4[p, o] = zero if (relu and not y[b, i, j, o] > zero) else gv
-        else:
-            for o in range(f):
-                g4[p, o] = zero
 
 
 @njit(cache=True)
@@ -418,12 +418,8 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
     ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
     tmps = np.empty((nt, c, f), dtype=x.dtype)
     g4s = np.empty((nt, 4, f), dtype=x.dtype)
-    # each slot's first GEMMs write its du_part (see .partials); no slot, no GEMM
-    if slots:
-        du_part = np.empty((slots, 16, c, f), dtype=x.dtype)
-    else:
-        du_part = np.zeros((1, 16, c, f), dtype=x.dtype)
-    db_part = np.zeros((max(slots, 1), f), dtype=x.dtype)
+    parts, db_part = _slot_partials(slots, 16 * c, f, x)
+    du_part = parts.reshape((parts.shape[0], 16, c, f))
     if need_dx:
         dx = np.empty((n, h, w, c), dtype=x.dtype)      # each slot zeroes its own images
         dvs = np.empty((nt, 16, _plane_rows(rows), c), dtype=x.dtype)
@@ -438,7 +434,7 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
                                     dvs[t], ds[t], g4s[t], tmps[t], du_part, db_part, s, dx, pt,
                                     pl, oh, ow, th, tw, need_dx, relu, pool, zero, bn, m)
             s = _fetch_add(counter, 0, 1)
-    du, db = _sum_partials(du_part.reshape((du_part.shape[0], 16 * c, f)), db_part)
+    du, db = _sum_partials(parts, db_part)
     return dx, du.reshape((16, c, f)), db
 
 
@@ -450,9 +446,9 @@ def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, v, dm, dv, d
     ``chunk`` tile rows of one image per GEMM: writes, then adds into, ``du_part[s]``, adds
     into ``db_part[s]``, and zeroes then accumulates their images of ``dx`` (zeroed here,
     by the thread that fills them, rather than by a parallel ``np.zeros`` in the kernel:
-    one ``prange`` region, see :data:`.PRANGE_ONLY`). The GEMMs take only the rows the transforms wrote
-    (a partial group or a last, shorter chunk leaves stale rows out); the buffers hold a
-    spare row per plane (:func:`_plane_rows`)."""
+    one ``prange`` region, see :data:`.PRANGE_ONLY`). The GEMMs take only the rows the
+    transforms wrote (a partial group or a last, shorter chunk leaves stale rows out); the
+    buffers hold a spare row per plane (:func:`_plane_rows`)."""
     du = du_part[s]
     db = db_part[s]
     if need_dx:
