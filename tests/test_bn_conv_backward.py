@@ -12,7 +12,10 @@ dx, in float32 and float64, on every backend:
   ``dz = batchnorm_relu_backward(dy, z, ...)[0]`` of the same backend;
 - the backends agree with each other within rounding;
 - ``need_dx=False`` gives batch norm's sums alone, the same bits;
-- a ReLU mask ``y`` and ``bn`` together, a ``bn`` of another type or shape: a ValueError.
+- a ReLU mask ``y`` and ``bn`` together, a ``bn`` of another type or shape: a ValueError;
+- float64 dx and dkernel through conv -> batch norm (-> ReLU) with a random upstream
+  gradient match central differences of the loss (every backend) and PyTorch's
+  conv2d -> batch_norm (-> relu), with dgamma and dbeta (numba).
 """
 from __future__ import annotations
 
@@ -139,3 +142,78 @@ def test_bad_bn_arguments_are_named(backend, winograd):
     with pytest.raises(ValueError, match=rf"{op}: bn.z must have dy's shape \(2, 4, 4, 3\), "
                                          r"received \(2, 4, 4, 2\)"):
         _backward(impl, x, kernel, dy, strides, (1, 1, 1, 1), True, bn=spec._replace(z=x))
+
+
+def _conv_bn_loss(impl, x, kernel, strides, pads, gamma, beta, g, relu):
+    """``sum(g * bn_relu(conv(x)))`` in training mode (batch statistics), and its parts."""
+    if strides is None:
+        z = impl.winograd_conv2d_forward(x, kernel, None, pads)
+    else:
+        z = impl.conv2d_forward(x, kernel, None, strides, pads)
+    y, mean, _, inv_std = impl.batchnorm_relu_train_forward(z, gamma, beta, 1e-3, relu=relu)
+    return float(np.sum(g * y)), z, mean, inv_std
+
+
+@pytest.mark.parametrize("backend", list(_IMPLS))
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("name, x_shape, k_shape, strides, pads",
+                         [_CONVS[1], _CONVS[2], _CONVS[5]])
+def test_gradients_given_bn_match_central_differences(backend, relu, name, x_shape, k_shape,
+                                                      strides, pads):
+    """float64, a random upstream gradient ``g`` of conv -> batch norm (-> ReLU): dx and
+    dkernel from ``backward(dy=g, bn=spec)`` against central differences of the loss."""
+    from minicnn.gradcheck import numerical_gradient, relative_error
+    impl = _IMPLS[backend]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape)
+    kernel = 0.3 * rng.standard_normal(k_shape)
+    f = k_shape[3]
+    gamma, beta = rng.random(f) + 0.5, 0.3 * rng.standard_normal(f)
+    _, z, mean, inv_std = _conv_bn_loss(impl, x, kernel, strides, pads, gamma, beta,
+                                        np.zeros(1), relu)
+    g = rng.standard_normal(z.shape)
+    _, dgamma, dbeta = impl.batchnorm_relu_backward(g, z, gamma, beta, mean, inv_std,
+                                                    relu=relu, need_dx=False)
+    spec = ops.BatchNormGradient(z, gamma, beta, mean, inv_std, dgamma, dbeta, relu)
+    dx, dkernel, _ = _backward(impl, x, kernel, g, strides, pads, True, bn=spec)
+    num_dx = numerical_gradient(
+        lambda v: _conv_bn_loss(impl, v, kernel, strides, pads, gamma, beta, g, relu)[0], x)
+    num_dk = numerical_gradient(
+        lambda v: _conv_bn_loss(impl, x, v, strides, pads, gamma, beta, g, relu)[0], kernel)
+    assert relative_error(dx, num_dx) < 1e-6
+    assert relative_error(dkernel, num_dk) < 1e-6
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("name, x_shape, k_shape, strides, pads", _CONVS)
+def test_gradients_given_bn_match_pytorch(relu, name, x_shape, k_shape, strides, pads):
+    """float64 conv (NHWC -> NCHW) -> BatchNorm2d (training, eps 1e-3) [-> ReLU] in PyTorch,
+    the same random upstream gradient: dx, dkernel, dgamma, dbeta of the numba path."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(x_shape)
+    kernel = 0.3 * rng.standard_normal(k_shape)
+    f = k_shape[3]
+    gamma, beta = rng.random(f) + 0.5, 0.3 * rng.standard_normal(f)
+    _, z, mean, inv_std = _conv_bn_loss(numba_ops, x, kernel, strides, pads, gamma, beta,
+                                        np.zeros(1), relu)
+    g = rng.standard_normal(z.shape)
+    _, dgamma, dbeta = numba_ops.batchnorm_relu_backward(g, z, gamma, beta, mean, inv_std,
+                                                         relu=relu, need_dx=False)
+    spec = ops.BatchNormGradient(z, gamma, beta, mean, inv_std, dgamma, dbeta, relu)
+    dx, dkernel, _ = _backward(numba_ops, x, kernel, g, strides, pads, True, bn=spec)
+
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    tk = torch.tensor(kernel.transpose(3, 2, 0, 1), requires_grad=True)
+    tg, tb = (torch.tensor(v, requires_grad=True) for v in (gamma, beta))
+    pt, pb, pl, pr = pads
+    tz = torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (pl, pr, pt, pb)), tk,
+                                    stride=strides or (1, 1))
+    ty = torch.nn.functional.batch_norm(tz, None, None, tg, tb, training=True, eps=1e-3)
+    if relu:
+        ty = torch.relu(ty)
+    ty.backward(torch.tensor(g.transpose(0, 3, 1, 2)))
+    for got, want in ((dx, tx.grad.numpy().transpose(0, 2, 3, 1)),
+                      (dkernel, tk.grad.numpy().transpose(2, 3, 1, 0)),
+                      (dgamma, tg.grad.numpy()), (dbeta, tb.grad.numpy())):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10)
