@@ -108,6 +108,11 @@ def conv2d_forward_cases():
             x, k, b, strides, pads = _conv_inputs(dt, geometry, g)
             return outputs(ops.conv2d_forward(x, k, b, strides, pads, moments=True))
         yield f"geometry {g}, moments", case
+        def case(dt, geometry=geometry, g=g):        # the end of a residual block
+            x, k, b, strides, pads = _conv_inputs(dt, geometry, g)
+            r = _normal(_rng(g + 100), dt, *ops.conv2d_forward(x, k, b, strides, pads).shape)
+            return outputs(ops.conv2d_forward(x, k, b, strides, pads, True, residual=r))
+        yield f"geometry {g}, residual", case
 
 
 def conv2d_backward_cases():
@@ -193,6 +198,11 @@ def winograd4_conv2d_forward_cases():
             x, k, b, pads = _winograd_inputs(dt, geometry, g)
             return outputs(ops.winograd4_conv2d_forward(x, k, b, pads, moments=True))
         yield f"geometry {g}, moments", case
+        def case(dt, geometry=geometry, g=g):        # the end of a residual block
+            x, k, b, pads = _winograd_inputs(dt, geometry, g)
+            r = _normal(_rng(g + 100), dt, *ops.winograd4_conv2d_forward(x, k, b, pads).shape)
+            return outputs(ops.winograd4_conv2d_forward(x, k, b, pads, True, residual=r))
+        yield f"geometry {g}, residual", case
 
 
 def winograd4_conv2d_relu_maxpool_forward_cases():

@@ -22,7 +22,7 @@ from test_ops_backends import (DTYPE_NAMES, SEEDS, TOL, check_grad, compare, lay
 from test_ops_norm_pool import bn_cases, bn_params
 
 import minicnn
-from minicnn import layers, ops
+from minicnn import gradcheck, layers, ops
 from minicnn.layers import fused
 
 
@@ -228,9 +228,19 @@ def _randomise_batchnorm(model, rng):
 def test_the_residual_plan_fuses_every_block_on_numba():
     with minicnn.use_backend("numba"):
         model = _residual_model()
-        kinds = [type(layer).__name__ for layer, _, _ in model.steps()]
-    assert kinds.count("ConvBatchNorm") == 6 and kinds.count("AddRelu") == 2, kinds
-    assert "BatchNormalization" not in kinds and "Add" not in kinds
+        steps = model.steps()
+        kinds = [type(layer).__name__ for layer, _, _ in steps]
+    # each block ends in one step: its last conv + BN, the shortcut added, the ReLU
+    assert kinds.count("ConvBatchNorm") == 4 and kinds.count("ConvBatchNormAddRelu") == 2, kinds
+    assert not {"BatchNormalization", "Add", "AddRelu", "ReLU"} & set(kinds), kinds
+    for layer, inputs, _ in steps:
+        if isinstance(layer, fused.ConvBatchNormAddRelu):
+            assert len(inputs) == 2                  # [the conv's input, the shortcut]
+    # the steps run in an order where every input is made before it is read
+    made = {t.id for t in model.inputs}
+    for _, inputs, outputs in steps:
+        assert set(inputs) <= made
+        made.update(outputs)
     with minicnn.use_backend("numpy"):              # no fusions declared: every layer
         assert not any(isinstance(s, fused._Chain) for s, _, _ in model.steps())
 
@@ -324,3 +334,150 @@ def test_no_fusion_where_the_intermediate_tensor_is_read_elsewhere_or_an_output(
         # the conv output is a model output: nothing fuses
         kinds = [type(s).__name__ for s, _, _ in minicnn.Model(inputs, [z, y]).steps()]
         assert kinds == ["Conv2D", "BatchNormalization", "ReLU"]
+
+
+# ============================================================================= residual epilogue
+RESIDUAL_CONVS = [  # (op, kernel size, strides, pads): the three conv forwards
+    ("conv2d_forward", 3, (1, 1), (1, 1, 1, 1)),
+    ("conv2d_forward", 1, (2, 2), (0, 0, 0, 0)),         # a strided 1x1 shortcut
+    ("conv2d_forward", 3, (2, 2), (0, 1, 0, 1)),
+    ("winograd_conv2d_forward", 3, None, (1, 1, 1, 1)),
+    ("winograd4_conv2d_forward", 3, None, (1, 0, 1, 2)),
+]
+
+
+def _conv_call(op, x, kernel, bias, strides, pads, **kw):
+    args = (x, kernel, bias) + ((strides,) if strides else ()) + (pads,)
+    return getattr(ops, op)(*args, **kw)
+
+
+@pytest.mark.parametrize("op,size,strides,pads", RESIDUAL_CONVS)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv_residual_is_the_sum_then_relu_on_every_backend(op, size, strides, pads, relu,
+                                                             dtype, error_log):
+    """``residual=r``: ``max(conv + bias + r, 0)`` on every backend, the reference's by its
+    definition, and the numba kernels' epilogue bit for bit the conv then the numba
+    add (+ ReLU) that the layers would run."""
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 9, 10, 5)).astype(dt)
+    kernel = rng.standard_normal((size, size, 5, 6)).astype(dt)
+    bias = rng.standard_normal(6).astype(dt)
+    with minicnn.use_backend("reference"):
+        plain = _conv_call(op, x, kernel, bias, strides, pads)
+    r = rng.standard_normal(plain.shape).astype(dt)
+    want = np.maximum(plain + r, 0) if relu else plain + r
+    results = {}
+    for name in ("reference", "numpy", "numba"):
+        before = r.copy()
+        with minicnn.use_backend(name):
+            results[name] = _conv_call(op, x, kernel, bias, strides, pads, relu=relu,
+                                       residual=r)
+        np.testing.assert_array_equal(r, before)             # the residual is not touched
+        assert results[name].dtype == dt and results[name].shape == plain.shape
+    np.testing.assert_array_equal(results["reference"], want)
+    compare(results, dt, op, error_log, ["y"], [norm(np.abs(plain)) + norm(r)])
+    with minicnn.use_backend("numba"):
+        y = _conv_call(op, x, kernel, bias, strides, pads)
+        composed = ops.add_relu_forward(r, y) if relu else ops.add_forward(r, y)
+    np.testing.assert_array_equal(results["numba"], composed)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numpy", "numba"])
+@pytest.mark.parametrize("op,size,strides,pads", RESIDUAL_CONVS[:1] + RESIDUAL_CONVS[3:])
+def test_conv_residual_names_a_wrong_shape_or_dtype(backend, op, size, strides, pads):
+    x = np.ones((2, 6, 6, 3), np.float32)
+    kernel = np.ones((size, size, 3, 4), np.float32)
+    with minicnn.use_backend(backend):
+        y = _conv_call(op, x, kernel, None, strides, pads)
+        for bad in (np.ones((2, 6, 6, 5), np.float32), np.ones(y.shape, np.float64)):
+            with pytest.raises(ValueError) as info:
+                _conv_call(op, x, kernel, None, strides, pads, residual=bad)
+            assert str(info.value) == (
+                f"{op}: residual must be None or an array of the output's shape {y.shape} "
+                f"and dtype float32, received an array of shape {bad.shape} and dtype "
+                f"{bad.dtype}")
+
+
+def _without_residual_fusion(monkeypatch):
+    from minicnn.ops import numba_ops
+    monkeypatch.setattr(numba_ops, "FUSIONS", tuple(f for f in numba_ops.FUSIONS
+                                                    if f != "conv2d_batchnorm_add_relu"))
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "winograd4"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_residual_epilogue_gives_the_bits_of_conv_batchnorm_then_add_relu(
+        monkeypatch, algorithm, dtype):
+    """At inference the block's last step (folded conv, shortcut and ReLU in the conv's
+    epilogue) gives the numbers of the plan without that fusion (the folded conv, then
+    Add + ReLU) bit for bit, and in training the same loss, gradients and moving
+    statistics; each model has its own plan, made on its first pass."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 8, 8, 3)).astype(dtype)
+    y = rng.integers(0, 10, (4, 1))
+    runs = {}
+    with minicnn.use_backend("numba"), ops.algorithms.use(algorithm):
+        for fusion in (True, False):
+            if not fusion:
+                _without_residual_fusion(monkeypatch)
+            model = _residual_model(dtype)
+            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+            _randomise_batchnorm(model, np.random.default_rng(4))
+            kinds = [type(s).__name__ for s, _, _ in model.steps()]
+            assert ("ConvBatchNormAddRelu" in kinds) == fusion, kinds
+            pred = model.predict_on_batch(x)
+            loss = model.backprop(x, y)
+            # (the two models' layers have different names: their gradients in order)
+            runs[fusion] = (pred, loss, [g.copy() for g in model.grads.values()],
+                            model.get_weights())
+    np.testing.assert_array_equal(runs[True][0], runs[False][0])
+    assert runs[True][1] == runs[False][1]
+    assert len(runs[True][2]) == len(runs[False][2])
+    for a, b in zip(runs[True][2], runs[False][2]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(runs[True][3], runs[False][3]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_residual_step_gradients_match_finite_differences(training):
+    """float64 dL/dx, dL/dshortcut and dL/dkernel of the fused block end (conv -> BN ->
+    Add -> ReLU) against central differences of ``sum(step(x, s) * r)`` for a random
+    ``r``; in training batch norm runs on the batch's statistics (so through them), at
+    inference on the moving ones (a backward after the folded pass runs the layers')."""
+    rng = np.random.default_rng(5)
+    with minicnn.use_backend("numba"):
+        conv = layers.Conv2D(3, 3, padding="same", use_bias=False, dtype="float64")
+        bn = layers.BatchNormalization(dtype="float64")
+        x_in = minicnn.Input(shape=(5, 5, 2), dtype="float64")
+        s_in = minicnn.Input(shape=(5, 5, 3), dtype="float64")
+        out = layers.ReLU(dtype="float64")(layers.Add(dtype="float64")([s_in, bn(conv(x_in))]))
+        model = minicnn.Model([x_in, s_in], out)
+        model.compute_input_gradient = True
+        step = model.steps()[0][0]
+        assert isinstance(step, fused.ConvBatchNormAddRelu)
+        _randomise_batchnorm(model, rng)
+        x = rng.standard_normal((3, 5, 5, 2))
+        s = rng.standard_normal((3, 5, 5, 3))
+        r = rng.standard_normal((3, 5, 5, 3))
+        moving = [bn.params[k].copy() for k in ("moving_mean", "moving_variance")]
+
+        def loss(x_, s_, k_=None):
+            if k_ is not None:
+                conv.params["kernel"][...] = k_
+            for k, v in zip(("moving_mean", "moving_variance"), moving):
+                bn.params[k][...] = v
+            return float(np.sum(model.call([x_, s_], training=training) * r))
+
+        kernel = conv.params["kernel"].copy()
+        loss(x, s)
+        dx, ds = model.backward(r)
+        dk = conv.grads["kernel"].copy()
+        numeric = (gradcheck.numerical_gradient(lambda a: loss(a, s), x),
+                   gradcheck.numerical_gradient(lambda a: loss(x, a), s),
+                   gradcheck.numerical_gradient(lambda a: loss(x, s, a), kernel))
+        loss(x, s, kernel)
+    for got, want in zip((dx, ds, dk), numeric):
+        assert gradcheck.relative_error(got, want) < 1e-7

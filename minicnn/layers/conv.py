@@ -71,22 +71,23 @@ class Conv2D(Layer):
     def _forward_op(self, x, relu):
         return self.convolve(x, self.params["kernel"], self.params.get("bias"), relu)
 
-    def convolve(self, x, kernel, bias, relu=False, moments=False):
+    def convolve(self, x, kernel, bias, relu=False, moments=False, residual=None):
         """``(y, algorithms)``: this layer's convolution of ``x`` with the given ``kernel``
         (its shape) and ``bias`` (or None), ReLU fused when ``relu``, by the algorithm
         :meth:`algorithm_for` picks; for weights derived from the layer's own (batch norm
         folded into them, :class:`minicnn.layers.fused.ConvBatchNorm`). With ``moments``,
         ``y`` is ``(y, mean, var)``: also the per-channel batch statistics of the output,
-        for a batch norm after it (see :func:`minicnn.ops.conv2d_forward`)."""
+        for a batch norm after it; ``residual``, of the output's shape, is added before
+        the ReLU (see :func:`minicnn.ops.conv2d_forward`)."""
         algo = self.algorithm_for(x.shape)
         if algo[0] == "winograd":
             return ops.winograd_conv2d_forward(x, kernel, bias, self.pads, relu=relu,
-                                               moments=moments), algo
+                                               moments=moments, residual=residual), algo
         if algo[0] == "winograd4":
             return ops.winograd4_conv2d_forward(x, kernel, bias, self.pads, relu=relu,
-                                                moments=moments), algo
+                                                moments=moments, residual=residual), algo
         return ops.conv2d_forward(x, kernel, bias, self.strides, self.pads, relu=relu,
-                                  moments=moments), algo
+                                  moments=moments, residual=residual), algo
 
     def gradients(self, x, dz, algorithms, y=None, bn=None):
         """``(dx, dkernel, dbias)`` of this layer's convolution of ``x`` from ``dz``, the

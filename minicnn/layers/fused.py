@@ -10,7 +10,12 @@ layer that runs it as one step:
   ``BatchNormalization`` [then ``ReLU``] (:class:`ConvBatchNorm`): in training, the batch
   norm and the ReLU in one pass each way; at inference, one convolution with batch norm
   folded into its weights and the ReLU into its epilogue;
-- ``add_relu``: ``Add`` of two tensors then ``ReLU`` (:class:`AddRelu`), one pass.
+- ``add_relu``: ``Add`` of two tensors then ``ReLU`` (:class:`AddRelu`), one pass;
+- ``conv2d_batchnorm_add_relu``: ``Conv2D`` then ``BatchNormalization`` then ``Add`` with
+  a shortcut then ``ReLU``, the end of a residual block (:class:`ConvBatchNormAddRelu`):
+  at inference one convolution, the shortcut added and the ReLU applied in its epilogue.
+  Its Add has a second input from outside the pattern, so the step reads two tensors
+  and runs where the pattern's last node ran.
 
 :func:`plan` walks a model's nodes in order and replaces every match, but only for the
 fusions the active backend declares (:func:`minicnn.ops.fusions`; the numba backend
@@ -326,17 +331,87 @@ class AddRelu(_Chain):
         return [dz, dz]
 
 
+class ConvBatchNormAddRelu(_Chain):
+    """One step over ``Conv2D`` (no activation) -> ``BatchNormalization`` -> ``Add`` (with
+    one other tensor, the shortcut) -> ``ReLU``: the end of a residual block. Its inputs
+    are ``[x, shortcut]``: the conv's input and the Add's other one.
+
+    Inference (moving statistics): one convolution with the folded weights of
+    :func:`minicnn.ops.fold_batchnorm` and the shortcut added and the ReLU applied in its
+    epilogue (the conv ops' ``residual``), so the sum is never written and read back.
+    The same bits as :class:`ConvBatchNorm` then :class:`AddRelu` (the same sums in the
+    same order; an addition of two numbers does not depend on their order).
+
+    Training: :class:`ConvBatchNorm`'s passes, then :class:`AddRelu`'s (the batch norm
+    needs the whole batch's statistics before the sum can be made); backward, the ReLU's
+    mask gives dz, the shortcut's gradient and the input of ConvBatchNorm's backward.
+    """
+
+    fusion = "conv2d_batchnorm_add_relu"
+
+    def __init__(self, conv, bn, add, relu, index=1):
+        self.conv, self.bn = conv, bn
+        self.conv_bn, self.add_relu = ConvBatchNorm(conv, bn), AddRelu(add, relu)
+        self.index = index                  # the Add's input the conv -> bn branch feeds
+        super().__init__(conv, bn, add, relu)
+        if self.built:                      # built from the conv's input: the step's are two
+            self.input_shape = [tuple(conv.input_shape), tuple(self.output_shape)]
+
+    @staticmethod
+    def applies(conv, bn, add, relu) -> bool:
+        return (ConvBatchNorm.applies(conv, bn) and AddRelu.applies(add, relu)
+                and add.input_shape[0] == add.input_shape[1])
+
+    def compute_output_shape(self, input_shape):
+        x_shape = input_shape[0] if isinstance(input_shape, list) else input_shape
+        return self.conv_bn.compute_output_shape(x_shape)
+
+    def _in_add_order(self, y, shortcut):
+        return [shortcut, y] if self.index == 1 else [y, shortcut]
+
+    def call(self, xs, training=False):
+        x, shortcut = xs
+        self._mode = "composed"
+        if not self._fused_here() or training:
+            y = self.conv_bn.forward(x, training)
+            return self.add_relu.forward(self._in_add_order(y, shortcut), training)
+        conv, bn = self.conv, self.bn
+        kernel, bias = ops.fold_batchnorm(conv.params["kernel"], conv.params.get("bias"),
+                                          bn.params.get("gamma"), bn.params.get("beta"),
+                                          bn.params["moving_mean"], bn.params["moving_variance"],
+                                          bn.epsilon)
+        self._mode, self._xs = "folded", xs
+        return conv.convolve(x, kernel, bias, relu=True, residual=shortcut)[0]
+
+    def backward(self, dy):
+        if self._mode == "folded":
+            # a backward after an inference pass (gradcheck): the layers' own passes
+            x, shortcut = self._xs
+            self.add_relu.forward(self._in_add_order(self.conv_bn.forward(x, False),
+                                                     shortcut), False)
+        d_add = self.add_relu.backward(dy)
+        dx = self.conv_bn.backward(d_add[self.index])
+        return [dx, d_add[1 - self.index]]
+
+
 class Fusion:
     """A pattern ``layers[0] -> layers[1] -> ...`` of ``length`` nodes, each but the first
-    with a single input, and its step: ``applies(*layers)``, ``make(*layers)``."""
+    with a single input, and its step: ``applies(*layers)``, ``make(*layers)``. With
+    ``merge``, the node at that index may have a second input from outside the pattern:
+    the step's inputs are then the first node's and that one, ``make`` is given the index
+    of the pattern's own input among the merge node's as ``index``, and the step runs where
+    the pattern's last node ran (after the outside input is made)."""
 
-    def __init__(self, name, applies, make, length=2):
+    def __init__(self, name, applies, make, length=2, merge=None):
         self.name, self.applies, self.make, self.length = name, applies, make, length
+        self.merge = merge
 
 
 #: every fusion the planner knows, longest first; a backend lists the names it implements
 #: in FUSIONS
-FUSIONS = (Fusion("conv2d_batchnorm_relu", ConvBatchNorm.applies, ConvBatchNorm, 3),
+FUSIONS = (Fusion(ConvBatchNormAddRelu.fusion, ConvBatchNormAddRelu.applies,
+                  ConvBatchNormAddRelu, 4, merge=2),
+           Fusion("conv2d_batchnorm_relu", ConvBatchNorm.applies, ConvBatchNorm, 3),
            Fusion(ConvReluPool.fusion, ConvReluPool.applies, ConvReluPool),
            Fusion("conv2d_batchnorm", ConvBatchNorm.applies, ConvBatchNorm),
            Fusion(AddRelu.fusion, AddRelu.applies, AddRelu))
@@ -347,8 +422,9 @@ def plan(nodes, consumers=None, protected=(), enabled=None):
 
     ``consumers``: tensor id -> the nodes reading it; ``protected``: ids of tensors that
     must stay visible (model outputs); ``enabled``: fusion names to apply (default: the
-    active backend's). Returns a list of ``(layer, first_node, last_node)``: the inputs
-    of the step are ``first_node.inputs``, its outputs ``last_node.outputs``.
+    active backend's). Returns a list of ``(layer, first_node, last_node, inputs)``: the
+    step reads the tensors ``inputs`` (``first_node.inputs``, and for a merging fusion the
+    merge node's outside input) and makes ``last_node.outputs``.
 
     Given a plain list of layers instead (a chain: each feeds the next), it returns the
     list of steps, fused layers in place of the runs they replace, for every fusion
@@ -362,8 +438,11 @@ def plan(nodes, consumers=None, protected=(), enabled=None):
     uses = {}
     for node in nodes:
         uses[id(node.layer)] = uses.get(id(node.layer), 0) + 1
-    steps, skip = [], set()
+    steps, skip, deferred = [], set(), {}
     for node in nodes:
+        if id(node) in deferred:        # a merging step runs where its last node ran
+            steps.append(deferred.pop(id(node)))
+            continue
         if id(node) in skip:
             continue
         run = [node]       # node and the nodes after it that only it feeds, one after another
@@ -371,18 +450,40 @@ def plan(nodes, consumers=None, protected=(), enabled=None):
                 and len(run[-1].outputs) == 1:
             out = run[-1].outputs[0]
             after = consumers.get(out.id, [])
-            if len(after) != 1 or out.id in protected or len(after[0].inputs) != 1 \
-                    or uses[id(after[0].layer)] != 1:
-                break
+            if len(after) != 1 or out.id in protected or uses[id(after[0].layer)] != 1 \
+                    or [t.id for t in after[0].inputs].count(out.id) != 1 \
+                    or id(after[0]) in skip or id(after[0]) in deferred:
+                break           # (the last test: a merge node the other branch took)
             run.append(after[0])
         fused = None
         for f in active:
-            if f.length <= len(run) and f.applies(*(n.layer for n in run[:f.length])):
-                fused = (f.make(*(n.layer for n in run[:f.length])), node, run[f.length - 1])
-                skip.update(id(n) for n in run[1:f.length])
+            if f.length > len(run) or not _inputs_fit(f, run):
+                continue
+            layers = [n.layer for n in run[:f.length]]
+            if not f.applies(*layers):
+                continue
+            last = run[f.length - 1]
+            skip.update(id(n) for n in run[1:f.length])
+            if f.merge is None:
+                fused = (f.make(*layers), node, last, list(node.inputs))
                 break
-        steps.append(fused or (node.layer, node, node))
+            merge, feed = run[f.merge], run[f.merge - 1].outputs[0].id
+            index = [t.id for t in merge.inputs].index(feed)
+            inputs = list(node.inputs) + [merge.inputs[1 - index]]
+            skip.discard(id(last))
+            deferred[id(last)] = (f.make(*layers, index=index), node, last, inputs)
+            fused = False
+            break
+        if fused is not False:
+            steps.append(fused or (node.layer, node, node, list(node.inputs)))
     return steps
+
+
+def _inputs_fit(fusion, run):
+    """Whether the nodes ``run[1:fusion.length]`` have one input each, but the fusion's
+    ``merge`` node, which has two."""
+    return all(len(n.inputs) == (2 if i == fusion.merge else 1)
+               for i, n in enumerate(run[1:fusion.length], 1))
 
 
 def _plan_chain(layers, enabled=None):

@@ -53,11 +53,11 @@ class _Step:
     __slots__ = ("layer", "inputs", "outputs", "multi_in", "multi_out", "shared", "state",
                  "frees")
 
-    def __init__(self, layer, first, last, shared):
+    def __init__(self, layer, first, last, shared, inputs=None):
         self.layer = layer
-        self.inputs = [t.id for t in first.inputs]
+        self.inputs = [t.id for t in (first.inputs if inputs is None else inputs)]
         self.outputs = [t.id for t in last.outputs]
-        self.multi_in = bool(first.multi_input)
+        self.multi_in = bool(first.multi_input) or len(self.inputs) > 1
         self.multi_out = last.multi_output
         self.shared = shared
         self.state = None
@@ -363,9 +363,9 @@ class Model(Trainer, Layer):
             counts[id(node.layer)] = counts.get(id(node.layer), 0) + 1
         protected = {t.id for t in self.outputs}
         raw = (fused.plan(self._nodes, self.consumers, protected) if fuse
-               else [(n.layer, n, n) for n in self._nodes])
-        plan = [_Step(layer, first, last, counts.get(id(layer), 1) > 1)
-                for layer, first, last in raw]
+               else [(n.layer, n, n, None) for n in self._nodes])
+        plan = [_Step(layer, first, last, counts.get(id(layer), 1) > 1, inputs)
+                for layer, first, last, inputs in raw]
         last_use = {}
         for i, step in enumerate(plan):
             for tid in step.inputs:

@@ -25,7 +25,7 @@ from ._kernels import winograd as winograd_k
 from ._kernels import winograd4 as winograd4_k
 from ._shapes import out_hw
 from .reference import (LEAKY_RELU_SLOPE, _flat_inplace, _winograd_check, backward_input_pads,
-                        check_bn, check_moments, rotated_kernel, split_dx)
+                        check_bn, check_moments, check_residual, rotated_kernel, split_dx)
 
 config.apply_thread_policy()
 config.tune_malloc()
@@ -40,7 +40,7 @@ _GROUP_ROWS = 256
 #: fused steps this backend implements (see :func:`minicnn.ops.fusions`)
 FUSIONS = ("conv2d_relu_maxpool", "winograd_conv2d_relu_maxpool",
            "winograd4_conv2d_relu_maxpool", "conv2d_batchnorm_relu",
-           "conv2d_batchnorm", "add_relu")
+           "conv2d_batchnorm", "add_relu", "conv2d_batchnorm_add_relu")
 
 
 def _group(n, nt, rows_per_image):
@@ -105,14 +105,27 @@ def _with_moments(y, part, moments):
     return y, mean.astype(y.dtype), var.astype(y.dtype)
 
 
-def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
+def _no_residual(f, dtype):
+    """The conv kernels' ``res`` argument when no residual is added: ``(0, 0, 0, f)``."""
+    return np.empty((0, 0, 0, f), dtype)
+
+
+def _residual_arg(residual, shape, dtype, op):
+    """The conv kernels' ``res`` argument: ``residual`` (checked against the output's
+    ``shape``, contiguous) or none."""
+    check_residual(residual, shape, dtype, op)
+    return _no_residual(shape[3], dtype) if residual is None else _c(residual)
+
+
+def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False, residual=None):
     n, f = x.shape[0], kernel.shape[3]
     k2, geo = _conv_args(x, kernel, strides, pads)
+    res = _residual_arg(residual, (n, geo[6], geo[7], f), x.dtype, "conv2d_forward")
     nt = _threads(n)
     part = _moments_buffer(n, f, moments)
     y, _ = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, f, x.dtype), *geo, bool(relu),
                                  False, False, x.dtype.type(0), nt, _group(n, nt, geo[6] * geo[7]),
-                                 _counter(), part)
+                                 _counter(), part, res)
     return _with_moments(y, part, moments)
 
 
@@ -159,7 +172,8 @@ def conv2d_relu_maxpool_forward(x, kernel, bias, strides, pads, need_argmax=True
     y, arg = conv_k.conv2d_forward(_c(x), k2, _bias_or_zeros(bias, kernel.shape[3], x.dtype),
                                    *geo, True, True, bool(need_argmax), x.dtype.type(0),
                                    _threads(x.shape[0]), 1, _counter(),
-                                   _moments_buffer(0, kernel.shape[3], False))
+                                   _moments_buffer(0, kernel.shape[3], False),
+                                   _no_residual(kernel.shape[3], x.dtype))
     return y, (arg if need_argmax else None)
 
 
@@ -191,13 +205,17 @@ def _winograd_geometry(x, kernel, pads, op):
     return nt, _group(n, nt, 2 * tiles), oh, ow
 
 
-def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
+def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False, residual=None):
     nt, grp, oh, ow = _winograd_geometry(x, kernel, pads, "winograd_conv2d_forward")
     f = kernel.shape[3]
+    check_residual(residual, (x.shape[0], oh, ow, f), x.dtype, "winograd_conv2d_forward")
     u = winograd_k.kernel_transform(_c(kernel), x.dtype.type(0.5))
     y, _ = winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
-                                       pads[2], oh, ow, bool(relu), False, x.dtype.type(0), nt,
-                                       grp, _counter())
+                                       pads[2], oh, ow, bool(relu) and residual is None, False,
+                                       x.dtype.type(0), nt, grp, _counter())
+    if residual is not None:
+        # F(2x2, 3x3)'s forward runs only when asked for by name: its residual takes a pass
+        y = (add_relu_forward if relu else add_forward)(y, _c(residual))
     if not moments:
         return y
     # F(2x2, 3x3)'s forward runs only when asked for by name: its moments take a pass
@@ -214,7 +232,8 @@ def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
                                        _counter())
 
 
-def _winograd4_forward(x, kernel, bias, pads, relu, pool, need_arg, op, part=None):
+def _winograd4_forward(x, kernel, bias, pads, relu, pool, need_arg, op, part=None,
+                       residual=None):
     _winograd_check(kernel, pads, op)
     n, h, w, c = x.shape
     f = kernel.shape[3]
@@ -226,17 +245,19 @@ def _winograd4_forward(x, kernel, bias, pads, relu, pool, need_arg, op, part=Non
     # / 1.41 ms at 1 / 2 / 4 / 8 images, conv3 (4 tiles) 0.89 / 0.86 / 0.84 / 0.83 / 1.11
     # at 1 / 2 / 4 / 8 / 16
     grp = _group(n, nt, 8 * tiles)
+    res = _residual_arg(residual, (n, oh, ow, f), x.dtype, op)
     u = winograd4_k.kernel_transform(_c(kernel))
     return winograd4_k.winograd4_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
                                          pads[2], oh, ow, bool(relu), pool, need_arg,
                                          x.dtype.type(0), nt, grp, _counter(),
-                                         _moments_buffer(0, f, False) if part is None else part)
+                                         _moments_buffer(0, f, False) if part is None else part,
+                                         res)
 
 
-def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
+def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False, residual=None):
     part = _moments_buffer(x.shape[0], kernel.shape[3], moments)
     y = _winograd4_forward(x, kernel, bias, pads, relu, False, False,
-                           "winograd4_conv2d_forward", part)[0]
+                           "winograd4_conv2d_forward", part, residual)[0]
     return _with_moments(y, part, moments)
 
 

@@ -19,7 +19,8 @@ from scipy.special import erfc
 from ._shapes import out_hw
 from .reference import (LEAKY_RELU_SLOPE, WINOGRAD4_AT, WINOGRAD4_BT, WINOGRAD_AT, WINOGRAD_BT,
                         WINOGRAD_G, _winograd_check, _winograd_tiles, backward_input_pads,
-                        bn_input_gradient, given_moments, rotated_kernel, split_dx,
+                        bn_input_gradient, check_residual, given_moments, rotated_kernel,
+                        split_dx,
                         winograd4_kernel_transform, winograd_kernel_transform)
 
 
@@ -71,12 +72,15 @@ def _with_moments(y, moments):
     return y, mean.astype(y.dtype), var.astype(y.dtype)
 
 
-def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
+def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False, residual=None):
     kh, kw, c, f = kernel.shape
     cols, oh, ow = im2col(x, kh, kw, strides, pads)
+    check_residual(residual, (x.shape[0], oh, ow, f), x.dtype, "conv2d_forward")
     y = cols @ kernel.reshape(kh * kw * c, f)
     if bias is not None:
         y += bias
+    if residual is not None:
+        y += residual.reshape(-1, f)
     if relu:
         np.maximum(y, 0, out=y)
     return _with_moments(y.reshape(x.shape[0], oh, ow, f), moments)
@@ -110,14 +114,16 @@ def _winograd_input(xp, th, tw, bt):
     return np.einsum("ai,nxyijc,bj->nxyabc", bt, tiles, bt, optimize=True)
 
 
-def _winograd_forward(x, kernel, bias, pads, relu, bt, at, u):
+def _winograd_forward(x, kernel, bias, pads, relu, bt, at, u, residual, op):
     """Vectorised F(m x m, 3x3), ``m = at.shape[0]``: the input transform of every tile at
     once, then the ``(m+2)^2`` products as one batched GEMM ``(a*a, n*tiles, c) @ (a*a, c,
-    f)``, then the output transform; ``u (a, a, c, f)`` the transformed kernel."""
+    f)``, then the output transform; ``u (a, a, c, f)`` the transformed kernel; ``residual``
+    added after the bias, before the ReLU (checked, naming ``op``)."""
     n, _, _, c = x.shape
     f = kernel.shape[3]
     m, a = at.shape
     xp, (oh, ow, th, tw) = _winograd_tiles(x, pads, m)
+    check_residual(residual, (n, oh, ow, f), x.dtype, op)
     v = _winograd_input(xp, th, tw, bt.astype(x.dtype))
     prods = np.matmul(v.reshape(-1, a * a, c).transpose(1, 0, 2), u.reshape(a * a, c, f))
     prods = prods.transpose(1, 0, 2).reshape(n, th, tw, a, a, f)
@@ -126,16 +132,18 @@ def _winograd_forward(x, kernel, bias, pads, relu, bt, at, u):
     y = y.reshape(n, m * th, m * tw, f)[:, :oh, :ow, :]
     if bias is not None:
         y = y + bias
+    if residual is not None:
+        y = y + residual
     return np.maximum(y, 0) if relu else np.ascontiguousarray(y)
 
 
-def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
+def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False, residual=None):
     """Vectorised F(2x2, 3x3): the 16 products as one batched GEMM ``(16, n*tiles, c) @
     (16, c, f)``."""
     _winograd_check(kernel, pads, "winograd_conv2d_forward")
     return _with_moments(_winograd_forward(x, kernel, bias, pads, relu, WINOGRAD_BT,
-                                           WINOGRAD_AT, winograd_kernel_transform(kernel)),
-                         moments)
+                                           WINOGRAD_AT, winograd_kernel_transform(kernel),
+                                           residual, "winograd_conv2d_forward"), moments)
 
 
 def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
@@ -144,13 +152,13 @@ def winograd_conv2d_relu_maxpool_forward(x, kernel, bias, pads):
     return y, argmax.astype(np.uint8)
 
 
-def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
+def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False, residual=None):
     """Vectorised F(4x4, 3x3): the 36 products as one batched GEMM ``(36, n*tiles, c) @
     (36, c, f)``."""
     _winograd_check(kernel, pads, "winograd4_conv2d_forward")
     return _with_moments(_winograd_forward(x, kernel, bias, pads, relu, WINOGRAD4_BT,
-                                           WINOGRAD4_AT, winograd4_kernel_transform(kernel)),
-                         moments)
+                                           WINOGRAD4_AT, winograd4_kernel_transform(kernel),
+                                           residual, "winograd4_conv2d_forward"), moments)
 
 
 def winograd4_conv2d_relu_maxpool_forward(x, kernel, bias, pads, need_argmax=True):

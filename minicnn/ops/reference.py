@@ -32,7 +32,7 @@ LEAKY_RELU_SLOPE = 0.2
 
 
 # ----------------------------------------------------------------------------- convolution
-def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
+def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False, residual=None):
     """2-D cross-correlation, NHWC (then ``max(., 0)`` when ``relu``).
 
     Parameters
@@ -42,18 +42,24 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
     bias : (f,) or None
     strides : (sh, sw)
     pads : (top, bottom, left, right), zero padding
+    residual : (n, oh, ow, f) or None, added before the ReLU (the end of a residual block)
 
     Returns
     -------
     y : (n, oh, ow, f) with
         ``y[b, i, j, f] = bias[f] + sum_{a, d, c} xp[b, i*sh + a, j*sw + d, c] * kernel[a, d, c, f]``
-        where ``xp`` is ``x`` zero-padded by ``pads``.
+        where ``xp`` is ``x`` zero-padded by ``pads``; with ``residual``, ``y + residual``
+        (:func:`add_residual`).
     With ``moments``, ``(y, mean, var)``: also the batch statistics of ``y`` that a
     BatchNormalization after the convolution needs (:func:`with_moments`); the numba
     backend gathers them in the kernel, while each image's output is still in cache.
     """
     if moments:
-        return with_moments(conv2d_forward(x, kernel, bias, strides, pads, relu))
+        return with_moments(conv2d_forward(x, kernel, bias, strides, pads, relu,
+                                           residual=residual))
+    if residual is not None:
+        y = conv2d_forward(x, kernel, bias, strides, pads)
+        return add_residual(y, residual, relu, "conv2d_forward")
     n, h, w, c = x.shape
     kh, kw, _, f = kernel.shape
     sh, sw = strides
@@ -69,6 +75,30 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False):
                     y[b, i, j, o] = np.sum(window * kernel[:, :, :, o])
                 if bias is not None:
                     y[b, i, j, :] += bias
+    return activation_forward("relu", y) if relu else y
+
+
+def check_residual(residual, shape, dtype, op):
+    """A ValueError naming ``op`` unless ``residual`` is None or an array of the
+    convolution output's ``shape`` and ``dtype``."""
+    if residual is None:
+        return
+    if not isinstance(residual, np.ndarray) or residual.shape != tuple(shape) \
+            or residual.dtype != dtype:
+        got = (f"an array of shape {residual.shape} and dtype {residual.dtype}"
+               if isinstance(residual, np.ndarray) else type(residual).__name__)
+        raise ValueError(f"{op}: residual must be None or an array of the output's shape "
+                         f"{tuple(shape)} and dtype {np.dtype(dtype)}, received {got}")
+
+
+def add_residual(y, residual, relu, op):
+    """``max(y + residual, 0)`` (``y + residual`` without ``relu``): a convolution's output
+    ``y`` (bias added) with the other branch of a residual block, checked by
+    :func:`check_residual`. The order of the sums, ``(conv + bias) + residual``, is that of
+    the layers run one by one (Add after the convolution), so every backend's fused
+    kernel gives the same bits."""
+    check_residual(residual, y.shape, y.dtype, op)
+    y = y + residual
     return activation_forward("relu", y) if relu else y
 
 
@@ -216,7 +246,7 @@ def _winograd_tiles(x, pads, m=2):
     return xp, (oh, ow, th, tw)
 
 
-def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
+def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False, residual=None):
     """The 3x3, stride-1 convolution of :func:`conv2d_forward` by Winograd's F(2x2, 3x3).
 
     Parameters
@@ -240,11 +270,13 @@ def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
         with ``U`` from :func:`winograd_kernel_transform`. Only additions happen in
         the transforms; the multiplications are the 16 dot products, against 36 for
         the 3x3 window (2.25x fewer). With ``moments``, ``(y, mean, var)`` as
-        :func:`conv2d_forward` gives them.
+        :func:`conv2d_forward` gives them; ``residual`` as there.
     """
     _winograd_check(kernel, pads, "winograd_conv2d_forward")
-    y = _winograd_tiles_forward(x, winograd_kernel_transform(kernel), bias, pads, relu,
-                                WINOGRAD_BT, WINOGRAD_AT)
+    y = _winograd_tiles_forward(x, winograd_kernel_transform(kernel), bias, pads,
+                                relu and residual is None, WINOGRAD_BT, WINOGRAD_AT)
+    if residual is not None:
+        y = add_residual(y, residual, relu, "winograd_conv2d_forward")
     return with_moments(y) if moments else y
 
 
@@ -446,7 +478,7 @@ def winograd4_kernel_transform(kernel):
     return np.einsum("ai,ijcf,bj->abcf", g, kernel, g)
 
 
-def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
+def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False, residual=None):
     """The 3x3, stride-1 convolution of :func:`conv2d_forward` by Winograd's F(4x4, 3x3).
 
     Parameters
@@ -471,11 +503,14 @@ def winograd4_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False):
         :data:`WINOGRAD4_BT`, :data:`WINOGRAD4_G`, :data:`WINOGRAD4_AT`. Its gradient is
         that of the convolution: :func:`winograd_conv2d_backward` or
         :func:`conv2d_backward` compute it (the layers pair this forward with either).
-        With ``moments``, ``(y, mean, var)`` as :func:`conv2d_forward` gives them.
+        With ``moments``, ``(y, mean, var)`` as :func:`conv2d_forward` gives them;
+        ``residual`` as there.
     """
     _winograd_check(kernel, pads, "winograd4_conv2d_forward")
-    y = _winograd_tiles_forward(x, winograd4_kernel_transform(kernel), bias, pads, relu,
-                                WINOGRAD4_BT, WINOGRAD4_AT)
+    y = _winograd_tiles_forward(x, winograd4_kernel_transform(kernel), bias, pads,
+                                relu and residual is None, WINOGRAD4_BT, WINOGRAD4_AT)
+    if residual is not None:
+        y = add_residual(y, residual, relu, "winograd4_conv2d_forward")
     return with_moments(y) if moments else y
 
 

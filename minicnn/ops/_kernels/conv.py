@@ -21,7 +21,7 @@ from .sched import _fetch_add, _slot_count, _slot_range
 
 @njit(parallel=True, cache=True)
 def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, pool, need_arg, zero, nt,
-                   grp, counter, moments):
+                   grp, counter, moments, res):
     """y = im2col(x) @ k2 + bias (then max(., 0) if ``relu``), or with ``pool`` conv + bias
     + ReLU + 2x2/2 max-pool in one pass (``relu`` ignored).
 
@@ -46,6 +46,10 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, pool, need
     each image's output, still in cache, adds its per-channel sums of ``y`` and ``y**2``
     into its own row (:func:`.norm._image_moments`): the statistics of a batch norm after
     the convolution, without another pass over ``y``.
+
+    ``res``: ``(n, oh, ow, f)``, or ``(0, 0, 0, f)`` for none; without ``pool``, added to
+    the output after the bias and before the ReLU (the end of a residual block: the Add
+    after the convolution, in the same order, so the same bits).
     """
     n = x.shape[0]
     kk, f = k2.shape
@@ -55,6 +59,7 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, pool, need
     transposed = _transposed_patches(x.shape[3], sh, sw, x.shape[2], ow, False)
     y, arg = _conv_outputs(n, oh, ow, f, pool, x)
     y3 = y.reshape((n, y.shape[1] * y.shape[2], f))
+    r3 = res.reshape((res.shape[0], res.shape[1] * res.shape[2], f))
     cbuf, xcs = _patch_buffers(x, nt, grp * p, kk, transposed)
     zs = np.empty((nt, grp * p, f), dtype=x.dtype)
     slots = _slot_count(n, nt)
@@ -77,15 +82,22 @@ def conv2d_forward(x, k2, bias, kh, kw, sh, sw, pt, pl, oh, ow, relu, pool, need
                 elif pool:
                     for i in range(g):
                         _pool_max_out(z, i * p, y, b0 + i, ph, pw, ow, f, bias, zero)
+                elif r3.shape[0]:
+                    for i in range(g):
+                        for q in range(p):
+                            zr, rr, yr = z[i * p + q], r3[b0 + i, q], y3[b0 + i, q]
+                            for o in range(f):
+                                v = (zr[o] + bias[o]) + rr[o]
+                                yr[o] = zero if (relu and v <= zero) else v  # NaN stays
                 else:
                     for i in range(g):
                         for q in range(p):
                             for o in range(f):
                                 v = z[i * p + q, o] + bias[o]
                                 y3[b0 + i, q, o] = zero if (relu and v <= zero) else v  # NaN stays
-                    if moments.shape[0]:
-                        for i in range(g):
-                            _image_moments(y3[b0 + i], moments[b0 + i])
+                if moments.shape[0] and not pool:
+                    for i in range(g):
+                        _image_moments(y3[b0 + i], moments[b0 + i])
             s = _fetch_add(counter, 0, 1)
     return y, arg
 

@@ -183,9 +183,10 @@ def _output_block(m, row, bias, t4):
 
 
 @njit(cache=True)
-def _output_transform(m, y, arg, b, row0, th, tw, oh, ow, bias, relu, pool, need_arg, zero, t4):
-    """The 4x4 output block of every tile of image ``b`` into ``y[b]``: ReLU'd when
-    ``relu``, outputs past ``oh, ow`` dropped. With ``pool`` the block is four 2x2 pool
+def _output_transform(m, y, arg, b, row0, th, tw, oh, ow, bias, relu, pool, need_arg, zero, t4,
+                      res):
+    """The 4x4 output block of every tile of image ``b`` into ``y[b]``: ``res[b]`` added
+    (when ``res`` has images), ReLU'd when ``relu``, outputs past ``oh, ow`` dropped. With ``pool`` the block is four 2x2 pool
     windows: ``y[b]`` gets their ReLU'd maxima (ReLU after the max: they commute) and
     ``arg[b]`` (uint8, 0..3) the row-major position of the first maximum (a NaN wins and
     stays), as in the im2col fused kernel; only the complete windows are kept. Without
@@ -204,7 +205,7 @@ def _output_transform(m, y, arg, b, row0, th, tw, oh, ow, bias, relu, pool, need
                 _pool_block_max(t4, y, b, 2 * ti, 2 * tj, zero)
             else:
                 _store_block(t4, y, b, 4 * ti, 4 * tj, min(4, oh - 4 * ti), min(4, ow - 4 * tj),
-                             relu, zero)
+                             relu, zero, res)
 
 
 @njit(cache=True)
@@ -235,20 +236,28 @@ def _pool_block_max(t4, y, b, i0, j0, zero):
 
 
 @njit(cache=True)
-def _store_block(t4, y, b, i0, j0, ni, nj, relu, zero):
+def _store_block(t4, y, b, i0, j0, ni, nj, relu, zero, res):
     """The top-left ``ni x nj`` outputs of a 4x4 block ``t4[:, :4]`` into ``y[b, i0:i0+ni,
-    j0:j0+nj]``, ReLU'd when ``relu`` (a NaN stays)."""
+    j0:j0+nj]``, plus ``res[b, i0:i0+ni, j0:j0+nj]`` when ``res`` has images (bias added
+    first, then the residual: the order of the Add after the convolution), ReLU'd when
+    ``relu`` (a NaN stays)."""
     f = y.shape[3]
     for a in range(ni):
         for q in range(nj):
-            for o in range(f):
-                val = t4[a, q, o]
-                y[b, i0 + a, j0 + q, o] = zero if (relu and val <= zero) else val
+            if res.shape[0]:
+                tr, rr, yr = t4[a, q], res[b, i0 + a, j0 + q], y[b, i0 + a, j0 + q]
+                for o in range(f):
+                    val = tr[o] + rr[o]
+                    yr[o] = zero if (relu and val <= zero) else val
+            else:
+                for o in range(f):
+                    val = t4[a, q, o]
+                    y[b, i0 + a, j0 + q, o] = zero if (relu and val <= zero) else val
 
 
 @njit(parallel=True, cache=True)
 def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt, grp, counter,
-                      moments):
+                      moments, res):
     """y (n, oh, ow, f) = the 3x3 stride-1 convolution of x (+ bias, ReLU'd if ``relu``).
 
     ``x (n, h, w, c)``, ``u (36, c, f)``, ``bias (f,)`` (zeros for none). Returns new
@@ -257,7 +266,7 @@ def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt
     (uint8) are those of :func:`.conv.conv2d_forward` with ``pool``, whose backward they
     feed; the conv output never leaves the thread-local ``m``. ``moments`` as in
     :func:`.conv.conv2d_forward`: each finished image's per-channel sums of ``y`` and
-    ``y**2`` (without ``pool``).
+    ``y**2`` (without ``pool``); ``res`` too (a residual added before the ReLU).
     """
     n, c = x.shape[0], x.shape[3]
     f = u.shape[2]
@@ -287,7 +296,7 @@ def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt
                     np.dot(v[k, :rows], u[k], m[k, :rows])
                 for i in range(g):
                     _output_transform(m, y, arg, b0 + i, i * tiles, th, tw, oh, ow, bias,
-                                      relu, pool, need_arg, zero, t4s[t])
+                                      relu, pool, need_arg, zero, t4s[t], res)
                 if moments.shape[0]:
                     for i in range(g):
                         _image_moments(y3[b0 + i], moments[b0 + i])
