@@ -427,55 +427,50 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
         dx = np.zeros((0, 0, 0, 0), dtype=x.dtype)
         dvs = np.empty((nt, 16, 0, 0), dtype=x.dtype)
     for t in prange(nt):
+        # the slots' work is written here, not in a function of its own: called from the
+        # prange loop, a function is optimised and compiled once more (RESULTS.md 13)
+        v, dm, dv, d, g4, tmp = vs[t], dms[t], dvs[t], ds[t], g4s[t], tmps[t]
         s = _fetch_add(counter, 0, 1)
         while s < slots:
+            # images lo .. hi-1 (slot s), grp images or chunk tile rows of one image per
+            # GEMM: writes, then adds into, du_part[s], adds into db_part[s], zeroes then
+            # accumulates their images of dx (here, by the thread that fills them, not by a
+            # parallel np.zeros: one prange region, see PRANGE_ONLY). The GEMMs take only
+            # the rows the transforms wrote (a partial group or a last, shorter chunk leaves
+            # stale rows out); the buffers hold a spare row per plane (_plane_rows)
             lo, hi = _slot_range(s, slots, n)
-            _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, vs[t], dms[t],
-                                    dvs[t], ds[t], g4s[t], tmps[t], du_part, db_part, s, dx, pt,
-                                    pl, oh, ow, th, tw, need_dx, relu, pool, zero, bn, m)
+            du = du_part[s]
+            db = db_part[s]
+            if need_dx:
+                for b in range(lo, hi):
+                    dx[b] = zero
+            first = True
+            for b0 in range(lo, hi, grp):
+                g = min(grp, hi - b0)
+                for ti0 in range(0, th, chunk):
+                    ti1 = min(th, ti0 + chunk)
+                    per = (ti1 - ti0) * tw       # tile rows of each image in this GEMM
+                    r = g * per
+                    for i in range(g):
+                        _input_transform(x, b0 + i, v, i * per, ti0, ti1, tw, pt, pl, d)
+                        _grad_transform(dy, y, arg, b0 + i, dm, i * per, ti0, ti1, tw, oh, ow,
+                                        relu, pool, zero, db, g4, bn, m)
+                    for k in range(16):
+                        if first:                # the slot's first GEMM writes du
+                            np.dot(v[k, :r].T, dm[k, :r], du[k])
+                            continue
+                        np.dot(v[k, :r].T, dm[k, :r], tmp)
+                        for ch in range(tmp.shape[0]):   # loops, not du[k] += tmp:
+                            for o in range(tmp.shape[1]):  # see .partials
+                                du[k, ch, o] += tmp[ch, o]
+                    first = False
+                    if need_dx:
+                        for k in range(16):
+                            np.dot(dm[k, :r], u_t[k], dv[k, :r])
+                        for i in range(g):
+                            _input_transform_adjoint(dv, dx, b0 + i, i * per, ti0, ti1, tw, pt,
+                                                     pl, d)
             s = _fetch_add(counter, 0, 1)
     du, db = _sum_partials(parts, db_part)
     return dx, du.reshape((16, c, f)), db
 
-
-@njit(cache=True)
-def _winograd_backward_slot(x, u_t, dy, y, arg, lo, hi, grp, chunk, v, dm, dv, d, g4, tmp,
-                            du_part, db_part, s, dx, pt, pl, oh, ow, th, tw, need_dx, relu,
-                            pool, zero, bn, m):
-    """Images ``lo .. hi-1`` (slot ``s``) of :func:`winograd_backward`, ``grp`` images or
-    ``chunk`` tile rows of one image per GEMM: writes, then adds into, ``du_part[s]``, adds
-    into ``db_part[s]``, and zeroes then accumulates their images of ``dx`` (zeroed here,
-    by the thread that fills them, rather than by a parallel ``np.zeros`` in the kernel:
-    one ``prange`` region, see :data:`.PRANGE_ONLY`). The GEMMs take only the rows the
-    transforms wrote (a partial group or a last, shorter chunk leaves stale rows out); the
-    buffers hold a spare row per plane (:func:`_plane_rows`)."""
-    du = du_part[s]
-    db = db_part[s]
-    if need_dx:
-        for b in range(lo, hi):
-            dx[b] = zero
-    first = True
-    for b0 in range(lo, hi, grp):
-        g = min(grp, hi - b0)
-        for ti0 in range(0, th, chunk):
-            ti1 = min(th, ti0 + chunk)
-            per = (ti1 - ti0) * tw       # tile rows of each image in this GEMM
-            r = g * per
-            for i in range(g):
-                _input_transform(x, b0 + i, v, i * per, ti0, ti1, tw, pt, pl, d)
-                _grad_transform(dy, y, arg, b0 + i, dm, i * per, ti0, ti1, tw, oh, ow, relu,
-                                pool, zero, db, g4, bn, m)
-            for k in range(16):
-                if first:                        # the slot's first GEMM writes du
-                    np.dot(v[k, :r].T, dm[k, :r], du[k])
-                    continue
-                np.dot(v[k, :r].T, dm[k, :r], tmp)
-                for ch in range(tmp.shape[0]):   # loops, not du[k] += tmp: see .partials
-                    for o in range(tmp.shape[1]):
-                        du[k, ch, o] += tmp[ch, o]
-            first = False
-            if need_dx:
-                for k in range(16):
-                    np.dot(dm[k, :r], u_t[k], dv[k, :r])
-                for i in range(g):
-                    _input_transform_adjoint(dv, dx, b0 + i, i * per, ti0, ti1, tw, pt, pl, d)
