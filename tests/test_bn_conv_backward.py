@@ -154,17 +154,11 @@ def _conv_bn_loss(impl, x, kernel, strides, pads, gamma, beta, g, relu):
     return float(np.sum(g * y)), z, mean, inv_std
 
 
-@pytest.mark.parametrize("backend", list(_IMPLS))
-@pytest.mark.parametrize("relu", [True, False])
-@pytest.mark.parametrize("name, x_shape, k_shape, strides, pads",
-                         [_CONVS[1], _CONVS[2], _CONVS[5]])
-def test_gradients_given_bn_match_central_differences(backend, relu, name, x_shape, k_shape,
-                                                      strides, pads):
-    """float64, a random upstream gradient ``g`` of conv -> batch norm (-> ReLU): dx and
-    dkernel from ``backward(dy=g, bn=spec)`` against central differences of the loss."""
-    from minicnn.gradcheck import numerical_gradient, relative_error
-    impl = _IMPLS[backend]
-    rng = np.random.default_rng(7)
+def _bn_backward_case(impl, seed, x_shape, k_shape, strides, pads, relu):
+    """A float64 conv -> batch norm (-> ReLU) case on backend module ``impl`` and its
+    gradients by the ``bn=`` route for a random upstream gradient ``g``: ``(x, kernel,
+    gamma, beta, g, (dx, dkernel, dgamma, dbeta))``."""
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal(x_shape)
     kernel = 0.3 * rng.standard_normal(k_shape)
     f = k_shape[3]
@@ -176,6 +170,21 @@ def test_gradients_given_bn_match_central_differences(backend, relu, name, x_sha
                                                     relu=relu, need_dx=False)
     spec = ops.BatchNormGradient(z, gamma, beta, mean, inv_std, dgamma, dbeta, relu)
     dx, dkernel, _ = _backward(impl, x, kernel, g, strides, pads, True, bn=spec)
+    return x, kernel, gamma, beta, g, (dx, dkernel, dgamma, dbeta)
+
+
+@pytest.mark.parametrize("backend", list(_IMPLS))
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("name, x_shape, k_shape, strides, pads",
+                         [_CONVS[1], _CONVS[2], _CONVS[5]])
+def test_gradients_given_bn_match_central_differences(backend, relu, name, x_shape, k_shape,
+                                                      strides, pads):
+    """float64, a random upstream gradient ``g`` of conv -> batch norm (-> ReLU): dx and
+    dkernel from ``backward(dy=g, bn=spec)`` against central differences of the loss."""
+    from minicnn.gradcheck import numerical_gradient, relative_error
+    impl = _IMPLS[backend]
+    x, kernel, gamma, beta, g, (dx, dkernel, _, _) = _bn_backward_case(
+        impl, 7, x_shape, k_shape, strides, pads, relu)
     num_dx = numerical_gradient(
         lambda v: _conv_bn_loss(impl, v, kernel, strides, pads, gamma, beta, g, relu)[0], x)
     num_dk = numerical_gradient(
@@ -190,18 +199,8 @@ def test_gradients_given_bn_match_pytorch(relu, name, x_shape, k_shape, strides,
     """float64 conv (NHWC -> NCHW) -> BatchNorm2d (training, eps 1e-3) [-> ReLU] in PyTorch,
     the same random upstream gradient: dx, dkernel, dgamma, dbeta of the numba path."""
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal(x_shape)
-    kernel = 0.3 * rng.standard_normal(k_shape)
-    f = k_shape[3]
-    gamma, beta = rng.random(f) + 0.5, 0.3 * rng.standard_normal(f)
-    _, z, mean, inv_std = _conv_bn_loss(numba_ops, x, kernel, strides, pads, gamma, beta,
-                                        np.zeros(1), relu)
-    g = rng.standard_normal(z.shape)
-    _, dgamma, dbeta = numba_ops.batchnorm_relu_backward(g, z, gamma, beta, mean, inv_std,
-                                                         relu=relu, need_dx=False)
-    spec = ops.BatchNormGradient(z, gamma, beta, mean, inv_std, dgamma, dbeta, relu)
-    dx, dkernel, _ = _backward(numba_ops, x, kernel, g, strides, pads, True, bn=spec)
+    x, kernel, gamma, beta, g, (dx, dkernel, dgamma, dbeta) = _bn_backward_case(
+        numba_ops, 11, x_shape, k_shape, strides, pads, relu)
 
     tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
     tk = torch.tensor(kernel.transpose(3, 2, 0, 1), requires_grad=True)

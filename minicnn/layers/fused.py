@@ -262,11 +262,8 @@ class ConvBatchNorm(_Chain):
         conv, bn = self.conv, self.bn
         gamma, beta = bn.params.get("gamma"), bn.params.get("beta")
         if not training:
-            kernel, bias = ops.fold_batchnorm(conv.params["kernel"], conv.params.get("bias"),
-                                              gamma, beta, bn.params["moving_mean"],
-                                              bn.params["moving_variance"], bn.epsilon)
             self._mode, self._x = "folded", x
-            return conv.convolve(x, kernel, bias, relu=self.relu is not None)[0]
+            return self.folded_convolve(x, self.relu is not None)
         # the convolution gathers the batch's statistics of z image by image, while each
         # image's output is still in cache: batch norm's own pass over z is saved
         (z, *moments), algorithms = conv.convolve(x, conv.params["kernel"],
@@ -278,6 +275,17 @@ class ConvBatchNorm(_Chain):
         self._mode, self._x, self._z = "fused", x, z
         self._stats = (mean, inv_std, relu, algorithms)
         return y
+
+    def folded_convolve(self, x, relu, residual=None):
+        """The inference pass: the conv with batch norm's moving statistics folded into its
+        weights (:func:`minicnn.ops.fold_batchnorm`), ``residual`` added and the ReLU
+        applied (``relu``) in its epilogue."""
+        conv, bn = self.conv, self.bn
+        kernel, bias = ops.fold_batchnorm(conv.params["kernel"], conv.params.get("bias"),
+                                          bn.params.get("gamma"), bn.params.get("beta"),
+                                          bn.params["moving_mean"], bn.params["moving_variance"],
+                                          bn.epsilon)
+        return conv.convolve(x, kernel, bias, relu=relu, residual=residual)[0]
 
     def backward(self, dy):
         if self._mode == "fused":
@@ -350,7 +358,6 @@ class ConvBatchNormAddRelu(_Chain):
     fusion = "conv2d_batchnorm_add_relu"
 
     def __init__(self, conv, bn, add, relu, index=1):
-        self.conv, self.bn = conv, bn
         self.conv_bn, self.add_relu = ConvBatchNorm(conv, bn), AddRelu(add, relu)
         self.index = index                  # the Add's input the conv -> bn branch feeds
         super().__init__(conv, bn, add, relu)
@@ -366,6 +373,8 @@ class ConvBatchNormAddRelu(_Chain):
         x_shape = input_shape[0] if isinstance(input_shape, list) else input_shape
         return self.conv_bn.compute_output_shape(x_shape)
 
+    conv = property(lambda self: self.conv_bn.conv)
+
     def _in_add_order(self, y, shortcut):
         return [shortcut, y] if self.index == 1 else [y, shortcut]
 
@@ -375,13 +384,8 @@ class ConvBatchNormAddRelu(_Chain):
         if not self._fused_here() or training:
             y = self.conv_bn.forward(x, training)
             return self.add_relu.forward(self._in_add_order(y, shortcut), training)
-        conv, bn = self.conv, self.bn
-        kernel, bias = ops.fold_batchnorm(conv.params["kernel"], conv.params.get("bias"),
-                                          bn.params.get("gamma"), bn.params.get("beta"),
-                                          bn.params["moving_mean"], bn.params["moving_variance"],
-                                          bn.epsilon)
         self._mode, self._xs = "folded", xs
-        return conv.convolve(x, kernel, bias, relu=True, residual=shortcut)[0]
+        return self.conv_bn.folded_convolve(x, True, residual=shortcut)
 
     def backward(self, dy):
         if self._mode == "folded":
@@ -452,30 +456,24 @@ def plan(nodes, consumers=None, protected=(), enabled=None):
             after = consumers.get(out.id, [])
             if len(after) != 1 or out.id in protected or uses[id(after[0].layer)] != 1 \
                     or [t.id for t in after[0].inputs].count(out.id) != 1 \
-                    or id(after[0]) in skip or id(after[0]) in deferred:
+                    or id(after[0]) in skip:
                 break           # (the last test: a merge node the other branch took)
             run.append(after[0])
-        fused = None
-        for f in active:
-            if f.length > len(run) or not _inputs_fit(f, run):
-                continue
-            layers = [n.layer for n in run[:f.length]]
-            if not f.applies(*layers):
-                continue
-            last = run[f.length - 1]
-            skip.update(id(n) for n in run[1:f.length])
-            if f.merge is None:
-                fused = (f.make(*layers), node, last, list(node.inputs))
-                break
-            merge, feed = run[f.merge], run[f.merge - 1].outputs[0].id
-            index = [t.id for t in merge.inputs].index(feed)
-            inputs = list(node.inputs) + [merge.inputs[1 - index]]
-            skip.discard(id(last))
-            deferred[id(last)] = (f.make(*layers, index=index), node, last, inputs)
-            fused = False
-            break
-        if fused is not False:
-            steps.append(fused or (node.layer, node, node, list(node.inputs)))
+        match = next((f for f in active if f.length <= len(run) and _inputs_fit(f, run)
+                      and f.applies(*(n.layer for n in run[:f.length]))), None)
+        if match is None:
+            steps.append((node.layer, node, node, list(node.inputs)))
+            continue
+        taken = run[:match.length]
+        layers, last = [n.layer for n in taken], taken[-1]
+        skip.update(id(n) for n in taken[1:])
+        if match.merge is None:
+            steps.append((match.make(*layers), node, last, list(node.inputs)))
+            continue
+        merge, feed = taken[match.merge], taken[match.merge - 1].outputs[0].id
+        index = [t.id for t in merge.inputs].index(feed)
+        deferred[id(last)] = (match.make(*layers, index=index), node, last,
+                              list(node.inputs) + [merge.inputs[1 - index]])
     return steps
 
 

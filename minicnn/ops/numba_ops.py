@@ -213,12 +213,12 @@ def winograd_conv2d_forward(x, kernel, bias, pads, relu=False, moments=False, re
     y, _ = winograd_k.winograd_forward(_c(x), u, _bias_or_zeros(bias, f, x.dtype), pads[0],
                                        pads[2], oh, ow, bool(relu) and residual is None, False,
                                        x.dtype.type(0), nt, grp, _counter())
+    # F(2x2, 3x3)'s forward runs only when asked for by name: its residual and its
+    # moments each take a pass of their own
     if residual is not None:
-        # F(2x2, 3x3)'s forward runs only when asked for by name: its residual takes a pass
         y = (add_relu_forward if relu else add_forward)(y, _c(residual))
     if not moments:
         return y
-    # F(2x2, 3x3)'s forward runs only when asked for by name: its moments take a pass
     mean, var = _quiet(norm_k.batch_moments, y.reshape(-1, f), y.shape[0])
     return y, mean.astype(y.dtype), var.astype(y.dtype)
 

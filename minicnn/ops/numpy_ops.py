@@ -20,8 +20,7 @@ from ._shapes import out_hw
 from .reference import (LEAKY_RELU_SLOPE, WINOGRAD4_AT, WINOGRAD4_BT, WINOGRAD_AT, WINOGRAD_BT,
                         WINOGRAD_G, _winograd_check, _winograd_tiles, backward_input_pads,
                         bn_input_gradient, check_residual, given_moments, rotated_kernel,
-                        split_dx,
-                        winograd4_kernel_transform, winograd_kernel_transform)
+                        split_dx, winograd4_kernel_transform, winograd_kernel_transform)
 
 
 def _pad(x, pads, value=0):

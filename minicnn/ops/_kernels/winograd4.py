@@ -186,11 +186,11 @@ def _output_block(m, row, bias, t4):
 def _output_transform(m, y, arg, b, row0, th, tw, oh, ow, bias, relu, pool, need_arg, zero, t4,
                       res):
     """The 4x4 output block of every tile of image ``b`` into ``y[b]``: ``res[b]`` added
-    (when ``res`` has images), ReLU'd when ``relu``, outputs past ``oh, ow`` dropped. With ``pool`` the block is four 2x2 pool
-    windows: ``y[b]`` gets their ReLU'd maxima (ReLU after the max: they commute) and
-    ``arg[b]`` (uint8, 0..3) the row-major position of the first maximum (a NaN wins and
-    stays), as in the im2col fused kernel; only the complete windows are kept. Without
-    ``need_arg`` only the maxima (``arg`` untouched).
+    (when ``res`` has images), ReLU'd when ``relu``, outputs past ``oh, ow`` dropped.
+    With ``pool`` the block is four 2x2 pool windows: ``y[b]`` gets their ReLU'd maxima
+    (ReLU after the max: they commute) and ``arg[b]`` (uint8, 0..3) the row-major position
+    of the first maximum (a NaN wins and stays), as in the im2col fused kernel; only the
+    complete windows are kept. Without ``need_arg`` only the maxima (``arg`` untouched).
 
     The two ways out are functions of their own: written inline in the tile loop, they
     made LLVM copy the whole loop, once per value of ``pool`` and ``relu``, in each of the
