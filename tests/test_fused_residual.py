@@ -481,3 +481,26 @@ def test_the_residual_step_gradients_match_finite_differences(training):
         loss(x, s, kernel)
     for got, want in zip((dx, ds, dk), numeric):
         assert gradcheck.relative_error(got, want) < 1e-7
+
+
+@pytest.mark.parametrize("op,size,strides,pads", RESIDUAL_CONVS)
+def test_conv_residual_matches_torch(op, size, strides, pads, error_log):
+    """float64: the numba op's ``relu(conv + bias + residual)`` against torch's conv2d
+    (NHWC <-> NCHW, the pads given explicitly) + the residual, then relu."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 9, 10, 5))
+    kernel = rng.standard_normal((size, size, 5, 6))
+    bias = rng.standard_normal(6)
+    with minicnn.use_backend("numba"):
+        shape = _conv_call(op, x, kernel, bias, strides, pads).shape
+        r = rng.standard_normal(shape)
+        got = _conv_call(op, x, kernel, bias, strides, pads, relu=True, residual=r)
+    pt, pb, pl, pr = pads
+    tx = torch.nn.functional.pad(torch.tensor(x.transpose(0, 3, 1, 2)), (pl, pr, pt, pb))
+    tz = torch.nn.functional.conv2d(tx, torch.tensor(kernel.transpose(3, 2, 0, 1)),
+                                    torch.tensor(bias), stride=strides or (1, 1))
+    want = torch.relu(tz + torch.tensor(r.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    err = rel_err(got, want)
+    error_log.record("torch parity (max-norm relative)", err)
+    assert err < 1e-12
