@@ -408,6 +408,31 @@ def test_dense_backends_agree(n, k, u, use_bias, fortran, dtype, seed, error_log
         assert no_dx[name][0] is None
 
 
+@pytest.mark.parametrize("need_dx", [True, False])
+@pytest.mark.parametrize("nt", [1, 2, 3, 5])
+def test_numba_dense_backward_any_thread_count(nt, need_dx):
+    """The dense backward kernel's one prange loop, over its two GEMMs (dx wanted, two or
+    more threads) or over row blocks, some of them empty (5 threads, 4 rows): the same
+    numbers as float64 NumPy, for every thread count."""
+    from minicnn.ops._kernels import dense as dense_k
+    rng = np.random.default_rng(nt)
+    x, kernel, dy = (rng.standard_normal(s).astype(np.float32) for s in ((4, 64), (64, 32),
+                                                                         (4, 32)))
+    for _ in range(3):
+        # freed memory of the size of the partial sums, full of junk: a partial the kernel
+        # forgot to write would likely get it back
+        junk = np.full(nt * 64 * 32 + 64, 3e38, np.float32)
+        del junk
+        dx, dk, db = dense_k.dense_backward(x, kernel, dy, need_dx, nt)
+    x64, k64, dy64 = (a.astype(np.float64) for a in (x, kernel, dy))
+    np.testing.assert_allclose(dk, x64.T @ dy64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(db, dy64.sum(axis=0), rtol=1e-5, atol=1e-6)
+    if need_dx:
+        np.testing.assert_allclose(dx, dy64 @ k64.T, rtol=1e-5, atol=1e-6)
+    else:
+        assert dx.shape == (0, 64)
+
+
 # ----------------------------------------------------------------------------- activations
 @settings(max_examples=60, deadline=None, database=None)
 @given(name=st.sampled_from(ACTIVATIONS),

@@ -463,8 +463,8 @@ def dense_forward(x, kernel, bias):
 
 
 def dense_backward(x, kernel, dy, need_dx=True):
-    dx, dk, db = dense_k.dense_backward(_c(x), _c(kernel), _c(dy), bool(need_dx),
-                                        _threads(x.shape[0]))
+    dx, dk, db = _quiet(dense_k.dense_backward, _c(x), _c(kernel), _c(dy), bool(need_dx),
+                        _threads(x.shape[0]))
     return (dx if need_dx else None), dk, db
 
 

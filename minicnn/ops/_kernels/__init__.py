@@ -33,9 +33,9 @@ partial buffers, ``part / m`` over the channels) take ``parallel=PRANGE_ONLY``:
 ``parallel=True`` would turn each such expression into a parallel loop of its own,
 one more gufunc to compile (``batchnorm_train_forward`` had 6), for arrays too small to
 gain from threads. With it the ``prange`` loops are the only parallel regions, as
-designed. ``dense_backward`` (5 gufuncs, 3 of them its ``np.zeros``) keeps
-``parallel=True``: prange-only, its allocations change so that the page-fault test of
-``tests/test_config.py`` no longer sees the faults that ``config.tune_malloc`` removes.
+designed. ``dense_backward`` had 5 gufuncs (two ``prange`` loops and 3 ``np.zeros``);
+it is now one ``prange`` loop over either its two GEMMs or its row blocks, prange-only
+(a cold compile of the dense kernels 4.7 -> 3.7 s, benchmarks/RESULTS.md 14).
 
 Scalars such as 0 and 1 arrive as arguments typed like the arrays (``zero``,
 ``one``): a Python int or float mixed with float32 would make Numba compute

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import PRANGE_ONLY
 from .partials import _sum_partials
 
 
@@ -28,7 +29,7 @@ def dense_forward(x, kernel, bias, nt):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PRANGE_ONLY, cache=True)
 def dense_backward(x, kernel, dy, need_dx, nt):
     """dx = dy @ kernel.T, dkernel = x.T @ dy, dbias = sum(dy) over the batch.
 
@@ -41,37 +42,42 @@ def dense_backward(x, kernel, dy, need_dx, nt):
     its half, measured 1.5 ms against 0.25 ms for the seed model's 4096 -> 64 layer
     (batch 64, two threads): two concurrent dx GEMMs with a 4096-wide output ran
     no faster than one. Without dx, the batch is split and partial dkernels summed.
+    Both ways are one ``prange`` loop, so one parallel region to compile (the two
+    loops and the ``np.zeros`` of ``parallel=True`` took about 1 s more per cold compile).
     """
     n, k = x.shape
     u = kernel.shape[1]
-    if need_dx and nt >= 2:
-        dk = np.empty((k, u), dtype=x.dtype)
-        db = np.zeros(u, dtype=x.dtype)
-        dx = np.empty((n, k), dtype=x.dtype)
-        for task in prange(2):
-            if task == 0:
-                np.dot(x.T, dy, dk)
-                for b in range(n):
-                    for j in range(u):
-                        db[j] += dy[b, j]
-            else:
-                np.dot(dy, kernel.T, dx)
-        return dx, dk, db
+    side = need_dx and nt >= 2
+    parts = 1 if side else nt
     chunk = (n + nt - 1) // nt
-    dk_part = np.zeros((nt, k, u), dtype=x.dtype)
-    db_part = np.zeros((nt, u), dtype=x.dtype)
+    dk_part = np.empty((parts, k, u), dtype=x.dtype)
+    db_part = np.zeros((parts, u), dtype=x.dtype)
     dx = np.empty((n, k) if need_dx else (0, k), dtype=x.dtype)
     kt = kernel.T
-    for t in prange(nt):
-        lo = t * chunk
-        hi = min(n, lo + chunk)
-        if lo < hi:
-            np.dot(x[lo:hi].T, dy[lo:hi], dk_part[t])
-            for b in range(lo, hi):
+    tasks = 2 if side else nt        # prange(2 if side else nt) ran on one thread (2x slower)
+    for t in prange(tasks):
+        if side and t == 1:
+            np.dot(dy, kt, dx)
+        elif side:
+            np.dot(x.T, dy, dk_part[0])
+            for b in range(n):
                 for j in range(u):
-                    db_part[t, j] += dy[b, j]
-            if need_dx:
-                np.dot(dy[lo:hi], kt, dx[lo:hi])
+                    db_part[0, j] += dy[b, j]
+        else:
+            lo = t * chunk
+            hi = min(n, lo + chunk)
+            if lo < hi:
+                np.dot(x[lo:hi].T, dy[lo:hi], dk_part[t])
+                for b in range(lo, hi):
+                    for j in range(u):
+                        db_part[t, j] += dy[b, j]
+                if need_dx:
+                    np.dot(dy[lo:hi], kt, dx[lo:hi])
+            else:                    # no rows: a zero partial (np.dot never ran)
+                for e in range(k):
+                    for j in range(u):
+                        dk_part[t, e, j] = 0
+    if side:
+        return dx, dk_part[0], db_part[0]
     dk, db = _sum_partials(dk_part, db_part)
     return dx, dk, db
-
