@@ -424,6 +424,14 @@ def batchnorm_relu_train_forward_cases():
                                                                 moments=moments))
             yield f"{shape}, relu={relu}, moments given", given
 
+            def residual(dt, shape=shape, relu=relu):   # the end of a residual block
+                rng = _rng(45)
+                x = _normal(rng, dt, *shape) * dt(2) + dt(1)
+                gamma, beta = _normal(rng, dt, shape[-1]), _normal(rng, dt, shape[-1])
+                return outputs(ops.batchnorm_relu_train_forward(
+                    x, gamma, beta, 1e-3, relu, residual=_normal(rng, dt, *shape)))
+            yield f"{shape}, relu={relu}, residual", residual
+
 
 def batchnorm_relu_backward_cases():
     for shape in BN_SHAPES:

@@ -125,6 +125,91 @@ def test_batchnorm_relu_matches_torch(backend, error_log):
         assert err < 1e-6, f"{name}: {err:.3e} against torch"
 
 
+@pytest.mark.parametrize("moments", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batchnorm_residual_is_the_sum_then_relu_on_every_backend(relu, moments, dtype,
+                                                                  error_log):
+    """``batchnorm_relu_train_forward(..., residual=r)``: ``max(bn(x) + r, 0)`` (the end of
+    a residual block in training), the reference's by its definition on every backend,
+    the numba kernel bit for bit batch norm then the numba add (+ ReLU) the layers ran;
+    the statistics those of batch norm alone; r and x untouched."""
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((3, 4, 5, 6)) * 2 + 1).astype(dt)
+    gamma, beta = rng.standard_normal(6).astype(dt), rng.standard_normal(6).astype(dt)
+    r = rng.standard_normal(x.shape).astype(dt)
+    stats = None
+    if moments:
+        rows = x.reshape(-1, 6).astype(np.float64)
+        stats = (rows.mean(axis=0), rows.var(axis=0))
+    results = {}
+    for name in ("reference", "numpy", "numba"):
+        before = (x.copy(), r.copy())
+        with minicnn.use_backend(name):
+            t, *plain_stats = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, False,
+                                                               moments=stats)
+            out = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, relu, moments=stats,
+                                                   residual=r)
+            composed = ops.add_relu_forward(r, t) if relu else ops.add_forward(r, t)
+        np.testing.assert_array_equal(x, before[0])
+        np.testing.assert_array_equal(r, before[1])
+        assert out[0].dtype == dt and out[0].shape == x.shape
+        for got, want in zip(out[1:], plain_stats):
+            np.testing.assert_array_equal(got, want)
+        if name == "reference":
+            want = t + r
+            np.testing.assert_array_equal(out[0], np.maximum(want, 0) if relu else want)
+        if name == "numba":
+            np.testing.assert_array_equal(out[0], composed)
+        results[name] = out[0]
+    compare(results, dt, "batchnorm_relu_train_forward(residual=)", error_log, ["y"],
+            [norm(np.abs(results["reference"])) + norm(r)])
+
+
+@pytest.mark.parametrize("backend", ["reference", "numpy", "numba"])
+def test_batchnorm_residual_names_a_wrong_shape_or_dtype(backend):
+    x = np.ones((2, 3, 3, 4), np.float32)
+    with minicnn.use_backend(backend):
+        for bad in (np.ones((2, 3, 3, 5), np.float32), np.ones(x.shape, np.float64)):
+            with pytest.raises(ValueError) as info:
+                ops.batchnorm_relu_train_forward(x, None, None, 1e-3, residual=bad)
+            assert str(info.value) == (
+                f"batchnorm_relu_train_forward: residual must be None or an array of the "
+                f"output's shape {x.shape} and dtype float32, received an array of shape "
+                f"{bad.shape} and dtype {bad.dtype}")
+
+
+def test_batchnorm_residual_matches_torch(backend, error_log):
+    """batch norm (training) + r then ReLU against PyTorch, float64; the gradient of the
+    step is the ReLU's on the output, then batch norm's without a ReLU."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3, 5, 4, 3)) * 3 + 2
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    res, dy = rng.standard_normal(x.shape), rng.standard_normal(x.shape)
+    y, mean, var, inv_std = ops.batchnorm_relu_train_forward(x, gamma, beta, 1e-3, True,
+                                                             residual=res)
+    d_sum = ops.activation_backward("relu", y, y, dy)
+    dx, dgamma, dbeta = ops.batchnorm_relu_backward(d_sum, x, gamma, beta, mean, inv_std,
+                                                    relu=False)
+    nchw = lambda a: torch.tensor(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731
+    xt, rt = nchw(x).requires_grad_(), nchw(res).requires_grad_()
+    gt = torch.tensor(gamma, requires_grad=True)
+    bt = torch.tensor(beta, requires_grad=True)
+    yt = F.relu(F.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-3) + rt)
+    (yt * nchw(dy)).sum().backward()
+    to_nhwc = lambda t: t.detach().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    for name, got, want in (("y", y, to_nhwc(yt)), ("dx", dx, to_nhwc(xt.grad)),
+                            ("dresidual", d_sum, to_nhwc(rt.grad)),
+                            ("dgamma", dgamma, gt.grad.numpy()),
+                            ("dbeta", dbeta, bt.grad.numpy())):
+        err = float(np.abs(got - want).max() / np.abs(want).max())
+        error_log.record("torch parity (max-norm relative)", err)
+        assert err < 1e-12, f"{name}: {err:.3e} against torch"
+
+
 def test_batchnorm_relu_backward_names_a_wrong_shape():
     with minicnn.use_backend("numba"):
         with pytest.raises(ValueError, match=r"batchnorm_relu_backward: x must have dy's shape"):

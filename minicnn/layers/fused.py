@@ -259,21 +259,29 @@ class ConvBatchNorm(_Chain):
         self._mode = "composed"
         if not self._fused_here():
             return self.composed_forward(x, training)
-        conv, bn = self.conv, self.bn
-        gamma, beta = bn.params.get("gamma"), bn.params.get("beta")
         if not training:
             self._mode, self._x = "folded", x
             return self.folded_convolve(x, self.relu is not None)
+        return self.train_convolve(x, self.relu is not None)
+
+    def train_convolve(self, x, relu, residual=None):
+        """The training pass (batch statistics): the conv gathering them, then batch norm
+        given them, ``residual`` added and the ReLU applied (``relu``) in its one pass. With
+        ``residual`` the ReLU is the one after the sum, whose mask the caller's backward
+        applies (:class:`ConvBatchNormAddRelu`): this step's backward is batch norm's
+        without a ReLU."""
+        conv, bn = self.conv, self.bn
+        gamma, beta = bn.params.get("gamma"), bn.params.get("beta")
         # the convolution gathers the batch's statistics of z image by image, while each
         # image's output is still in cache: batch norm's own pass over z is saved
         (z, *moments), algorithms = conv.convolve(x, conv.params["kernel"],
                                                   conv.params.get("bias"), moments=True)
-        relu = self.relu is not None
-        y, mean, var, inv_std = ops.batchnorm_relu_train_forward(z, gamma, beta, bn.epsilon,
-                                                                 relu=relu, moments=moments)
+        y, mean, var, inv_std = ops.batchnorm_relu_train_forward(
+            z, gamma, beta, bn.epsilon, relu=relu, moments=moments, residual=residual)
         bn.update_moving_statistics(mean, var)
         self._mode, self._x, self._z = "fused", x, z
-        self._stats = (mean, inv_std, relu, algorithms)
+        self._stats = (mean, inv_std, relu and residual is None, algorithms)
+        self._last_batch = x.shape[0]
         return y
 
     def folded_convolve(self, x, relu, residual=None):
@@ -332,6 +340,11 @@ class AddRelu(_Chain):
         self._y = ops.add_relu_forward(xs[0], xs[1])
         return self._y
 
+    def keep_output(self, y):
+        """Take ``y``, the ReLU'd sum made by another step (:class:`ConvBatchNormAddRelu` in
+        training), as this step's output: the mask of its backward."""
+        self._y, self._last_batch = y, y.shape[0]
+
     def backward(self, dy):
         if self._y is None:
             return self.composed_backward(dy)
@@ -350,9 +363,13 @@ class ConvBatchNormAddRelu(_Chain):
     The same bits as :class:`ConvBatchNorm` then :class:`AddRelu` (the same sums in the
     same order; an addition of two numbers does not depend on their order).
 
-    Training: :class:`ConvBatchNorm`'s passes, then :class:`AddRelu`'s (the batch norm
-    needs the whole batch's statistics before the sum can be made); backward, the ReLU's
-    mask gives dz, the shortcut's gradient and the input of ConvBatchNorm's backward.
+    Training: the convolution gathering the batch's statistics, then batch norm given
+    them with the shortcut added and the ReLU applied in its one pass
+    (:meth:`ConvBatchNorm.train_convolve`; the batch norm needs the whole batch's
+    statistics before the sum can be made). Its output is never written and read back
+    by an Add; the same bits as ConvBatchNorm then AddRelu. Backward: the ReLU's mask
+    (:class:`AddRelu`'s backward) gives dz, the shortcut's gradient and the input of
+    ConvBatchNorm's backward.
     """
 
     fusion = "conv2d_batchnorm_add_relu"
@@ -381,9 +398,13 @@ class ConvBatchNormAddRelu(_Chain):
     def call(self, xs, training=False):
         x, shortcut = xs
         self._mode = "composed"
-        if not self._fused_here() or training:
+        if not self._fused_here():
             y = self.conv_bn.forward(x, training)
             return self.add_relu.forward(self._in_add_order(y, shortcut), training)
+        if training:
+            y = self.conv_bn.train_convolve(x, True, residual=shortcut)
+            self.add_relu.keep_output(y)
+            return y
         self._mode, self._xs = "folded", xs
         return self.conv_bn.folded_convolve(x, True, residual=shortcut)
 

@@ -397,7 +397,7 @@ def batchnorm_train_forward(x, gamma, beta, epsilon):
     y, mean, var, inv_std = _quiet(
         norm_k.batchnorm_relu_train_forward, rows, _channel_vector(gamma, c, x.dtype, 1),
         _channel_vector(beta, c, x.dtype, 0), mean64, var64, dt(epsilon), dt(1), dt(0),
-        False, xhat, _threads(rows.shape[0]))
+        False, xhat, _threads(rows.shape[0]), np.empty((0, c), dtype=x.dtype))
     return y.reshape(x.shape), mean, var, xhat.reshape(x.shape), inv_std
 
 
@@ -426,18 +426,22 @@ def batchnorm_backward(dy, xhat, gamma, inv_std):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
-def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=None):
+def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=None,
+                                 residual=None):
     dt = x.dtype.type
     c = x.shape[-1]
+    check_residual(residual, x.shape, x.dtype, "batchnorm_relu_train_forward")
     rows = _c(x).reshape(-1, c)
     if moments is None:
         mean64, var64 = _quiet(norm_k.batch_moments, rows, x.shape[0])
     else:
         mean64, var64 = (_c(v, dtype=np.float64) for v in check_moments(moments, c))
+    res = (np.empty((0, c), dtype=x.dtype) if residual is None
+           else _c(residual).reshape(-1, c))
     y, mean, var, inv_std = _quiet(
         norm_k.batchnorm_relu_train_forward, rows, _channel_vector(gamma, c, x.dtype, 1),
         _channel_vector(beta, c, x.dtype, 0), mean64, var64, dt(epsilon), dt(1), dt(0),
-        bool(relu), np.empty((0, c), dtype=x.dtype), _threads(rows.shape[0]))
+        bool(relu), np.empty((0, c), dtype=x.dtype), _threads(rows.shape[0]), res)
     return y.reshape(x.shape), mean, var, inv_std
 
 

@@ -373,12 +373,16 @@ def batchnorm_backward(dy, xhat, gamma, inv_std):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
-def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=None):
+def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=None,
+                                 residual=None):
+    check_residual(residual, x.shape, x.dtype, "batchnorm_relu_train_forward")
     if moments is None:
         t, mean, var, _, inv_std = batchnorm_train_forward(x, gamma, beta, epsilon)
     else:
         mean, var, inv_std = given_moments(x, moments, epsilon)
         t = batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon)
+    if residual is not None:
+        t = t + residual
     return (np.maximum(t, t.dtype.type(0)) if relu else t), mean, var, inv_std
 
 

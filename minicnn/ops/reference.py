@@ -79,8 +79,8 @@ def conv2d_forward(x, kernel, bias, strides, pads, relu=False, moments=False, re
 
 
 def check_residual(residual, shape, dtype, op):
-    """A ValueError naming ``op`` unless ``residual`` is None or an array of the
-    convolution output's ``shape`` and ``dtype``."""
+    """A ValueError naming ``op`` unless ``residual`` is None or an array of the op's
+    output ``shape`` and ``dtype`` (a convolution's, a batch norm's)."""
     if residual is None:
         return
     if not isinstance(residual, np.ndarray) or residual.shape != tuple(shape) \
@@ -993,7 +993,8 @@ def batchnorm_backward_graph(dy, x, gamma, epsilon):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
-def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=None):
+def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=None,
+                                 residual=None):
     """Batch normalisation in training mode, then ReLU: ``y = relu(gamma * xhat + beta)``.
 
     The composition of :func:`batchnorm_train_forward` and the ReLU of
@@ -1009,6 +1010,13 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=Non
     moments : None, or ``(mean, var)`` (c,): x's batch statistics gathered already (by
         the convolution that made x, :func:`conv2d_forward` with ``moments``), used
         instead of computing them
+    residual : None, or an array of x's shape and dtype added to ``t`` before the ReLU:
+        ``y = max(t + residual, 0)``, the end of a residual block (the Add of the
+        shortcut after batch norm, then its ReLU). The sum of two numbers does not depend
+        on their order, so the bits are those of batch norm, then
+        :func:`add_relu_forward`. The ReLU's mask is then ``y > 0``: the backward is the
+        ReLU's (:func:`activation_backward` on ``y``), then
+        :func:`batchnorm_relu_backward` with ``relu=False``.
 
     Returns
     -------
@@ -1016,11 +1024,15 @@ def batchnorm_relu_train_forward(x, gamma, beta, epsilon, relu=True, moments=Non
     :func:`batchnorm_relu_backward` recomputes both from ``x`` and the statistics, so
     a fused step keeps one tensor (its input) where the two layers kept three.
     """
+    check_residual(residual, x.shape, x.dtype, "batchnorm_relu_train_forward")
     if moments is None:
         t, mean, var, _, inv_std = batchnorm_train_forward(x, gamma, beta, epsilon)
     else:
         mean, var, inv_std = given_moments(x, moments, epsilon)
         t = batchnorm_inference_forward(x, gamma, beta, mean, var, epsilon)
+    if residual is not None:
+        return add_residual(t, residual, relu, "batchnorm_relu_train_forward"), mean, var, \
+            inv_std
     return (activation_forward("relu", t) if relu else t), mean, var, inv_std
 
 

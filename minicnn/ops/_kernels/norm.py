@@ -116,15 +116,17 @@ def batch_moments(x, n):
 
 @njit(parallel=PRANGE_ONLY, cache=True)
 def batchnorm_relu_train_forward(x, gamma, beta, mean64, var64, eps, one, zero, relu, xhat,
-                                 nt):
+                                 nt, res):
     """``y = max(gamma * xhat + beta, 0)`` for ``x (m, c)``, ``xhat`` by the batch statistics
     (without the max when ``relu`` is False: plain batch normalisation, the same kernel).
 
     ``mean64, var64 (c,)``: the batch's float64 moments, from :func:`batch_moments` or a
     convolution's epilogue; one pass normalises and clips, writing only ``y`` (the fused
     backward recomputes ``xhat`` from ``x``), and ``xhat (m, c)`` too when it has rows
-    (not ``(0, c)``). ``eps``, ``one``, ``zero`` in x's dtype. Returns new ``y (m, c)``,
-    ``mean``, ``var``, ``inv_std (c,)`` in x's dtype.
+    (not ``(0, c)``). ``res (m, c)`` with rows: added before the ReLU, ``y = max((gamma *
+    xhat + beta) + res, 0)`` (the end of a residual block: the Add after batch norm, then
+    its ReLU; not with ``xhat``). ``eps``, ``one``, ``zero`` in x's dtype. Returns new ``y
+    (m, c)``, ``mean``, ``var``, ``inv_std (c,)`` in x's dtype.
     """
     rows, c = x.shape
     mean = mean64.astype(x.dtype)
@@ -132,14 +134,21 @@ def batchnorm_relu_train_forward(x, gamma, beta, mean64, var64, eps, one, zero, 
     inv_std = one / np.sqrt(var + eps)
     y = np.empty_like(x)
     keep = xhat.shape[0] > 0
+    add = res.shape[0] > 0
     for t in prange(nt):
         lo, hi = _block(t, nt, rows)
-        if keep:                     # a loop each, so neither tests the flag per element
+        if keep:                     # a loop each, so none tests a flag per element
             for r in range(lo, hi):
                 for ch in range(c):
                     v = (x[r, ch] - mean[ch]) * inv_std[ch]
                     xhat[r, ch] = v
                     v = gamma[ch] * v + beta[ch]
+                    y[r, ch] = zero if relu and v <= zero else v  # NaN stays NaN
+        elif add:
+            for r in range(lo, hi):
+                for ch in range(c):
+                    v = gamma[ch] * ((x[r, ch] - mean[ch]) * inv_std[ch]) + beta[ch]
+                    v = v + res[r, ch]
                     y[r, ch] = zero if relu and v <= zero else v  # NaN stays NaN
         else:
             for r in range(lo, hi):
