@@ -270,6 +270,7 @@ def cmd_info(stream=None):
         ("waiting threads", config.apply_wait_policy()),
         ("threads under load", config.adapt_status()),
         ("malloc", config.malloc_status()),
+        ("huge pages", config.heap_status()),
         ("OPENBLAS_CORETYPE", f"{coretype} (pins OpenBLAS's kernels; see README FAQ)" if coretype
          else "unset (each OpenBLAS picks its kernels for this CPU when it loads)"),
     ]

@@ -328,6 +328,114 @@ def malloc_status() -> str:
     return _malloc_status
 
 
+# ----------------------------------------------------------------------------- huge pages
+# A batch's activations are 2-8 MB each (the residual network's first stage at batch 64),
+# and every step writes and reads a few of them. In 4 KiB pages an 8 MB tensor is 2,048
+# pages, as many as the CPU's second-level TLB holds: the kernels' walks over whole
+# tensors miss it. Linux backs memory with 2 MiB transparent huge pages where a process
+# asks (``madvise``, most distributions' default) and, with MADV_COLLAPSE (Linux 6.1),
+# turns pages already in place into huge ones at once. So between steps, once the heap
+# (where the tuned malloc above keeps these buffers) has stopped growing, settle_heap asks
+# for huge pages under the part not asked for yet: a one-time copy of its pages (0.6 s
+# for the residual network's 220 MB here), then no more. Measured on Intel Xeon family 6
+# (2 cores, 2026-12-07, benchmarks/RESULTS.md 14): residual train_on_batch 102-104 ->
+# 97-100 ms. MINICNN_HUGEPAGES=0 leaves the pages alone.
+HUGE_PAGE = 2 * 2**20
+HEAP_STEP = 32 * 2**20       # growth of the heap worth a collapse
+_MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25
+_heap = {"seen": None, "done": None, "checked": None, "status": "not applied"}
+
+
+def _heap_range():
+    """``(start, end)`` of the process's heap (from /proc/self/maps), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                if line.rstrip().endswith("[heap]"):
+                    start, end = line.split()[0].split("-")
+                    return int(start, 16), int(end, 16)
+    except OSError:
+        pass
+    return None
+
+
+def _madvise(addr: int, size: int, advice: int) -> int:
+    """``madvise(addr, size, advice)``: 0, or the errno it failed with."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return 0 if libc.madvise(addr, size, advice) == 0 else ctypes.get_errno() or -1
+
+
+def _huge_pages_off() -> str | None:
+    """Why huge pages are left alone, or None."""
+    import platform
+    if os.environ.get("MINICNN_HUGEPAGES", "").strip() == "0":
+        return "left alone (MINICNN_HUGEPAGES=0)"
+    if platform.system() != "Linux":
+        return "left alone (not Linux)"
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[never]" in f.read():
+                return "left alone (transparent huge pages are off: [never])"
+    except OSError:
+        return "left alone (no transparent huge pages)"
+    return None
+
+
+def settle_heap() -> str:
+    """Ask for 2 MiB pages under the heap's settled part (see above); returns the status.
+
+    Cheap: a clock read per call; every ADAPT_INTERVAL seconds, one read of
+    /proc/self/maps. Acts only when the heap has grown by HEAP_STEP or more since the
+    last time and did not grow since the last look."""
+    import time
+    if _heap["status"].startswith("left alone"):
+        return _heap["status"]
+    now = (_clock or time.perf_counter)()
+    if _heap["checked"] is not None and now - _heap["checked"] < ADAPT_INTERVAL:
+        return _heap["status"]
+    _heap["checked"] = now
+    off = _huge_pages_off()
+    heap = None if off else _heap_range()
+    if heap is None:
+        _heap["status"] = off or "left alone (no heap found)"
+        return _heap["status"]
+    start, end = heap
+    first = -(-start // HUGE_PAGE) * HUGE_PAGE      # the heap's first whole 2 MiB page
+    if _heap["done"] is None:
+        _heap["done"] = first
+    grown, _heap["seen"] = end != _heap["seen"], end
+    top = end // HUGE_PAGE * HUGE_PAGE
+    # a heap that malloc trimmed and grew again has new pages where it shrank
+    _heap["done"] = min(_heap["done"], top)
+    if grown or top - _heap["done"] < HEAP_STEP:
+        return _heap["status"]
+    lo, size = _heap["done"], top - _heap["done"]
+    error = _madvise(lo, size, _MADV_HUGEPAGE)
+    if error:
+        _heap["status"] = f"left alone (madvise refused: errno {error})"
+        return _heap["status"]
+    collapsed = _madvise(lo, size, _MADV_COLLAPSE) == 0
+    _heap["done"] = top
+    _heap["status"] = (f"2 MiB pages asked for under {(top - first) >> 20} MiB of the heap"
+                       + ("" if collapsed else " (for new pages only: MADV_COLLAPSE needs "
+                          "Linux 6.1)") + " (MINICNN_HUGEPAGES=0 to leave them alone)")
+    return _heap["status"]
+
+
+def heap_status() -> str:
+    """What :func:`settle_heap` last did (for ``minicnn info``)."""
+    return _heap["status"]
+
+
+def between_steps() -> None:
+    """The trainer's call before each training or inference step: :func:`adapt_threads`
+    and :func:`settle_heap`."""
+    adapt_threads()
+    settle_heap()
+
+
 def openblas_kernels() -> str:
     """The kernels each loaded OpenBLAS picked (threadpoolctl's architecture), and
     OPENBLAS_CORETYPE when it pins them; every benchmark should say which ran."""

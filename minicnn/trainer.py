@@ -227,7 +227,7 @@ class Trainer:
         batch's logs: ``{'loss': batch-mean loss, <metric>: batch accuracy}``; the
         predictions are kept as ``self.last_predictions``.
         """
-        config.adapt_threads()
+        config.between_steps()
         loss, y_pred = self.compute_gradients(x, y, sample_weight)
         if math.isfinite(loss):
             self.apply_gradients()
@@ -236,7 +236,7 @@ class Trainer:
 
     def test_step(self, x, y, sample_weight=None):
         """Loss and metrics on a checked batch in inference mode (the plan, no update)."""
-        config.adapt_threads()
+        config.between_steps()
         y_pred = self.call(x, training=False)
         loss = float(self.compute_loss(y_pred, y, sample_weight)[0])
         self.last_predictions = y_pred
@@ -273,7 +273,7 @@ class Trainer:
     def predict_on_batch(self, x):
         """The model's output for one batch, inference mode."""
         xs = self._cast_checked(self.check_x(x, "predict_on_batch"), "predict_on_batch")
-        config.adapt_threads()
+        config.between_steps()
         return self.call(xs[0] if len(xs) == 1 else xs, training=False)
 
     # ------------------------------------------------------------------ loops
@@ -281,7 +281,7 @@ class Trainer:
         """Mean loss and (weighted) accuracy over all of ``xs``, batch by batch."""
         totals = _Totals(self.metrics)
         for _, _, xb, yb, wb in EpochIterator(xs, y, w, batch_size, self.dtype, what=what):
-            config.adapt_threads()
+            config.between_steps()
             y_pred = self.call(xb[0] if len(xb) == 1 else xb, training=False)
             loss = float(self.compute_loss(y_pred, yb, wb)[0])
             totals.add(loss, len(yb), self.correct_count(y_pred, yb, wb) if self.metrics else 0,
@@ -331,7 +331,7 @@ class Trainer:
         shapes = self.output_shape if isinstance(self.output_shape, list) else [self.output_shape]
         outs = [np.empty((n,) + tuple(s), dtype=self.dtype) for s in shapes]
         for _, lo, xb, _, _ in EpochIterator(xs, None, None, batch_size, self.dtype, what=what):
-            config.adapt_threads()
+            config.between_steps()
             got = self.call(xb[0] if len(xb) == 1 else xb, training=False)
             for out, g in zip(outs, got if isinstance(got, list) else [got]):
                 out[lo:lo + len(g)] = g

@@ -246,7 +246,8 @@ def test_info_in_process(capsys):
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out
     for key in ("minicnn:", "numpy:", "numba:", "python:", "backend:", "threads:",
-                "numba threading layer:", "threadpoolctl", "OPENBLAS_CORETYPE:"):
+                "numba threading layer:", "threadpoolctl", "OPENBLAS_CORETYPE:", "malloc:",
+                "huge pages:"):
         assert key in text, key
     # the CPU, as minicnn.machine reads it: what the FAQ tells the reader to look at
     from minicnn import machine
