@@ -338,8 +338,9 @@ def malloc_status() -> str:
 # (where the tuned malloc above keeps these buffers) has stopped growing, settle_heap asks
 # for huge pages under the part not asked for yet: a one-time copy of its pages (0.6 s
 # for the residual network's 220 MB here), then no more. Measured on Intel Xeon family 6
-# (2 cores, 2026-12-07, benchmarks/RESULTS.md 14): residual train_on_batch 102-104 ->
-# 97-100 ms. MINICNN_HUGEPAGES=0 leaves the pages alone.
+# (2 cores, 2026-12-07, benchmarks/RESULTS.md 14), residual network, alternating:
+# train_on_batch 99.1-103.2 -> 96.2-101.6 ms, predict_on_batch 26.0-26.8 -> 24.7-26.4 ms.
+# MINICNN_HUGEPAGES=0 leaves the pages alone.
 HUGE_PAGE = 2 * 2**20
 HEAP_STEP = 32 * 2**20       # growth of the heap worth a collapse
 _MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25
