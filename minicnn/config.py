@@ -427,6 +427,10 @@ def settle_heap() -> str:
 
 def heap_status() -> str:
     """What :func:`settle_heap` last did (for ``minicnn info``)."""
+    if _heap["status"] == "not applied":
+        return _huge_pages_off() or ("none yet: asked for between training or inference "
+                                     "steps once the heap stops growing (MINICNN_HUGEPAGES=0 "
+                                     "to leave the pages alone)")
     return _heap["status"]
 
 

@@ -93,6 +93,7 @@ class FakeHeap:
 def test_settle_heap_waits_for_the_heap_to_stop_growing(monkeypatch):
     heap = FakeHeap(monkeypatch)
     mib = 2**20
+    assert config.heap_status().startswith("none yet: asked for between training")
     heap.step(grow=100 * mib)                   # first look
     heap.step(grow=50 * mib)                    # still growing
     assert heap.calls == []
