@@ -47,6 +47,25 @@ def test_every_backend_equals_the_direct_convolution(case, relu, bias, error_log
         assert err < 1e-11, name
 
 
+@pytest.mark.parametrize("c", [63, 64, 65, 130])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_channel_blocks_of_the_input_transform(c, dtype):
+    """The numba input transform goes through the channels in blocks of
+    ``scratch.TILE_CHANNELS`` (64) in its stack scratch: one block short of it, exactly
+    one, one and one more channel, two and a remainder; against the direct convolution."""
+    from minicnn.ops._kernels.scratch import TILE_CHANNELS
+    assert TILE_CHANNELS == 64
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((2, 9, 7, c)).astype(dtype)
+    kernel = rng.standard_normal((3, 3, c, 5)).astype(dtype)
+    pads = (1, 1, 1, 1)
+    y = numba_ops.winograd4_conv2d_forward(x, kernel, None, pads)
+    y_ref = reference.conv2d_forward(x, kernel, None, (1, 1), pads)
+    scale = (np.abs(x).max() * np.abs(kernel).sum(axis=(0, 1, 2)).max())
+    err = np.abs(y - y_ref).max() / scale
+    assert err < (1e-13 if dtype == np.float64 else WINOGRAD4_F32_BOUND), err
+
+
 @settings(max_examples=30, deadline=None)
 @given(case=conv_case())
 def test_the_fused_relu_pool_forward_equals_the_composition(case):

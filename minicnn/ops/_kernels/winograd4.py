@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from .norm import _image_moments
 from .pool import _conv_outputs, _max4, _window_max4
+from .scratch import TILE_CHANNELS, tile_scratch
 from .sched import _fetch_add, _slot_count, _slot_range
 from .winograd import _plane_rows
 
@@ -91,52 +92,64 @@ def _bt(d0, d1, d2, d3, d4, d5, two, four, five):
 
 
 @njit(cache=True)
-def _input_transform(x, b, v, row0, th, tw, pt, pl, d):
+def _input_transform(x, b, v, row0, th, tw, pt, pl):
     """``v[a*6 + e, row0 + tile, :] = (B^T d B)[a, e, :]`` for every tile of image ``b``.
 
-    ``d (6, 6, c)`` is scratch: the tile (zeros outside the image), then ``B^T d`` in
-    place, then ``(.) B`` into ``v``; channels innermost (NHWC), so the loops vectorise.
+    Per tile and per block of up to :data:`.scratch.TILE_CHANNELS` channels, in two
+    scratch arrays on this call's stack (:mod:`.scratch`): ``d`` the tile (zeros outside
+    the image), ``g = B^T d``, then ``g B`` into ``v``; channels innermost (NHWC), so the
+    loops vectorise, and with the scratch on the stack they need no run-time test of
+    whether ``d``, ``g``, ``x`` and ``v`` overlap.
     """
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     two, four, five = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
+    zero = x.dtype.type(0)
+    d = tile_scratch(x)
+    g = tile_scratch(x)
     for ti in range(th):
         for tj in range(tw):
             r0 = 4 * ti - pt
             s0 = 4 * tj - pl
-            for a in range(6):
-                r = r0 + a
-                for e in range(6):
-                    s = s0 + e
-                    if r >= 0 and r < h and s >= 0 and s < w:
-                        for ch in range(c):
-                            d[a, e, ch] = x[b, r, s, ch]
-                    else:
-                        for ch in range(c):
-                            d[a, e, ch] = 0
-            for e in range(6):                       # rows: B^T d
-                for ch in range(c):
-                    t0, t1, t2, t3, t4, t5 = _bt(d[0, e, ch], d[1, e, ch], d[2, e, ch],
-                                                 d[3, e, ch], d[4, e, ch], d[5, e, ch],
-                                                 two, four, five)
-                    d[0, e, ch] = t0
-                    d[1, e, ch] = t1
-                    d[2, e, ch] = t2
-                    d[3, e, ch] = t3
-                    d[4, e, ch] = t4
-                    d[5, e, ch] = t5
             row = row0 + ti * tw + tj
-            for a in range(6):                       # columns: (B^T d) B
-                k = a * 6
-                for ch in range(c):
-                    t0, t1, t2, t3, t4, t5 = _bt(d[a, 0, ch], d[a, 1, ch], d[a, 2, ch],
-                                                 d[a, 3, ch], d[a, 4, ch], d[a, 5, ch],
-                                                 two, four, five)
-                    v[k, row, ch] = t0
-                    v[k + 1, row, ch] = t1
-                    v[k + 2, row, ch] = t2
-                    v[k + 3, row, ch] = t3
-                    v[k + 4, row, ch] = t4
-                    v[k + 5, row, ch] = t5
+            for c0 in range(0, c, TILE_CHANNELS):
+                cw = min(TILE_CHANNELS, c - c0)
+                for a in range(6):
+                    r = r0 + a
+                    for e in range(6):
+                        s = s0 + e
+                        if r >= 0 and r < h and s >= 0 and s < w:
+                            xr = x[b, r, s, c0:c0 + cw]      # views: indices from 0, so
+                            for ch in range(cw):             # no negative-index wraparound
+                                d[a, e, ch] = xr[ch]
+                        else:
+                            for ch in range(cw):
+                                d[a, e, ch] = zero
+                for e in range(6):                       # rows: g = B^T d
+                    for ch in range(cw):
+                        t0, t1, t2, t3, t4, t5 = _bt(d[0, e, ch], d[1, e, ch], d[2, e, ch],
+                                                     d[3, e, ch], d[4, e, ch], d[5, e, ch],
+                                                     two, four, five)
+                        g[0, e, ch] = t0
+                        g[1, e, ch] = t1
+                        g[2, e, ch] = t2
+                        g[3, e, ch] = t3
+                        g[4, e, ch] = t4
+                        g[5, e, ch] = t5
+                for a in range(6):                       # columns: g B, into v
+                    k = a * 6
+                    v0, v1 = v[k, row, c0:c0 + cw], v[k + 1, row, c0:c0 + cw]
+                    v2, v3 = v[k + 2, row, c0:c0 + cw], v[k + 3, row, c0:c0 + cw]
+                    v4, v5 = v[k + 4, row, c0:c0 + cw], v[k + 5, row, c0:c0 + cw]
+                    for ch in range(cw):
+                        t0, t1, t2, t3, t4, t5 = _bt(g[a, 0, ch], g[a, 1, ch], g[a, 2, ch],
+                                                     g[a, 3, ch], g[a, 4, ch], g[a, 5, ch],
+                                                     two, four, five)
+                        v0[ch] = t0
+                        v1[ch] = t1
+                        v2[ch] = t2
+                        v3[ch] = t3
+                        v4[ch] = t4
+                        v5[ch] = t5
 
 
 @njit(cache=True)
@@ -278,7 +291,6 @@ def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt
     rows = grp * tiles
     vs = np.empty((nt, 36, _plane_rows(rows), c), dtype=x.dtype)    # see _plane_rows
     ms = np.empty((nt, 36, _plane_rows(rows), f), dtype=x.dtype)
-    ds = np.empty((nt, 6, 6, c), dtype=x.dtype)
     t4s = np.empty((nt, 4, 6, f), dtype=x.dtype)
     slots = _slot_count(n, nt)
     for t in prange(nt):
@@ -290,7 +302,7 @@ def winograd4_forward(x, u, bias, pt, pl, oh, ow, relu, pool, need_arg, zero, nt
             for b0 in range(lo, hi, grp):
                 g = min(grp, hi - b0)
                 for i in range(g):
-                    _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl, ds[t])
+                    _input_transform(x, b0 + i, v, i * tiles, th, tw, pt, pl)
                 # rows of a partial group hold stale tiles: computed, never written out
                 for k in range(36):
                     np.dot(v[k, :rows], u[k], m[k, :rows])
