@@ -671,3 +671,25 @@ def test_the_backward_gives_the_same_gradients_at_every_group_size(grp, chunk):
     want = numpy_ops.conv2d_backward(x, kernel, dy, (1, 1), (1, 1, 1, 1))
     for got, expected in zip((dx, dkernel, db), want):
         np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("c", [63, 64, 65, 130])
+def test_channel_blocks_of_the_transforms(c):
+    """The numba F(2x2, 3x3) input transform and its adjoint (the forward's and the
+    backward's dx) go through the channels in blocks of ``scratch.TILE_CHANNELS`` (64)
+    in stack scratch: one block short of it, exactly one, one more channel, two and a
+    remainder; the forward, dx, dkernel and dbias against the reference, float64."""
+    from minicnn.ops._kernels.scratch import TILE_CHANNELS
+    assert TILE_CHANNELS == 64
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((2, 7, 9, c))
+    kernel = rng.standard_normal((3, 3, c, 5))
+    pads = (1, 1, 1, 1)
+    dy = rng.standard_normal((2, 7, 9, 5))
+    y = numba_ops.winograd_conv2d_forward(x, kernel, None, pads)
+    np.testing.assert_allclose(y, reference.conv2d_forward(x, kernel, None, (1, 1), pads),
+                               rtol=1e-11, atol=1e-11)
+    got = numba_ops.winograd_conv2d_backward(x, kernel, dy, pads, True)
+    want = reference.conv2d_backward(x, kernel, dy, (1, 1), pads, True)
+    for name, g, wv in zip(("dx", "dkernel", "dbias"), got, want):
+        np.testing.assert_allclose(g, wv, rtol=1e-10, atol=1e-10, err_msg=name)

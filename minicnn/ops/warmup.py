@@ -95,10 +95,11 @@ def norm_and_pool(rng):
     nb.global_avgpool_backward(g, x.shape)
 
 
-#: the groups, split for two processes about evenly (measured, benchmarks/RESULTS.md 5 and
-#: 12: one process each from an empty cache, Winograd 30.4 s and im2col 34.5 s before the
-#: activations, losses and Adam, about 2 s, moved to the Winograd group)
-GROUPS = {"winograd": (winograd, losses), "im2col": (im2col, norm_and_pool, dense)}
+#: the groups, split for two processes about evenly (measured, benchmarks/RESULTS.md 5,
+#: 12 and 14: one process each from an empty cache; with the Winograd transforms' scratch
+#: on the stack the Winograd kernels compile in 23 s instead of 27, and dense, 3.5 s, moved
+#: to their group: 28.8 and 28.6 s)
+GROUPS = {"winograd": (winograd, losses, dense), "im2col": (im2col, norm_and_pool)}
 
 
 def run(group):

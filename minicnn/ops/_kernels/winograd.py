@@ -21,6 +21,7 @@ from . import PRANGE_ONLY
 from .norm import _bn_dz_row
 from .partials import _slot_partials, _sum_partials
 from .pool import _conv_outputs, _window_max4
+from .scratch import TILE_CHANNELS, tile_scratch
 from .sched import _fetch_add, _slot_count, _slot_range
 
 
@@ -98,49 +99,59 @@ def kernel_gradient(du, half):
 
 
 @njit(cache=True)
-def _input_transform(x, b, v, row0, ti0, ti1, tw, pt, pl, d):
+def _input_transform(x, b, v, row0, ti0, ti1, tw, pt, pl):
     """``v[a*4 + e, row0 + tile, :] = (B^T d B)[a, e, :]`` for the tiles of image ``b`` in
     tile rows ``ti0 .. ti1-1`` (``tile`` counts from the first of them).
 
-    ``d (4, 4, c)`` is scratch. ``B^T d`` then ``(.) B``, each a set of four
-    additions per channel; channels innermost (NHWC), so the loops vectorise.
+    ``B^T d`` then ``(.) B``, each a set of four additions per channel, per tile and per
+    block of up to :data:`.scratch.TILE_CHANNELS` channels in two scratch arrays on this
+    call's stack (``d`` the tile, ``g = B^T d``; see :mod:`.scratch`); channels innermost
+    (NHWC), so the loops vectorise.
     """
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    zero = x.dtype.type(0)
+    d = tile_scratch(x)
+    g = tile_scratch(x)
     for ti in range(ti0, ti1):
         for tj in range(tw):
             r0 = 2 * ti - pt
             s0 = 2 * tj - pl
-            for a in range(4):
-                r = r0 + a
-                for e in range(4):
-                    s = s0 + e
-                    if r >= 0 and r < h and s >= 0 and s < w:
-                        for ch in range(c):
-                            d[a, e, ch] = x[b, r, s, ch]
-                    else:
-                        for ch in range(c):
-                            d[a, e, ch] = 0
             row = row0 + (ti - ti0) * tw + tj
-            for e in range(4):                       # rows: B^T d
-                for ch in range(c):
-                    d0 = d[0, e, ch]
-                    d1 = d[1, e, ch]
-                    d2 = d[2, e, ch]
-                    d3 = d[3, e, ch]
-                    d[0, e, ch] = d0 - d2
-                    d[1, e, ch] = d1 + d2
-                    d[2, e, ch] = d2 - d1
-                    d[3, e, ch] = d1 - d3
-            for a in range(4):                       # columns: (B^T d) B
-                for ch in range(c):
-                    d0 = d[a, 0, ch]
-                    d1 = d[a, 1, ch]
-                    d2 = d[a, 2, ch]
-                    d3 = d[a, 3, ch]
-                    v[a * 4 + 0, row, ch] = d0 - d2
-                    v[a * 4 + 1, row, ch] = d1 + d2
-                    v[a * 4 + 2, row, ch] = d2 - d1
-                    v[a * 4 + 3, row, ch] = d1 - d3
+            for c0 in range(0, c, TILE_CHANNELS):
+                cw = min(TILE_CHANNELS, c - c0)
+                for a in range(4):
+                    r = r0 + a
+                    for e in range(4):
+                        s = s0 + e
+                        if r >= 0 and r < h and s >= 0 and s < w:
+                            xr = x[b, r, s, c0:c0 + cw]      # a view: indices from 0
+                            for ch in range(cw):
+                                d[a, e, ch] = xr[ch]
+                        else:
+                            for ch in range(cw):
+                                d[a, e, ch] = zero
+                for e in range(4):                       # rows: g = B^T d
+                    for ch in range(cw):
+                        d0 = d[0, e, ch]
+                        d1 = d[1, e, ch]
+                        d2 = d[2, e, ch]
+                        d3 = d[3, e, ch]
+                        g[0, e, ch] = d0 - d2
+                        g[1, e, ch] = d1 + d2
+                        g[2, e, ch] = d2 - d1
+                        g[3, e, ch] = d1 - d3
+                for a in range(4):                       # columns: g B, into v
+                    v0, v1 = v[a * 4, row, c0:c0 + cw], v[a * 4 + 1, row, c0:c0 + cw]
+                    v2, v3 = v[a * 4 + 2, row, c0:c0 + cw], v[a * 4 + 3, row, c0:c0 + cw]
+                    for ch in range(cw):
+                        d0 = g[a, 0, ch]
+                        d1 = g[a, 1, ch]
+                        d2 = g[a, 2, ch]
+                        d3 = g[a, 3, ch]
+                        v0[ch] = d0 - d2
+                        v1[ch] = d1 + d2
+                        v2[ch] = d2 - d1
+                        v3[ch] = d1 - d3
 
 
 @njit(cache=True, inline="always")
@@ -223,7 +234,6 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
     rows = grp * tiles
     vs = np.empty((nt, 16, _plane_rows(rows), c), dtype=x.dtype)
     ms = np.empty((nt, 16, _plane_rows(rows), f), dtype=x.dtype)
-    ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
     t2s = np.empty((nt, 2, 4, f), dtype=x.dtype)
     slots = _slot_count(n, nt)
     for t in prange(nt):
@@ -235,7 +245,7 @@ def winograd_forward(x, u, bias, pt, pl, oh, ow, relu, pool, zero, nt, grp, coun
             for b0 in range(lo, hi, grp):
                 g = min(grp, hi - b0)
                 for i in range(g):
-                    _input_transform(x, b0 + i, v, i * tiles, 0, th, tw, pt, pl, ds[t])
+                    _input_transform(x, b0 + i, v, i * tiles, 0, th, tw, pt, pl)
                 # rows of a partial group hold stale tiles: computed, never written out
                 for k in range(16):
                     np.dot(v[k, :rows], u[k], m[k, :rows])
@@ -348,43 +358,53 @@ def _grad_transform(dy, y, arg, b, dm, row0, ti0, ti1, tw, oh, ow, relu, pool, z
 
 
 @njit(cache=True)
-def _input_transform_adjoint(dv, dx, b, row0, ti0, ti1, tw, pt, pl, q):
+def _input_transform_adjoint(dv, dx, b, row0, ti0, ti1, tw, pt, pl):
     """``dx[b, tile] += B dv_tile B^T`` for the tiles of image ``b`` in tile rows ``ti0 ..
-    ti1-1`` (tiles overlap by two rows and columns; padding rows are dropped). ``q (4, 4,
-    c)`` is scratch."""
+    ti1-1`` (tiles overlap by two rows and columns; padding rows are dropped). ``dv B^T``
+    goes to scratch on this call's stack (see :mod:`.scratch`), per block of up to
+    :data:`.scratch.TILE_CHANNELS` channels."""
     h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
+    q = tile_scratch(dv)
     for ti in range(ti0, ti1):
         for tj in range(tw):
             row = row0 + (ti - ti0) * tw + tj
-            for a in range(4):                       # columns: dv B^T
-                for ch in range(c):
-                    v0 = dv[a * 4 + 0, row, ch]
-                    v1 = dv[a * 4 + 1, row, ch]
-                    v2 = dv[a * 4 + 2, row, ch]
-                    v3 = dv[a * 4 + 3, row, ch]
-                    q[a, 0, ch] = v0
-                    q[a, 1, ch] = v1 - v2 + v3
-                    q[a, 2, ch] = v1 + v2 - v0
-                    q[a, 3, ch] = -v3
             r0 = 2 * ti - pt
             s0 = 2 * tj - pl
-            for e in range(4):                       # rows: B (.), added into dx
-                s = s0 + e
-                if s < 0 or s >= w:
-                    continue
-                for ch in range(c):
-                    v0 = q[0, e, ch]
-                    v1 = q[1, e, ch]
-                    v2 = q[2, e, ch]
-                    v3 = q[3, e, ch]
-                    if r0 >= 0 and r0 < h:
-                        dx[b, r0, s, ch] += v0
-                    if r0 + 1 >= 0 and r0 + 1 < h:
-                        dx[b, r0 + 1, s, ch] += v1 - v2 + v3
-                    if r0 + 2 >= 0 and r0 + 2 < h:
-                        dx[b, r0 + 2, s, ch] += v1 + v2 - v0
-                    if r0 + 3 >= 0 and r0 + 3 < h:
-                        dx[b, r0 + 3, s, ch] -= v3
+            for c0 in range(0, c, TILE_CHANNELS):
+                cw = min(TILE_CHANNELS, c - c0)
+                for a in range(4):                   # columns: dv B^T
+                    w0, w1 = dv[a * 4 + 0, row, c0:c0 + cw], dv[a * 4 + 1, row, c0:c0 + cw]
+                    w2, w3 = dv[a * 4 + 2, row, c0:c0 + cw], dv[a * 4 + 3, row, c0:c0 + cw]
+                    for ch in range(cw):
+                        v0 = w0[ch]
+                        v1 = w1[ch]
+                        v2 = w2[ch]
+                        v3 = w3[ch]
+                        q[a, 0, ch] = v0
+                        q[a, 1, ch] = v1 - v2 + v3
+                        q[a, 2, ch] = v1 + v2 - v0
+                        q[a, 3, ch] = -v3
+                for e in range(4):                   # rows: B (.), added into dx
+                    s = s0 + e
+                    if s < 0 or s >= w:
+                        continue
+                    for k in range(4):
+                        r = r0 + k
+                        if r < 0 or r >= h:
+                            continue
+                        out = dx[b, r, s, c0:c0 + cw]
+                        if k == 0:
+                            for ch in range(cw):
+                                out[ch] += q[0, e, ch]
+                        elif k == 1:
+                            for ch in range(cw):
+                                out[ch] += q[1, e, ch] - q[2, e, ch] + q[3, e, ch]
+                        elif k == 2:
+                            for ch in range(cw):
+                                out[ch] += q[1, e, ch] + q[2, e, ch] - q[0, e, ch]
+                        else:
+                            for ch in range(cw):
+                                out[ch] -= q[3, e, ch]
 
 
 @njit(parallel=PRANGE_ONLY, cache=True)
@@ -415,7 +435,6 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
     slots = _slot_count(n, nt)
     vs = np.empty((nt, 16, _plane_rows(rows), c), dtype=x.dtype)
     dms = np.empty((nt, 16, _plane_rows(rows), f), dtype=x.dtype)
-    ds = np.empty((nt, 4, 4, c), dtype=x.dtype)
     tmps = np.empty((nt, c, f), dtype=x.dtype)
     g4s = np.empty((nt, 4, f), dtype=x.dtype)
     parts, db_part = _slot_partials(slots, 16 * c, f, x)
@@ -429,7 +448,7 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
     for t in prange(nt):
         # the slots' work is written here, not in a function of its own: called from the
         # prange loop, a function is optimised and compiled once more (RESULTS.md 13)
-        v, dm, dv, d, g4, tmp = vs[t], dms[t], dvs[t], ds[t], g4s[t], tmps[t]
+        v, dm, dv, g4, tmp = vs[t], dms[t], dvs[t], g4s[t], tmps[t]
         s = _fetch_add(counter, 0, 1)
         while s < slots:
             # images lo .. hi-1 (slot s), grp images or chunk tile rows of one image per
@@ -452,7 +471,7 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
                     per = (ti1 - ti0) * tw       # tile rows of each image in this GEMM
                     r = g * per
                     for i in range(g):
-                        _input_transform(x, b0 + i, v, i * per, ti0, ti1, tw, pt, pl, d)
+                        _input_transform(x, b0 + i, v, i * per, ti0, ti1, tw, pt, pl)
                         _grad_transform(dy, y, arg, b0 + i, dm, i * per, ti0, ti1, tw, oh, ow,
                                         relu, pool, zero, db, g4, bn, m)
                     for k in range(16):
@@ -469,7 +488,7 @@ def winograd_backward(x, u_t, dy, y, arg, pt, pl, oh, ow, need_dx, relu, pool, z
                             np.dot(dm[k, :r], u_t[k], dv[k, :r])
                         for i in range(g):
                             _input_transform_adjoint(dv, dx, b0 + i, i * per, ti0, ti1, tw, pt,
-                                                     pl, d)
+                                                     pl)
             s = _fetch_add(counter, 0, 1)
     du, db = _sum_partials(parts, db_part)
     return dx, du.reshape((16, c, f)), db
