@@ -97,8 +97,8 @@ def norm_and_pool(rng):
 
 #: the groups, split for two processes about evenly (measured, benchmarks/RESULTS.md 5,
 #: 12 and 14: one process each from an empty cache; with the Winograd transforms' scratch
-#: on the stack the Winograd kernels compile in 23 s instead of 27, and dense, 3.5 s, moved
-#: to their group: 28.8 and 28.6 s)
+#: on the stack the Winograd kernels compile in 23 s instead of 27, and dense, 3.7 s, moved
+#: to their group: 29.7 and 28.9 s in a slow hour)
 GROUPS = {"winograd": (winograd, losses, dense), "im2col": (im2col, norm_and_pool)}
 
 

@@ -9,7 +9,7 @@ ran at scalar speed, 20 ns per tile and channel). Memory on the function's own s
 is provably its own: with it the loops run without the tests (the same transform 28-33%
 faster, benchmarks/RESULTS.md 14).
 
-:func:`tile_scratch` gives a ``(6, 6, TILE_CHANNELS)`` array of ``like``'s dtype in the
+:func:`_tile_scratch` gives a ``(6, 6, TILE_CHANNELS)`` array of ``like``'s dtype in the
 stack frame of the function that calls it (it is inlined there, so the array lives as
 long as that call; never return it or keep it). With ``NUMBA_DISABLE_JIT=1`` it is a
 plain ``np.empty``.
@@ -43,9 +43,9 @@ def _stack_tile(typingctx, like):
 
 
 if numba.config.DISABLE_JIT:
-    def tile_scratch(like):
+    def _tile_scratch(like):
         return np.empty((6, 6, TILE_CHANNELS), dtype=like.dtype)
 else:
     @njit(inline="always")    # inlined: the stack memory belongs to the caller's frame
-    def tile_scratch(like):
+    def _tile_scratch(like):
         return carray(_stack_tile(like), (6, 6, TILE_CHANNELS))

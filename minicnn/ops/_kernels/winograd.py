@@ -21,7 +21,7 @@ from . import PRANGE_ONLY
 from .norm import _bn_dz_row
 from .partials import _slot_partials, _sum_partials
 from .pool import _conv_outputs, _window_max4
-from .scratch import TILE_CHANNELS, tile_scratch
+from .scratch import TILE_CHANNELS, _tile_scratch
 from .sched import _fetch_add, _slot_count, _slot_range
 
 
@@ -110,8 +110,8 @@ def _input_transform(x, b, v, row0, ti0, ti1, tw, pt, pl):
     """
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     zero = x.dtype.type(0)
-    d = tile_scratch(x)
-    g = tile_scratch(x)
+    d = _tile_scratch(x)
+    g = _tile_scratch(x)
     for ti in range(ti0, ti1):
         for tj in range(tw):
             r0 = 2 * ti - pt
@@ -364,7 +364,7 @@ def _input_transform_adjoint(dv, dx, b, row0, ti0, ti1, tw, pt, pl):
     goes to scratch on this call's stack (see :mod:`.scratch`), per block of up to
     :data:`.scratch.TILE_CHANNELS` channels."""
     h, w, c = dx.shape[1], dx.shape[2], dx.shape[3]
-    q = tile_scratch(dv)
+    q = _tile_scratch(dv)
     for ti in range(ti0, ti1):
         for tj in range(tw):
             row = row0 + (ti - ti0) * tw + tj

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from .norm import _image_moments
 from .pool import _conv_outputs, _max4, _window_max4
-from .scratch import TILE_CHANNELS, tile_scratch
+from .scratch import TILE_CHANNELS, _tile_scratch
 from .sched import _fetch_add, _slot_count, _slot_range
 from .winograd import _plane_rows
 
@@ -104,8 +104,8 @@ def _input_transform(x, b, v, row0, th, tw, pt, pl):
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     two, four, five = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
     zero = x.dtype.type(0)
-    d = tile_scratch(x)
-    g = tile_scratch(x)
+    d = _tile_scratch(x)
+    g = _tile_scratch(x)
     for ti in range(th):
         for tj in range(tw):
             r0 = 4 * ti - pt
