@@ -42,6 +42,26 @@ def _stack_tile(typingctx, like):
     return types.CPointer(dtype)(like), codegen
 
 
+@njit(cache=True, inline="always")   # inlined: ``d`` stays the caller's own stack memory
+def _read_tile(x, b, r0, s0, c0, cw, size, d):
+    """``d[a, e, :cw] = x[b, r0 + a, s0 + e, c0:c0 + cw]`` for ``a, e < size``, zeros where
+    the pixel lies outside the image: the tile a Winograd input transform starts from.
+    Rows are read through views, so no index needs Numba's negative-index wraparound."""
+    h, w = x.shape[1], x.shape[2]
+    zero = x.dtype.type(0)
+    for a in range(size):
+        r = r0 + a
+        for e in range(size):
+            s = s0 + e
+            if r >= 0 and r < h and s >= 0 and s < w:
+                xr = x[b, r, s, c0:c0 + cw]
+                for ch in range(cw):
+                    d[a, e, ch] = xr[ch]
+            else:
+                for ch in range(cw):
+                    d[a, e, ch] = zero
+
+
 if numba.config.DISABLE_JIT:
     def _tile_scratch(like):
         return np.empty((6, 6, TILE_CHANNELS), dtype=like.dtype)

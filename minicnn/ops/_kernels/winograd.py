@@ -21,7 +21,7 @@ from . import PRANGE_ONLY
 from .norm import _bn_dz_row
 from .partials import _slot_partials, _sum_partials
 from .pool import _conv_outputs, _window_max4
-from .scratch import TILE_CHANNELS, _tile_scratch
+from .scratch import TILE_CHANNELS, _read_tile, _tile_scratch
 from .sched import _fetch_add, _slot_count, _slot_range
 
 
@@ -108,8 +108,7 @@ def _input_transform(x, b, v, row0, ti0, ti1, tw, pt, pl):
     call's stack (``d`` the tile, ``g = B^T d``; see :mod:`.scratch`); channels innermost
     (NHWC), so the loops vectorise.
     """
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    zero = x.dtype.type(0)
+    c = x.shape[3]
     d = _tile_scratch(x)
     g = _tile_scratch(x)
     for ti in range(ti0, ti1):
@@ -119,17 +118,7 @@ def _input_transform(x, b, v, row0, ti0, ti1, tw, pt, pl):
             row = row0 + (ti - ti0) * tw + tj
             for c0 in range(0, c, TILE_CHANNELS):
                 cw = min(TILE_CHANNELS, c - c0)
-                for a in range(4):
-                    r = r0 + a
-                    for e in range(4):
-                        s = s0 + e
-                        if r >= 0 and r < h and s >= 0 and s < w:
-                            xr = x[b, r, s, c0:c0 + cw]      # a view: indices from 0
-                            for ch in range(cw):
-                                d[a, e, ch] = xr[ch]
-                        else:
-                            for ch in range(cw):
-                                d[a, e, ch] = zero
+                _read_tile(x, b, r0, s0, c0, cw, 4, d)
                 for e in range(4):                       # rows: g = B^T d
                     for ch in range(cw):
                         d0 = d[0, e, ch]

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from .norm import _image_moments
 from .pool import _conv_outputs, _max4, _window_max4
-from .scratch import TILE_CHANNELS, _tile_scratch
+from .scratch import TILE_CHANNELS, _read_tile, _tile_scratch
 from .sched import _fetch_add, _slot_count, _slot_range
 from .winograd import _plane_rows
 
@@ -101,9 +101,8 @@ def _input_transform(x, b, v, row0, th, tw, pt, pl):
     loops vectorise, and with the scratch on the stack they need no run-time test of
     whether ``d``, ``g``, ``x`` and ``v`` overlap.
     """
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    c = x.shape[3]
     two, four, five = x.dtype.type(2), x.dtype.type(4), x.dtype.type(5)
-    zero = x.dtype.type(0)
     d = _tile_scratch(x)
     g = _tile_scratch(x)
     for ti in range(th):
@@ -113,17 +112,7 @@ def _input_transform(x, b, v, row0, th, tw, pt, pl):
             row = row0 + ti * tw + tj
             for c0 in range(0, c, TILE_CHANNELS):
                 cw = min(TILE_CHANNELS, c - c0)
-                for a in range(6):
-                    r = r0 + a
-                    for e in range(6):
-                        s = s0 + e
-                        if r >= 0 and r < h and s >= 0 and s < w:
-                            xr = x[b, r, s, c0:c0 + cw]      # views: indices from 0, so
-                            for ch in range(cw):             # no negative-index wraparound
-                                d[a, e, ch] = xr[ch]
-                        else:
-                            for ch in range(cw):
-                                d[a, e, ch] = zero
+                _read_tile(x, b, r0, s0, c0, cw, 6, d)
                 for e in range(6):                       # rows: g = B^T d
                     for ch in range(cw):
                         t0, t1, t2, t3, t4, t5 = _bt(d[0, e, ch], d[1, e, ch], d[2, e, ch],
